@@ -1,0 +1,407 @@
+"""boot.py: BOOT, data-free distillation of a diffusion model into a one-step generator.
+
+After Gu, Zhai, Zhang, Liu and Susskind, "BOOT: Data-free Distillation of Denoising Diffusion Models with
+Bootstrapping" (arXiv 2306.05544, ICML 2024). Needs only torch and einops; copy it into your project.
+
+A student g(eps, t) learns the signal y_t = (x_t - sigma_t eps) / alpha_t of the teacher's deterministic
+DDIM trajectory from x_T = eps. It is trained from noise alone: one teacher DDIM step from the student's
+own y_t is the stop-gradient target for the student at the previous grid time s < t. At t = 0 the signal
+is the sample, so generating is one network call.
+
+    schedule = Schedule.cosine()
+    grid = time_grid(schedule, 64)
+    teacher = denoiser(my_eps_net, schedule, prediction="epsilon")    # or any (x_t, t, cond) -> x0
+    student = MLPStudent(dim=2)
+    loss, logs = boot_loss(student, teacher, torch.randn(256, 2), schedule=schedule, grid=grid)
+    x0 = sample_student(student, torch.randn(16, 2))                   # one call
+
+Public names: Schedule, time_grid, to_x0, from_x0, ddim_step, signal_delta, signal_step, start_signal,
+denoiser, guided, MLPStudent, UNetStudent, BootConfig, bootstrap_target, boot_loss, sample_student,
+ddim_sample.
+
+Notation (code -> paper):
+    t in [0, 1]        time; T = 1 is pure noise, 0 the data; the student's t
+    alpha, sigma       x_t = alpha_t x0 + sigma_t eps, alpha^2 + sigma^2 = 1 (variance preserving)
+    lam                lambda_t = log(alpha_t / sigma_t): half the log-SNR, DECREASING in t.
+                       The paper's lambda is the negative of ours; only differences of lam are used.
+    eps                the student's input noise, also x_T of the teacher's trajectory
+    y                  the signal y_t; teacher(x_t, t, cond) = f(x_t, t, c) = x0_hat; student = g
+    delta              1 - exp(lam_t - lam_s), the weight of one DDIM step in signal space, in (0, 1]
+    grid               T = t_N > ... > t_0 = 0, stored ascending: grid[k] = t_k
+"""
+import dataclasses
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+Teacher = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+def _per_sample(a, x):
+    """Broadcast a per-sample coefficient (float, scalar or shape (B,)) against x of shape (B, ...)."""
+    if not torch.is_tensor(a) or a.ndim == 0:
+        return a
+    a = a.to(x.dtype) if a.is_floating_point() else a
+    return a.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Variance-preserving schedules on continuous time t in [0, 1], computed in float64.
+
+
+class Schedule:
+    """log alpha_t^2 as a function of t; alpha(0) = 1, sigma = sqrt(1 - alpha^2), lam = log(alpha / sigma)."""
+
+    def __init__(self, log_alpha2: Callable[[torch.Tensor], torch.Tensor], *, name: str, train_steps: int = 0):
+        self.log_alpha2, self.name = log_alpha2, name
+        self.train_steps = train_steps  # > 0 for a discrete teacher: it may only be called at t = (i + 1) / n
+
+    @classmethod
+    def cosine(cls, offset: float = 0.008):
+        """alpha_t = cos(pi/2 (t + s) / (1 + s)) / cos(pi/2 s / (1 + s)) (Nichol & Dhariwal); alpha_1 = 0."""
+        def log_alpha2(t):
+            # cos(pi/2 (t+s)/(1+s)) written as a sine so that alpha is exactly 0 at t = 1.
+            return 2 * (torch.log(torch.sin(math.pi / 2 * (1 - t) / (1 + offset)))
+                        - math.log(math.cos(math.pi / 2 * offset / (1 + offset))))
+        return cls(log_alpha2, name="cosine")
+
+    @classmethod
+    def linear(cls, beta_min: float = 0.1, beta_max: float = 20.0):
+        """log alpha_t^2 = -(beta_min t + (beta_max - beta_min) t^2 / 2) (continuous VP-SDE, Song et al.)."""
+        return cls(lambda t: -(beta_min * t + 0.5 * (beta_max - beta_min) * t * t), name="linear")
+
+    @classmethod
+    def discrete(cls, alphas_cumprod):
+        """alpha^2 at t = (i + 1) / n is alphas_cumprod[i]; t = 0 is the clean sample (alpha = 1).
+
+        This is diffusers' "trailing" spacing with set_alpha_to_one: a grid of t = k / N, N dividing n,
+        calls the teacher at timesteps k n / N - 1. Off-grid t interpolates log alpha^2 linearly."""
+        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu()
+        if ac.ndim != 1 or len(ac) < 2 or not (ac > 0).all() or not (ac <= 1).all() or not (ac[1:] < ac[:-1]).all():
+            raise ValueError("alphas_cumprod must be a 1-D, strictly decreasing sequence in (0, 1]")
+        n, tables = len(ac), {}
+        table = torch.cat([ac.new_zeros(1), ac.log()])
+
+        def log_alpha2(t):
+            tab = tables.setdefault(t.device, table.to(t.device))
+            pos = (t * n).clamp(0, n)
+            i = pos.floor().clamp(max=n - 1)
+            w = pos - i
+            i = i.long()
+            return tab[i] * (1 - w) + tab[i + 1] * w
+        return cls(log_alpha2, name=f"discrete{n}", train_steps=n)
+
+    def coefficients(self, t: torch.Tensor):
+        """(alpha_t, sigma_t, lam_t), float64 inside; float64 out for float64 t, else float32."""
+        t = torch.as_tensor(t)
+        la2 = self.log_alpha2(t.double().clamp(0, 1))
+        out = torch.float64 if t.dtype == torch.float64 else torch.float32
+        neg = -torch.expm1(la2)  # sigma^2, accurate as alpha -> 1
+        lam = 0.5 * (la2 - torch.log(neg))
+        return torch.exp(0.5 * la2).to(out), torch.sqrt(neg).to(out), lam.to(out)
+
+    def teacher_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The time the teacher network was trained with: t itself, or the timestep t n - 1 if discrete."""
+        return (t.double() * self.train_steps).round() - 1 if self.train_steps else t
+
+    def snap(self, t: torch.Tensor) -> torch.Tensor:
+        """Round t to the nearest time the teacher can be called at (identity when continuous)."""
+        return (t * self.train_steps).round() / self.train_steps if self.train_steps else t
+
+
+def time_grid(schedule: Schedule, steps: int, *, spacing: str = "t") -> torch.Tensor:
+    """Float64 times t_0 = 0 < t_1 < ... < t_N = 1: uniform in t, or t_1..t_N uniform in lambda."""
+    if steps < 1 or (schedule.train_steps and steps > schedule.train_steps):
+        raise ValueError(f"grid steps must be at least 1{' and at most %d' % schedule.train_steps if schedule.train_steps else ''}, got {steps}")
+    t = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    if spacing == "lambda" and steps > 1:
+        # Same ends as the uniform grid; the interior is uniform in lambda (finite at t_1 and, if
+        # alpha_1 > 0, at t_N; else the first interior point is placed by bisection on lam).
+        lam_lo = schedule.coefficients(t[-1:])[2].clamp(min=-20.0)
+        lam_hi = schedule.coefficients(t[1:2])[2]
+        targets = torch.linspace(lam_hi.item(), lam_lo.item(), steps, dtype=torch.float64)[1:-1]
+        lo, hi = torch.full_like(targets, float(t[1])), torch.ones_like(targets)
+        for _ in range(60):  # lam is decreasing in t: bisect for lam(t) = target
+            mid = (lo + hi) / 2
+            above = schedule.coefficients(mid)[2] > targets
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        t = torch.cat([t[:2], (lo + hi) / 2, t[-1:]])
+    elif spacing != "t" and spacing != "lambda":
+        raise ValueError(f"unknown grid spacing {spacing!r}; use 't' or 'lambda'")
+    t = schedule.snap(t)
+    if not (t[1:] > t[:-1]).all():
+        raise ValueError(f"{steps} {spacing}-spaced steps collide on the teacher's {schedule.train_steps} timesteps")
+    return t
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. Parameterizations: everything a network may predict, converted to x0 here and only here.
+
+PREDICTIONS = ("epsilon", "v_prediction", "sample")  # diffusers' names
+
+
+def to_x0(pred, *, kind: str, x_t, alpha, sigma):
+    """eps: x0 = (x_t - sigma eps) / alpha;  v: x0 = alpha x_t - sigma v;  sample: x0 = pred."""
+    if kind == "epsilon":
+        return (x_t - sigma * pred) / alpha
+    if kind == "v_prediction":
+        return alpha * x_t - sigma * pred
+    if kind == "sample":
+        return pred
+    raise ValueError(f"unknown prediction type {kind!r}; expected one of {PREDICTIONS}")
+
+
+def from_x0(x0, *, kind: str, x_t, alpha, sigma):
+    """The inverse of to_x0: eps = (x_t - alpha x0) / sigma;  v = alpha eps - sigma x0."""
+    if kind == "epsilon":
+        return (x_t - alpha * x0) / sigma
+    if kind == "v_prediction":
+        return alpha * (x_t - alpha * x0) / sigma - sigma * x0
+    if kind == "sample":
+        return x0
+    raise ValueError(f"unknown prediction type {kind!r}; expected one of {PREDICTIONS}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. The DDIM step (eta = 0), in x-space and in signal space.
+
+
+def ddim_step(*, x_t, x0, alpha_t, sigma_t, alpha_s, sigma_s):
+    """x_s = alpha_s x0 + sigma_s eps_hat, with eps_hat = (x_t - alpha_t x0) / sigma_t."""
+    eps_hat = (x_t - alpha_t * x0) / sigma_t
+    return alpha_s * x0 + sigma_s * eps_hat
+
+
+def signal_delta(*, lam_t, lam_s):
+    """delta = 1 - exp(lam_t - lam_s) = 1 - alpha_t sigma_s / (sigma_t alpha_s); 1 when s = 0 or alpha_t = 0."""
+    lam_t, lam_s = (v if torch.is_tensor(v) else torch.tensor(v, dtype=torch.float64) for v in (lam_t, lam_s))
+    return -torch.expm1(lam_t - lam_s)
+
+
+def signal_step(*, y_t, x0, delta):
+    """y_s = y_t + delta (x0 - y_t): the DDIM step for the signal of a trajectory with fixed eps."""
+    return y_t + delta * (x0 - y_t)
+
+
+def start_signal(eps, *, alpha_T, sigma_T):
+    """y_T = (x_T - sigma_T eps) / alpha_T with x_T = eps, written alpha_T / (1 + sigma_T) eps (0 at alpha_T = 0)."""
+    return alpha_T / (1 + sigma_T) * eps
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. The teacher: any callable (x_t, t, cond) -> x0_hat. Adapters for eps/v networks and guidance.
+
+
+def denoiser(net, schedule: Schedule, *, prediction: str) -> Teacher:
+    """f(x_t, t, c) = to_x0(net(x_t, teacher_time(t), c)): wraps a network that predicts eps, v or x0."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction type {prediction!r}; expected one of {PREDICTIONS}")
+    if prediction == "epsilon" and schedule.coefficients(torch.ones(1))[0].item() == 0:
+        raise ValueError("an eps-prediction teacher is undefined at alpha_T = 0; use a schedule with alpha_T > 0")
+
+    def teacher(x_t, t, cond=None):
+        alpha, sigma, _ = schedule.coefficients(schedule.snap(t.double()))
+        pred = net(x_t, schedule.teacher_time(t).to(t.dtype), cond)
+        return to_x0(pred.to(x_t.dtype), kind=prediction, x_t=x_t,
+                     alpha=_per_sample(alpha, x_t), sigma=_per_sample(sigma, x_t))
+    return teacher
+
+
+def guided(teacher: Teacher, *, scale, null_cond: torch.Tensor) -> Teacher:
+    """f_w = f(x, t, null) + w (f(x, t, c) - f(x, t, null)) (diffusers' CFG; w = 1 is the conditional
+    teacher), both branches in one batched call. w is a float or a per-sample tensor of shape (B,)."""
+    def teacher_w(x_t, t, cond):
+        null = null_cond.expand_as(cond)
+        both = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([null, cond]))
+        f_null, f_cond = both.chunk(2)
+        return f_null + _per_sample(scale, x_t) * (f_cond - f_null)
+    return teacher_w
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5. Students: g(eps, t[, cond]) -> y_t. Any network with that signature works.
+
+
+def time_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal features of 1000 t (the DDPM convention), shape (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = 1000 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class MLPStudent(nn.Module):
+    """For low-dimensional data: y = MLP([eps, emb(t), cond]) with residual SiLU blocks."""
+
+    def __init__(self, dim: int = 2, width: int = 256, depth: int = 3, cond_dim: int = 0, emb_dim: int = 64):
+        super().__init__()
+        self.emb_dim = emb_dim
+        self.inp = nn.Linear(dim + emb_dim + cond_dim, width)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(width, width)) for _ in range(depth - 1))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(width, dim))
+
+    def forward(self, eps, t, cond=None):
+        h = [eps, time_embedding(t, self.emb_dim).to(eps.dtype)] + ([cond] if cond is not None else [])
+        h = self.inp(torch.cat(h, dim=-1))
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(min(32, c_in // 4) or 1, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, c_out)
+        self.norm2, self.conv2 = nn.GroupNorm(min(32, c_out // 4) or 1, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + rearrange(self.emb(F.silu(emb)), "b c -> b c 1 1")
+        return self.skip(x) + self.conv2(F.silu(self.norm2(h)))
+
+
+class UNetStudent(nn.Module):
+    """For images: a small UNet, time (and optional class/text vector) added to every block's features."""
+
+    def __init__(self, channels: int = 3, base: int = 64, mults=(1, 2, 2), cond_dim: int = 0):
+        super().__init__()
+        emb = 4 * base
+        self.base, self.levels = base, len(mults)
+        self.time = nn.Sequential(nn.Linear(base, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.cond = nn.Linear(cond_dim, emb) if cond_dim else None
+        self.inp = nn.Conv2d(channels, base, 3, padding=1)
+        widths = [base * m for m in mults]
+        self.down = nn.ModuleList(ResBlock(c_prev, c, emb) for c_prev, c in zip([base] + widths[:-1], widths))
+        self.pool = nn.ModuleList(nn.Conv2d(c, c, 3, stride=2, padding=1) for c in widths[:-1])
+        self.mid = ResBlock(widths[-1], widths[-1], emb)
+        self.up = nn.ModuleList(ResBlock(2 * c, c_next, emb) for c, c_next in zip(widths[::-1], widths[::-1][1:] + [base]))
+        self.unpool = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1) for c in widths[::-1][1:])
+        self.out = nn.Sequential(nn.GroupNorm(min(32, base // 4) or 1, base), nn.SiLU(), nn.Conv2d(base, channels, 3, padding=1))
+
+    def forward(self, eps, t, cond=None):
+        if eps.shape[-1] % 2 ** (self.levels - 1) or eps.shape[-2] % 2 ** (self.levels - 1):
+            raise ValueError(f"image size {tuple(eps.shape[-2:])} must be divisible by {2 ** (self.levels - 1)}")
+        emb = self.time(time_embedding(t, self.base).to(eps.dtype))
+        if self.cond is not None:
+            emb = emb + self.cond(cond)
+        h, skips = self.inp(eps), []
+        for i, block in enumerate(self.down):
+            h = block(h, emb)
+            skips.append(h)
+            if i < len(self.pool):
+                h = self.pool[i](h)
+        h = self.mid(h, emb)
+        for i, block in enumerate(self.up):
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            if i < len(self.unpool):
+                h = self.unpool[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.out(h)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 6. The bootstrap objective.
+
+
+@dataclasses.dataclass(frozen=True)
+class BootConfig:
+    """Choices the paper leaves open, with our defaults. See README for what each was measured to do."""
+    weighting: str = "inv_delta2"  # "inv_delta2": |g_s - target|^2 / delta^2 (the Signal-ODE residual) | "constant"
+    boundary: str = "exact"        # "exact": y_T is known, the student is never asked at T | "loss": + |g(eps,T) - f(eps,T)|^2
+    order: int = 1                 # teacher step: 1 = DDIM (1 call), 2 = Heun in signal space (2 calls)
+    jump: int = 1                  # teacher steps per target: s = t_{k - jump}, fewer bootstrap hops
+
+    def __post_init__(self):
+        if self.weighting not in ("inv_delta2", "constant") or self.boundary not in ("exact", "loss"):
+            raise ValueError(f"bad BootConfig {self}: weighting in (inv_delta2, constant), boundary in (exact, loss)")
+        if self.order not in (1, 2) or self.jump < 1:
+            raise ValueError(f"bad BootConfig {self}: order must be 1 or 2, jump at least 1")
+
+
+def _teacher_step(teacher, y, eps, cond, *, schedule, t, s, order):
+    """One step of the Signal-ODE dy/dlam = f(alpha y + sigma eps) - y from t to s (no gradient)."""
+    (a_t, s_t, l_t), (a_s, s_s, l_s) = schedule.coefficients(t), schedule.coefficients(s)
+    f_t = teacher(_per_sample(a_t, eps) * y + _per_sample(s_t, eps) * eps, t.to(eps.dtype), cond).to(y.dtype)
+    delta = _per_sample(signal_delta(lam_t=l_t, lam_s=l_s), y)
+    y_s = signal_step(y_t=y, x0=f_t, delta=delta)
+    if order == 1:
+        return y_s
+    # Heun: f linear in lam over [lam_t, lam_s] integrates to y_s + (f_s - f_t)(1 - delta / h), h = lam_s - lam_t.
+    # The last step (s = 0, h = inf) stays first order: the teacher is never called at sigma = 0.
+    last = _per_sample(s == 0, y)
+    s_safe = torch.where(s == 0, t, s)
+    a_q, s_q, _ = schedule.coefficients(s_safe)
+    f_s = teacher(_per_sample(a_q, eps) * y_s + _per_sample(s_q, eps) * eps, s_safe.to(eps.dtype), cond).to(y.dtype)
+    h = _per_sample(l_s - l_t, y)
+    corr = torch.where(torch.isinf(h), torch.ones_like(h), 1 - delta / h)
+    return torch.where(last, y_s, y_s + (f_s - f_t) * corr)
+
+
+@torch.no_grad()
+def bootstrap_target(student, teacher, eps, *, schedule, grid, k, cond=None, config=BootConfig()):
+    """target = y_t + delta (f(alpha_t y_t + sigma_t eps, t, c) - y_t), y_t = stopgrad g(eps, t_k) or the
+    exact y_T at k = N; `jump` such steps in a row land on s = t_{max(k - jump, 0)}. Carries no gradient."""
+    n = len(grid) - 1
+    t, j = grid[k], (k - config.jump).clamp(min=0)
+    y = student(eps, t.to(eps.dtype), cond).to(eps.dtype)
+    if config.boundary == "exact":
+        a_T, s_T, _ = schedule.coefficients(grid[-1])
+        y = torch.where(_per_sample(k == n, eps), start_signal(eps, alpha_T=a_T.to(eps.dtype), sigma_T=s_T.to(eps.dtype)), y)
+    for i in range(config.jump):  # every sample steps until it reaches its own s
+        cur, nxt = (k - i).clamp(min=0), (k - i - 1).clamp(min=0)
+        stepped = _teacher_step(teacher, y, eps, cond, schedule=schedule, t=grid[cur], s=grid[nxt], order=config.order)
+        y = torch.where(_per_sample(cur > j, y), stepped, y)
+    return y, grid[j]
+
+
+def boot_loss(student, teacher: Teacher, eps, *, schedule: Schedule, grid, cond=None, config=BootConfig(), k=None):
+    """weight(delta) |g(eps, s) - stopgrad(target)|^2, k ~ U{1..N} per sample (or given), s = t_{k - jump}.
+
+    Returns (loss, logs): logs holds detached tensors worth logging (call .item() when you log)."""
+    grid = grid.to(eps.device)
+    n = len(grid) - 1
+    if k is None:
+        k = torch.randint(1, n + 1, (eps.shape[0],), device=eps.device)
+    target, s = bootstrap_target(student, teacher, eps, schedule=schedule, grid=grid, k=k, cond=cond, config=config)
+    residual = (student(eps, s.to(eps.dtype), cond) - target).float().pow(2).flatten(1).mean(1)
+    _, _, lam_s = schedule.coefficients(s)
+    delta = signal_delta(lam_t=schedule.coefficients(grid[k])[2], lam_s=lam_s).float()
+    weight = delta.pow(-2) if config.weighting == "inv_delta2" else torch.ones_like(delta)
+    loss = (weight * residual).mean()
+    logs = {"residual": residual.mean().detach(), "delta": delta.mean()}
+    if config.boundary == "loss":
+        t_T = grid[-1:].expand(eps.shape[0])
+        with torch.no_grad():
+            f_T = teacher(eps, t_T.to(eps.dtype), cond)
+        logs["boundary"] = (student(eps, t_T.to(eps.dtype), cond) - f_T).float().pow(2).mean()
+        loss = loss + logs["boundary"]
+        logs["boundary"] = logs["boundary"].detach()
+    logs["loss"] = loss.detach()
+    return loss, logs
+
+
+# ----------------------------------------------------------------------------------------------------
+# 7. Sampling.
+
+
+@torch.no_grad()
+def sample_student(student, eps, cond=None):
+    """x0 = g(eps, 0): one network call."""
+    return student(eps, eps.new_zeros(eps.shape[0]), cond)
+
+
+@torch.no_grad()
+def ddim_sample(teacher: Teacher, eps, *, schedule: Schedule, steps: int, cond=None, spacing="t"):
+    """The teacher's reference sampler in x-space: `steps` DDIM steps from x_T = eps down to x_0."""
+    grid = time_grid(schedule, steps, spacing=spacing).to(eps.device)
+    alpha, sigma, _ = (c.to(eps.dtype) for c in schedule.coefficients(grid))
+    x = eps
+    for k in range(steps, 0, -1):
+        x0 = teacher(x, grid[k].to(eps.dtype).expand(eps.shape[0]), cond)
+        x = ddim_step(x_t=x, x0=x0, alpha_t=alpha[k], sigma_t=sigma[k], alpha_s=alpha[k - 1], sigma_s=sigma[k - 1])
+    return x

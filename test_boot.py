@@ -1,0 +1,461 @@
+"""Property tests of boot.py against the oracles of BOOT.md: exact teachers and closed-form trajectories."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import boot
+import exact
+
+SCHEDULES = {
+    "cosine": boot.Schedule.cosine,
+    "linear": boot.Schedule.linear,
+    "discrete": lambda: boot.Schedule.discrete(_scaled_linear_alphas_cumprod()),
+}
+torch_settings = settings(deadline=None, max_examples=40, derandomize=True)
+
+
+def _scaled_linear_alphas_cumprod(n=1000, beta_start=0.00085, beta_end=0.012):
+    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, n, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+def _close(a, b, tol=1e-5):
+    return torch.allclose(a.double(), b.double(), atol=tol, rtol=tol)
+
+
+# --- schedules ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_schedule_is_variance_preserving_with_decreasing_lambda(name):
+    schedule = SCHEDULES[name]()
+    t = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    alpha, sigma, lam = schedule.coefficients(t)
+    assert _close(alpha ** 2 + sigma ** 2, torch.ones_like(t), 1e-12)
+    assert (lam[1:] < lam[:-1]).all(), "lambda = log(alpha / sigma) must decrease in t (our sign convention)"
+    assert alpha[0] == 1 and sigma[0] == 0 and lam[0] == math.inf
+    assert lam[1] > 0 > lam[-1], "t near 0 is nearly clean, t = 1 nearly pure noise"
+
+
+def test_schedule_endpoints():
+    assert boot.Schedule.cosine().coefficients(torch.tensor(1.0, dtype=torch.float64))[0] == 0
+    a, _, _ = boot.Schedule.linear().coefficients(torch.tensor(1.0, dtype=torch.float64))
+    assert _close(a ** 2, torch.tensor(math.exp(-(0.1 + 0.5 * 19.9)), dtype=torch.float64), 1e-12)
+    ac = _scaled_linear_alphas_cumprod()
+    a, _, _ = boot.Schedule.discrete(ac).coefficients(torch.tensor(1.0, dtype=torch.float64))
+    assert _close(a ** 2, ac[-1], 1e-12)
+
+
+def test_coefficients_are_computed_in_float64_and_stored_in_float32():
+    schedule = boot.Schedule.cosine()
+    alpha32, _, _ = schedule.coefficients(torch.tensor([0.5]))
+    alpha64, _, _ = schedule.coefficients(torch.tensor([0.5], dtype=torch.float64))
+    assert alpha32.dtype == torch.float32 and alpha64.dtype == torch.float64
+    assert alpha32.item() == pytest.approx(alpha64.item(), rel=1e-7)
+
+
+def test_discrete_schedule_matches_diffusers_scaled_linear():
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    ours = boot.Schedule.discrete(sched.alphas_cumprod)
+    n = len(sched.alphas_cumprod)
+    t = (torch.arange(n, dtype=torch.float64) + 1) / n
+    alpha, _, _ = ours.coefficients(t)
+    assert _close(alpha ** 2, sched.alphas_cumprod.double(), 1e-7)
+    assert torch.equal(ours.teacher_time(t), torch.arange(n, dtype=torch.float64))
+
+
+def test_discrete_rejects_bad_alphas_cumprod():
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        boot.Schedule.discrete(torch.tensor([0.9, 0.95, 0.5]))
+
+
+# --- the time grid -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spacing", ["t", "lambda"])
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_time_grid_runs_from_zero_to_one(name, spacing):
+    grid = boot.time_grid(SCHEDULES[name](), 40, spacing=spacing)
+    assert grid.dtype == torch.float64 and len(grid) == 41
+    assert grid[0] == 0 and grid[-1] == 1 and (grid[1:] > grid[:-1]).all()
+
+
+def test_lambda_grid_is_uniform_in_lambda():
+    schedule = boot.Schedule.linear()
+    _, _, lam = schedule.coefficients(boot.time_grid(schedule, 20, spacing="lambda"))
+    gaps = lam[1:-1] - lam[2:]
+    assert _close(gaps, gaps.mean().expand_as(gaps), 1e-6)
+
+
+def test_uniform_t_grid_on_discrete_teacher_is_diffusers_trailing_spacing():
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                    timestep_spacing="trailing")
+    schedule = boot.Schedule.discrete(sched.alphas_cumprod)
+    sched.set_timesteps(50)
+    grid = boot.time_grid(schedule, 50)
+    assert torch.equal(schedule.teacher_time(grid[1:]).flip(0).long(), sched.timesteps)
+
+
+def test_time_grid_rejects_bad_input():
+    with pytest.raises(ValueError, match="grid steps"):
+        boot.time_grid(boot.Schedule.cosine(), 0)
+    with pytest.raises(ValueError, match="spacing"):
+        boot.time_grid(boot.Schedule.cosine(), 8, spacing="log")
+
+
+# --- parameterizations -------------------------------------------------------------------------------
+
+
+@torch_settings
+@given(kind=st.sampled_from(boot.PREDICTIONS), alpha=st.floats(0.01, 0.999), seed=st.integers(0, 2 ** 16))
+def test_conversions_round_trip(kind, alpha, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x0, eps = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64)
+    sigma = math.sqrt(1 - alpha ** 2)
+    x_t = alpha * x0 + sigma * eps
+    pred = boot.from_x0(x0, kind=kind, x_t=x_t, alpha=alpha, sigma=sigma)
+    assert _close(boot.to_x0(pred, kind=kind, x_t=x_t, alpha=alpha, sigma=sigma), x0, 1e-9)
+    truth = {"epsilon": eps, "v_prediction": alpha * eps - sigma * x0, "sample": x0}[kind]
+    assert _close(pred, truth, 1e-9), "each kind must mean what diffusers means by it"
+
+
+def test_unknown_prediction_type_is_rejected():
+    with pytest.raises(ValueError, match="unknown prediction type"):
+        boot.to_x0(torch.zeros(1), kind="eps", x_t=torch.zeros(1), alpha=1.0, sigma=0.0)
+    with pytest.raises(ValueError, match="unknown prediction type"):
+        boot.denoiser(lambda x, t, c: x, boot.Schedule.linear(), prediction="score")
+
+
+def test_eps_teacher_is_refused_where_alpha_T_is_zero():
+    with pytest.raises(ValueError, match="alpha_T = 0"):
+        boot.denoiser(lambda x, t, c: x, boot.Schedule.cosine(), prediction="epsilon")
+
+
+# --- the DDIM step in x-space and in signal space ----------------------------------------------------
+
+
+@torch_settings
+@given(name=st.sampled_from(sorted(SCHEDULES)), s=st.floats(0.0, 1.0), t=st.floats(0.0, 1.0),
+       seed=st.integers(0, 2 ** 16))
+def test_signal_step_equals_ddim_step(name, s, t, seed):
+    s, t = sorted((s, t))
+    if t - s < 1e-4:
+        t = min(1.0, s + 0.01)
+        s = t - 0.01
+    schedule = SCHEDULES[name]()
+    a, sg, lam = schedule.coefficients(torch.tensor([t, s], dtype=torch.float64))
+    a_t, a_s, s_t, s_s, l_t, l_s = a[0], a[1], sg[0], sg[1], lam[0], lam[1]
+    gen = torch.Generator().manual_seed(seed)
+    y_t, eps, x0 = torch.randn(3, 5, 2, generator=gen, dtype=torch.float64)
+    if a_t == 0:  # at alpha_T = 0 the trajectory starts at x_T = eps, whatever y_T
+        y_t = boot.start_signal(eps, alpha_T=a_t, sigma_T=s_t)
+    y_s = boot.signal_step(y_t=y_t, x0=x0, delta=boot.signal_delta(lam_t=l_t, lam_s=l_s))
+    x_s = boot.ddim_step(x_t=a_t * y_t + s_t * eps, x0=x0, alpha_t=a_t, sigma_t=s_t, alpha_s=a_s, sigma_s=s_s)
+    assert _close(a_s * y_s + s_s * eps, x_s, 1e-8)
+
+
+@torch_settings
+@given(a_t=st.floats(0.01, 0.98), gap=st.floats(0.001, 0.99), seed=st.integers(0, 2 ** 16))
+def test_signal_step_equals_ddim_step_for_any_coefficients(a_t, gap, seed):
+    a_s = a_t + gap * (1 - a_t)
+    s_t, s_s = math.sqrt(1 - a_t ** 2), math.sqrt(1 - a_s ** 2)
+    gen = torch.Generator().manual_seed(seed)
+    y_t, eps, x0 = torch.randn(3, 7, generator=gen, dtype=torch.float64)
+    delta = boot.signal_delta(lam_t=math.log(a_t / s_t), lam_s=math.log(a_s / s_s))
+    assert 0 < delta <= 1
+    y_s = boot.signal_step(y_t=y_t, x0=x0, delta=delta)
+    x_s = boot.ddim_step(x_t=a_t * y_t + s_t * eps, x0=x0, alpha_t=a_t, sigma_t=s_t, alpha_s=a_s, sigma_s=s_s)
+    assert _close(a_s * y_s + s_s * eps, x_s, 1e-8)
+
+
+def test_ddim_step_accepts_per_sample_tensors():
+    x_t, x0 = torch.randn(2, 2, 4, 3, 3)
+    a = torch.tensor([0.3, 0.6]).reshape(2, 1, 1, 1)
+    x_s = boot.ddim_step(x_t=x_t, x0=x0, alpha_t=a, sigma_t=(1 - a ** 2).sqrt(), alpha_s=a + 0.1,
+                         sigma_s=(1 - (a + 0.1) ** 2).sqrt())
+    one = boot.ddim_step(x_t=x_t[1], x0=x0[1], alpha_t=0.6, sigma_t=0.8, alpha_s=0.7, sigma_s=math.sqrt(0.51))
+    assert _close(x_s[1], one)
+
+
+# --- boundaries --------------------------------------------------------------------------------------
+
+
+def test_signal_at_t0_is_the_sample_and_the_last_step_lands_on_the_teacher():
+    schedule = boot.Schedule.linear()
+    alpha, sigma, lam = schedule.coefficients(torch.tensor([0.0, 0.3], dtype=torch.float64))
+    assert alpha[0] == 1 and sigma[0] == 0  # y_0 = (x_0 - 0 eps) / 1 = x_0
+    assert boot.signal_delta(lam_t=lam[1], lam_s=lam[0]) == 1
+    student = boot.MLPStudent(dim=2)
+    eps = torch.randn(5, 2)
+    assert torch.equal(boot.sample_student(student, eps), student(eps, torch.zeros(5)))
+
+
+class _CountingTeacher:
+    def __init__(self, teacher):
+        self.teacher, self.calls = teacher, []
+
+    def __call__(self, x_t, t, cond=None):
+        self.calls.append((x_t.clone(), t.clone()))
+        return self.teacher(x_t, t, cond)
+
+
+def _nan_at_T_student(eps, t, cond=None):
+    """A student that is undefined at t = T: the exact boundary must never consult it there."""
+    return torch.where((t == 1)[:, None], torch.full_like(eps, math.nan), 0.5 * eps)
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear"])
+def test_first_target_from_T_is_the_exact_ddim_start(name):
+    schedule = SCHEDULES[name]()
+    teacher = _CountingTeacher(exact.toy_teacher("mixture", schedule))
+    grid = boot.time_grid(schedule, 16)
+    eps = torch.randn(6, 2)
+    k = torch.full((6,), 16)
+    target, s = boot.bootstrap_target(_nan_at_T_student, teacher, eps, schedule=schedule, grid=grid, k=k)
+    assert torch.equal(s, grid[15].expand(6))
+    x_T, t_T = teacher.calls[0]
+    assert _close(x_T, eps), "the teacher's trajectory starts at x_T = eps"
+    f_T = teacher.teacher(eps, t_T)
+    (a_T, a_s), (s_T, s_s) = (schedule.coefficients(grid[[16, 15]])[i].float() for i in (0, 1))
+    if name == "cosine":  # alpha_T = 0: delta = 1 and the target is the teacher's prediction itself
+        assert a_T == 0 and torch.equal(target, f_T)
+    x_s = boot.ddim_step(x_t=eps, x0=f_T, alpha_t=a_T, sigma_t=s_T, alpha_s=a_s, sigma_s=s_s)
+    assert _close(a_s * target + s_s * eps, x_s)
+
+
+def test_boundary_loss_option_ties_the_student_at_T_to_the_teacher():
+    schedule = boot.Schedule.cosine()
+    teacher = exact.toy_teacher("mixture", schedule)
+    grid = boot.time_grid(schedule, 8)
+    eps = torch.randn(64, 2)
+    f_T = teacher(eps, torch.ones(64))
+    right = lambda e, t, c=None: torch.where((t == 1)[:, None], f_T, e)
+    wrong = lambda e, t, c=None: torch.where((t == 1)[:, None], f_T + 1, e)
+    config = boot.BootConfig(boundary="loss")
+    k = torch.full((64,), 3)
+    _, logs_right = boot.boot_loss(right, teacher, eps, schedule=schedule, grid=grid, config=config, k=k)
+    _, logs_wrong = boot.boot_loss(wrong, teacher, eps, schedule=schedule, grid=grid, config=config, k=k)
+    assert logs_right["boundary"] == 0 and logs_wrong["boundary"] == pytest.approx(1.0)
+
+
+# --- the bootstrap objective on the exact Gaussian teacher -------------------------------------------
+
+MEAN, STD = 0.7, 0.4
+
+
+def _gaussian_student(perturb=0.0):
+    schedule = boot.Schedule.linear()
+
+    def student(eps, t, cond=None):
+        return exact.gaussian_signal(eps, t, mean=MEAN, std=STD, schedule=schedule) + perturb * torch.sin(3 * eps)
+    return student, schedule
+
+
+@pytest.mark.parametrize("weighting", ["inv_delta2", "constant"])
+def test_exact_trajectory_has_vanishing_loss_and_a_perturbed_one_does_not(weighting):
+    student, schedule = _gaussian_student()
+    wrong, _ = _gaussian_student(perturb=0.05)
+    teacher = exact.MixtureTeacher(torch.full((1, 3), MEAN), STD, 1.0, schedule)
+    eps = torch.randn(512, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    config = boot.BootConfig(weighting=weighting)
+    losses, wrong_losses = [], []
+    for n in (8, 32, 128, 512):
+        grid = boot.time_grid(schedule, n)
+        k = torch.arange(512) % n + 1  # every step of the grid, each equally often
+        losses.append(boot.boot_loss(student, teacher, eps, schedule=schedule, grid=grid, k=k, config=config)[0].item())
+        wrong_losses.append(boot.boot_loss(wrong, teacher, eps, schedule=schedule, grid=grid, k=k, config=config)[0].item())
+    assert all(b < a / 2 for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < 1e-4 * (1 if weighting == "inv_delta2" else 1e-2)
+    if weighting == "inv_delta2":  # the residual of the Signal-ODE: an O(1) error stays O(1)
+        assert min(wrong_losses) > 1e-3
+    assert wrong_losses[-2] > 10 * losses[-2] and wrong_losses[-1] > 1000 * losses[-1]
+
+
+def test_many_step_ddim_reaches_the_closed_form_sample():
+    for schedule in (boot.Schedule.linear(), boot.Schedule.cosine()):
+        teacher = exact.MixtureTeacher(torch.full((1, 3), MEAN), STD, 1.0, schedule)
+        eps = torch.randn(256, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        target = exact.gaussian_signal(eps, torch.zeros(256, dtype=torch.float64), mean=MEAN, std=STD, schedule=schedule)
+        err = {n: (boot.ddim_sample(teacher, eps, schedule=schedule, steps=n) - target).pow(2).mean().sqrt().item()
+               for n in (10, 100, 1000, 4000)}
+        assert err[4000] < 1e-3 and err[4000] < err[1000] < err[100] < err[10], err
+
+
+def test_ddim_sample_matches_diffusers_ddim_scheduler():
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                    timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)
+    schedule = boot.Schedule.discrete(sched.alphas_cumprod)
+    eps_net = lambda x, timestep, cond=None: torch.tanh(x) * (1 + timestep[:, None] / 1000)
+    sched.set_timesteps(20)
+    eps = torch.randn(4, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x = eps.clone()
+    for ts in sched.timesteps:
+        x = sched.step(eps_net(x, ts.expand(4).double()), ts, x).prev_sample
+    ours = boot.ddim_sample(boot.denoiser(eps_net, schedule, prediction="epsilon"), eps, schedule=schedule, steps=20)
+    assert _close(ours, x, 1e-6)
+
+
+def test_chained_bootstrap_targets_of_the_teacher_are_its_ddim_sampler():
+    """With the student equal to the teacher's own N-step DDIM signal, every target is that signal one
+    grid step later: the student's fixed point is N-step DDIM, and jumps land on the same trajectory."""
+    schedule = boot.Schedule.cosine()
+    teacher = exact.toy_teacher("mixture", schedule)
+    n, eps = 12, torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    grid = boot.time_grid(schedule, n)
+    ys = {n: boot.start_signal(eps, alpha_T=0.0, sigma_T=1.0)}
+    for k in range(n, 0, -1):
+        ys[k - 1], _ = boot.bootstrap_target(lambda e, t, c=None: ys[k], teacher, eps, schedule=schedule, grid=grid,
+                                             k=torch.full((32,), k))
+    assert _close(ys[0], boot.ddim_sample(teacher, eps, schedule=schedule, steps=n), 1e-9)
+    for jump in (2, 5):
+        k = torch.randint(1, n + 1, (32,), generator=torch.Generator().manual_seed(jump))
+        table = torch.stack([ys[i] for i in range(n + 1)])  # (N+1, B, 2)
+        student = lambda e, t, c=None: table[(t * n).round().long(), torch.arange(32)]
+        target, s = boot.bootstrap_target(student, teacher, eps, schedule=schedule, grid=grid, k=k,
+                                          config=boot.BootConfig(jump=jump))
+        j = (k - jump).clamp(min=0)
+        assert torch.equal(s, grid[j]) and _close(target, table[j, torch.arange(32)], 1e-9)
+
+
+def test_heun_step_is_second_order_on_the_gaussian():
+    schedule = boot.Schedule.linear()
+    teacher = exact.MixtureTeacher(torch.full((1, 2), MEAN), STD, 1.0, schedule)
+    eps = torch.randn(128, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    exact_mid = exact.gaussian_signal(eps, torch.full((128,), 0.05, dtype=torch.float64), mean=MEAN, std=STD,
+                                      schedule=schedule)
+
+    def error(order, n):  # the fixed point at grid point 0.05, reached by the N-step grid's own sampler
+        grid = boot.time_grid(schedule, n)
+        a_T, s_T, _ = schedule.coefficients(grid[-1])
+        y = boot.start_signal(eps, alpha_T=a_T, sigma_T=s_T)
+        for k in range(n, n // 20, -1):
+            y = boot._teacher_step(teacher, y, eps, None, schedule=schedule, t=grid[k].expand(128),
+                                   s=grid[k - 1].expand(128), order=order)
+        return (y - exact_mid).abs().max().item()
+
+    first = [error(1, n) for n in (40, 80, 160)]
+    second = [error(2, n) for n in (40, 80, 160)]
+    assert first[1] / first[2] == pytest.approx(2, rel=0.25)
+    assert second[1] / second[2] > 3.3 and second[2] < first[2] / 10, (first, second)
+
+
+# --- gradients ---------------------------------------------------------------------------------------
+
+
+def test_no_gradient_reaches_the_teacher_and_the_target_carries_none():
+    schedule = boot.Schedule.linear()
+    teacher_net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    teacher = boot.denoiser(lambda x, t, c: teacher_net(torch.cat([x, t[:, None]], 1)), schedule, prediction="v_prediction")
+    student = boot.MLPStudent(dim=2, width=32, depth=2)
+    grid = boot.time_grid(schedule, 8)
+    eps = torch.randn(16, 2)
+    target, _ = boot.bootstrap_target(student, teacher, eps, schedule=schedule, grid=grid, k=torch.full((16,), 4))
+    assert not target.requires_grad and target.grad_fn is None
+    loss, _ = boot.boot_loss(student, teacher, eps, schedule=schedule, grid=grid)
+    loss.backward()
+    assert all(p.grad is None for p in teacher_net.parameters())
+    assert all(p.grad is not None for p in student.parameters())
+
+
+def test_gradient_flows_through_the_student_at_s_only():
+    """d loss / d theta = mean_b w_b 2 (g(eps, s) - target) d g(eps, s) / d theta, target held fixed."""
+    schedule = boot.Schedule.cosine()
+    teacher = exact.toy_teacher("mixture", schedule)
+    student = boot.MLPStudent(dim=2, width=32, depth=2)
+    grid = boot.time_grid(schedule, 8)
+    eps, k = torch.randn(32, 2), torch.randint(1, 9, (32,), generator=torch.Generator().manual_seed(5))
+    loss, _ = boot.boot_loss(student, teacher, eps, schedule=schedule, grid=grid, k=k)
+    grads = torch.autograd.grad(loss, list(student.parameters()))
+    target, s = boot.bootstrap_target(student, teacher, eps, schedule=schedule, grid=grid, k=k)
+    lam = schedule.coefficients(grid)[2]
+    w = boot.signal_delta(lam_t=lam[k], lam_s=lam[k - 1]).float() ** -2
+    manual = (w * (student(eps, s.float()) - target).pow(2).mean(1)).mean()
+    for g, m in zip(grads, torch.autograd.grad(manual, list(student.parameters()))):
+        assert _close(g, m, 1e-5)
+
+
+# --- the teacher interface: guidance, adapters, exact teachers ---------------------------------------
+
+
+def test_guidance_convention_and_one_batched_call():
+    schedule = boot.Schedule.linear()
+    calls = []
+
+    def teacher(x, t, c):
+        calls.append(len(x))
+        return x * c.mean(1, keepdim=True) + t[:, None]
+
+    x, t = torch.randn(4, 3), torch.rand(4)
+    cond, null = torch.randn(4, 5), torch.randn(1, 5)
+    f_c, f_u = teacher(x, t, cond), teacher(x, t, null.expand(4, 5))
+    calls.clear()
+    assert _close(boot.guided(teacher, scale=1.0, null_cond=null)(x, t, cond), f_c)
+    assert _close(boot.guided(teacher, scale=0.0, null_cond=null)(x, t, cond), f_u)
+    assert _close(boot.guided(teacher, scale=7.5, null_cond=null)(x, t, cond), f_u + 7.5 * (f_c - f_u))
+    w = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    assert _close(boot.guided(teacher, scale=w, null_cond=null)(x, t, cond), f_u + w[:, None] * (f_c - f_u))
+    assert calls == [8, 8, 8, 8], "both branches in one batched teacher call"
+
+
+def test_denoiser_calls_discrete_teachers_at_their_timesteps():
+    schedule = boot.Schedule.discrete(_scaled_linear_alphas_cumprod())
+    seen = []
+    net = lambda x, timestep, c: seen.append(timestep) or torch.zeros_like(x)
+    teacher = boot.denoiser(net, schedule, prediction="epsilon")
+    grid = boot.time_grid(schedule, 10, spacing="lambda")
+    x = torch.randn(10, 3)
+    assert _close(teacher(x, grid[1:].float(), None), x / schedule.coefficients(grid[1:])[0][:, None].float())
+    assert torch.equal(seen[0], seen[0].round()) and seen[0].min() >= 0 and seen[0].max() == 999
+
+
+def test_mixture_teacher_is_tweedie_posterior_mean():
+    """f = (x_t + sigma^2 grad log p_t(x_t)) / alpha, with p_t the mixture noised to time t."""
+    schedule = boot.Schedule.cosine()
+    teacher = exact.toy_teacher("unequal", schedule)
+    x = torch.randn(64, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(64, dtype=torch.float64) * 0.9 + 0.05
+    alpha, sigma, _ = schedule.coefficients(t)
+    a, s = alpha[:, None, None], sigma[:, None, None]
+    var = a[..., 0] ** 2 * teacher.stds ** 2 + s[..., 0] ** 2                          # (B, K)
+    sq = (x[:, None] - a * teacher.means).pow(2).sum(-1)
+    logp = torch.logsumexp(teacher.weights.log() - var.log() - sq / (2 * var), dim=1)  # D = 2
+    (score,) = torch.autograd.grad(logp.sum(), x)
+    tweedie = (x + sigma[:, None] ** 2 * score) / alpha[:, None]
+    assert _close(teacher(x.detach(), t), tweedie.detach(), 1e-8)
+
+
+# --- students and real learning ----------------------------------------------------------------------
+
+
+def test_students_map_noise_and_time_to_signals_of_the_same_shape():
+    unet = boot.UNetStudent(channels=3, base=16, mults=(1, 2), cond_dim=7)
+    eps = torch.randn(2, 3, 8, 8)
+    assert unet(eps, torch.rand(2), torch.randn(2, 7)).shape == eps.shape
+    with pytest.raises(ValueError, match="divisible"):
+        unet(torch.randn(2, 3, 7, 7), torch.rand(2), torch.randn(2, 7))
+    mlp = boot.MLPStudent(dim=5, cond_dim=3)
+    assert mlp(torch.randn(4, 5), torch.rand(4), torch.randn(4, 3)).shape == (4, 5)
+
+
+def test_a_few_hundred_steps_beat_the_teachers_two_step_ddim():
+    torch.manual_seed(0)
+    schedule = boot.Schedule.cosine()
+    teacher = exact.toy_teacher("mixture", schedule)
+    grid = boot.time_grid(schedule, 16)
+    student = boot.MLPStudent(dim=2, width=128, depth=3)
+    opt = torch.optim.Adam(student.parameters(), lr=2e-3)
+    for _ in range(400):
+        loss, _ = boot.boot_loss(student, teacher, torch.randn(256, 2), schedule=schedule, grid=grid)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    eps = torch.randn(2048, 2, generator=torch.Generator().manual_seed(6))
+    reference = boot.ddim_sample(teacher, eps, schedule=schedule, steps=512)
+    rmse = lambda x: (x - reference).pow(2).sum(1).mean().sqrt().item()
+    two_step = rmse(boot.ddim_sample(teacher, eps, schedule=schedule, steps=2))
+    assert rmse(boot.sample_student(student, eps)) < two_step
