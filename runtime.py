@@ -1,0 +1,304 @@
+"""runtime.py: what keeps long runs alive, shared by train_toy.py and train_sd.py.
+
+- Checkpoints: weights in safetensors, optimizer/schedule/EMA/step in a bundle that loads with
+  torch.load(weights_only=True); each written to a temporary folder, then renamed (atomic), every
+  --ckpt-every steps and on SIGINT/SIGTERM. A run killed at any moment leaves a loadable latest one.
+- Exact resume: the noise of step i on rank r comes from its own generator seeded by (seed, r, i), so a
+  resumed run draws what the uninterrupted run would have drawn.
+- Non-finite gradients: the step is skipped and counted; after `max_nonfinite` in a row the run stops.
+- torchrun: DistributedDataParallel (NCCL on GPUs, gloo on the CPU); rank 0 alone writes and logs.
+- Bad input raises UsageError: one line on stderr, exit status 2. A run that cannot go on: RunError, 1.
+"""
+import argparse
+import contextlib
+import functools
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported in one line, exit status 2."""
+
+
+class RunError(Exception):
+    """A run that cannot go on: reported in one line, exit status 1."""
+
+
+def cli(main):
+    """Run main(); turn UsageError and RunError into one line on stderr and a non-zero exit."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except RunError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+    return wrapped
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets one line (and status 2) instead of the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive(kind=int):
+    """An argparse type for a positive number."""
+    def parse(text):
+        value = kind(text)  # argparse reports a ValueError as "invalid positive value"
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    parse.__name__ = "positive"
+    return parse
+
+
+# ----------------------------------------------------------------------------------------------------
+# Devices and torchrun.
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def say(self, *args):
+        if self.main:
+            tqdm.write(" ".join(str(a) for a in args))
+
+    def all_true(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        t = torch.tensor([0.0 if flag else 1.0], device=self.device)
+        dist.all_reduce(t)
+        return t.item() == 0
+
+
+def setup(device_name: str = "auto") -> Dist:
+    """Pick the device (cuda when present under "auto"; say which) and join torchrun's process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device_name)
+    except RuntimeError:
+        raise UsageError(f"unknown --device {device_name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    d = Dist(rank, world, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    d.say(f"device: {device} ({name})" + (f", {world} processes" if world > 1 else ""))
+    return d
+
+
+def step_generator(seed: int, rank: int, step: int, device) -> torch.Generator:
+    """The generator for one step of one rank: resumes and ranks draw exactly what they should."""
+    return torch.Generator(device=device).manual_seed(hash((seed, rank, step)) & (2 ** 62 - 1))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints: out/checkpoints/step-00001000/{student,ema}.safetensors + state.pt
+
+
+def _fsync(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(out: Path, step: int, weights: dict, state: dict, keep: int = 2) -> Path:
+    """Write weights (name -> state dict) and state atomically; keep the newest `keep` checkpoints."""
+    root = Path(out) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final, tmp = root / f"step-{step:08d}", root / f".tmp-step-{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name, sd in weights.items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, tmp / f"{name}.safetensors")
+    torch.save(state, tmp / "state.pt")
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
+    if final.exists():  # the same step saved again (an interrupt right after a periodic save)
+        final.rename(root / f".old-step-{step:08d}-{os.getpid()}")
+    tmp.rename(final)
+    _fsync(root)
+    for old in checkpoints(out)[:-keep] + [p for p in root.glob(".*") if p != final]:
+        shutil.rmtree(old, ignore_errors=True)  # leftovers of killed writes and older checkpoints
+    return final
+
+
+def checkpoints(out: Path) -> list:
+    root = Path(out) / "checkpoints"
+    return sorted(root.glob("step-*")) if root.is_dir() else []
+
+
+def load_checkpoint(path: Path):
+    """(weights, state): safetensors and a weights_only torch.load, so nothing arbitrary is unpickled."""
+    path = Path(path)
+    weights = {f.stem: load_file(f) for f in sorted(path.glob("*.safetensors"))}
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    return weights, state
+
+
+def latest_checkpoint(out: Path):
+    """The newest checkpoint that loads: (path, weights, state), or None when there is none."""
+    for path in reversed(checkpoints(out)):
+        try:
+            return (path, *load_checkpoint(path))
+        except Exception as e:  # a damaged folder (disk trouble): say so and fall back to an older one
+            print(f"warning: checkpoint {path} does not load ({e}); trying an older one", file=sys.stderr)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# The training loop.
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Turn SIGINT/SIGTERM into a flag the loop reads between steps (the step in flight finishes)."""
+    received = []
+    handler = lambda signum, frame: received.append(signum)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    """Owns the optimisation loop: skip non-finite steps, clip, EMA, log, checkpoint, resume, stop cleanly."""
+
+    def __init__(self, *, out, model, optimizer, lr_schedule=None, ema=None, dist_info: Dist, config: dict,
+                 ckpt_every: int = 1000, clip: float = 1.0, max_nonfinite: int = 5, log_every: int = 50):
+        self.out, self.model, self.optimizer, self.lr_schedule, self.ema = Path(out), model, optimizer, lr_schedule, ema
+        self.d, self.config, self.ckpt_every, self.clip = dist_info, config, ckpt_every, clip
+        self.max_nonfinite, self.log_every = max_nonfinite, log_every
+        self.step, self.skipped, self.in_row = 0, 0, 0
+
+    @property
+    def student(self):
+        return getattr(self.model, "module", self.model)  # unwrap DistributedDataParallel
+
+    def state_dicts(self):
+        weights = {"student": self.student.state_dict()}
+        if self.ema is not None:
+            weights["ema"] = self.ema.module.state_dict()
+        state = {"step": self.step, "skipped": self.skipped, "optimizer": self.optimizer.state_dict(),
+                 "config": self.config}
+        if self.lr_schedule is not None:
+            state["lr_schedule"] = self.lr_schedule.state_dict()
+        if self.ema is not None:
+            state["ema_n_averaged"] = self.ema.n_averaged
+        return weights, state
+
+    def save(self) -> Path:
+        if not self.d.main:
+            return None
+        return save_checkpoint(self.out, self.step, *self.state_dicts())
+
+    def resume(self, same_keys=()) -> bool:
+        """Load the latest checkpoint in out (every rank reads it). False when there is none."""
+        found = latest_checkpoint(self.out)
+        if found is None:
+            return False
+        path, weights, state = found
+        for key in same_keys:
+            if state["config"].get(key) != self.config.get(key):
+                raise UsageError(f"--resume: {path} was made with {key}={state['config'].get(key)!r}, "
+                                 f"this run asks for {self.config.get(key)!r}")
+        self.student.load_state_dict(weights["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_schedule is not None:
+            self.lr_schedule.load_state_dict(state["lr_schedule"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(weights["ema"])
+            self.ema.n_averaged.copy_(state["ema_n_averaged"])
+        self.step, self.skipped = state["step"], state["skipped"]
+        self.d.say(f"resumed from {path} at step {self.step}")
+        return True
+
+    def log(self, record: dict):
+        if self.d.main:
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def fit(self, steps: int, loss_fn, *, desc="boot", every=None):
+        """loss_fn(step) -> (loss, logs). every: optional (n, fn(step)) called every n steps (validation)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        bar = tqdm(total=steps, initial=self.step, desc=desc, disable=not self.d.main, dynamic_ncols=True)
+        start, start_step = time.perf_counter(), self.step
+        with stop_requests() as stop:
+            while self.step < steps:
+                loss, logs = loss_fn(self.step)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # always: under DDP every rank joins the gradient all-reduce
+                norm = torch.nn.utils.clip_grad_norm_(params, self.clip if self.clip else float("inf"))
+                if torch.isfinite(norm):  # the all-reduced gradient: every rank decides alike
+                    self.optimizer.step()
+                    if self.ema is not None:
+                        self.ema.update_parameters(self.student)
+                    self.in_row = 0
+                else:  # skip the update, keep the step's place in the schedule
+                    self.skipped, self.in_row = self.skipped + 1, self.in_row + 1
+                    self.log({"step": self.step, "event": "non-finite loss or gradient, update skipped",
+                              "skipped": self.skipped})
+                    if self.in_row >= self.max_nonfinite:
+                        last = checkpoints(self.out)
+                        raise RunError(f"{self.in_row} non-finite losses or gradients in a row at step {self.step} "
+                                       f"(lower --lr, or train in fp32); last good checkpoint: "
+                                       f"{last[-1] if last else 'none written yet'}")
+                if self.lr_schedule is not None:
+                    self.lr_schedule.step()
+                self.step += 1
+                bar.update(1)
+                if self.step % self.log_every == 0 or self.step == steps:
+                    record = {k: (v.item() if torch.is_tensor(v) else v) for k, v in logs.items()}
+                    record.update(step=self.step, grad_norm=norm.item(), skipped=self.skipped,
+                                  lr=self.optimizer.param_groups[0]["lr"],
+                                  steps_per_s=(self.step - start_step) / (time.perf_counter() - start))
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
+                    self.log(record)
+                if every and self.step % every[0] == 0:
+                    every[1](self.step)
+                if self.step % self.ckpt_every == 0 and self.step < steps:
+                    self.save()
+                if not self.d.all_true(not stop):
+                    path = self.save()
+                    self.d.say(f"stopped by signal at step {self.step}; checkpoint {path}; continue with --resume")
+                    bar.close()
+                    sys.exit(128 + (stop[0] if stop else signal.SIGTERM))
+        bar.close()
+        return self.save()
