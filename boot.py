@@ -16,7 +16,7 @@ is the sample, so generating is one network call.
     x0 = sample_student(student, torch.randn(16, 2))                   # one call
 
 Public names: Schedule, time_grid, to_x0, from_x0, ddim_step, signal_delta, signal_step, start_signal,
-denoiser, guided, MLPStudent, UNetStudent, BootConfig, bootstrap_target, boot_loss, sample_student,
+denoiser, guided, MLPStudent, UNetStudent, TeacherStudent, BootConfig, bootstrap_target, boot_loss, sample_student,
 ddim_sample.
 
 Notation (code -> paper):
@@ -104,34 +104,43 @@ class Schedule:
         lam = 0.5 * (la2 - torch.log(neg))
         return torch.exp(0.5 * la2).to(out), torch.sqrt(neg).to(out), lam.to(out)
 
+    def network_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The time input of a network trained on this schedule: t itself, or the timestep t n - 1 if discrete."""
+        return t * self.train_steps - 1 if self.train_steps else t
+
     def teacher_time(self, t: torch.Tensor) -> torch.Tensor:
-        """The time the teacher network was trained with: t itself, or the timestep t n - 1 if discrete."""
-        return (t.double() * self.train_steps).round() - 1 if self.train_steps else t
+        """network_time, rounded for a discrete teacher: it is only ever called at its training timesteps."""
+        return self.network_time(t.double()).round() if self.train_steps else t
 
     def snap(self, t: torch.Tensor) -> torch.Tensor:
         """Round t to the nearest time the teacher can be called at (identity when continuous)."""
         return (t * self.train_steps).round() / self.train_steps if self.train_steps else t
 
 
+SPACINGS = ("t", "quadratic", "lambda")
+
+
 def time_grid(schedule: Schedule, steps: int, *, spacing: str = "t") -> torch.Tensor:
-    """Float64 times t_0 = 0 < t_1 < ... < t_N = 1: uniform in t, or t_1..t_N uniform in lambda."""
+    """Float64 times 0 = t_0 < t_1 < ... < t_N = 1, uniform in t, or t_k = (k / N)^2 ("quadratic", DDIM's
+    "quad": fine near the data, where a step's error is largest), or t_1..t_N uniform in lambda."""
     if steps < 1 or (schedule.train_steps and steps > schedule.train_steps):
         raise ValueError(f"grid steps must be at least 1{' and at most %d' % schedule.train_steps if schedule.train_steps else ''}, got {steps}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown grid spacing {spacing!r}; use one of {SPACINGS}")
     t = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    if spacing == "quadratic":
+        t = t ** 2
     if spacing == "lambda" and steps > 1:
-        # Same ends as the uniform grid; the interior is uniform in lambda (finite at t_1 and, if
-        # alpha_1 > 0, at t_N; else the first interior point is placed by bisection on lam).
-        lam_lo = schedule.coefficients(t[-1:])[2].clamp(min=-20.0)
-        lam_hi = schedule.coefficients(t[1:2])[2]
-        targets = torch.linspace(lam_hi.item(), lam_lo.item(), steps, dtype=torch.float64)[1:-1]
+        # t_1 and t_N as on the uniform grid, lambda uniform in between (clamped where alpha_T = 0 makes it
+        # infinite); lambda decreases in t, so each interior point is found by bisection.
+        lam_hi, lam_lo = schedule.coefficients(t[[1, -1]])[2].clamp(min=-20.0).tolist()
+        targets = torch.linspace(lam_hi, lam_lo, steps, dtype=torch.float64)[1:-1]
         lo, hi = torch.full_like(targets, float(t[1])), torch.ones_like(targets)
-        for _ in range(60):  # lam is decreasing in t: bisect for lam(t) = target
+        for _ in range(60):
             mid = (lo + hi) / 2
             above = schedule.coefficients(mid)[2] > targets
             lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
         t = torch.cat([t[:2], (lo + hi) / 2, t[-1:]])
-    elif spacing != "t" and spacing != "lambda":
-        raise ValueError(f"unknown grid spacing {spacing!r}; use 't' or 'lambda'")
     t = schedule.snap(t)
     if not (t[1:] > t[:-1]).all():
         raise ValueError(f"{steps} {spacing}-spaced steps collide on the teacher's {schedule.train_steps} timesteps")
@@ -304,6 +313,25 @@ class UNetStudent(nn.Module):
         return self.out(h)
 
 
+class TeacherStudent(nn.Module):
+    """A student that starts as the teacher (the paper's recipe for text-to-image): the teacher's network
+    reads eps in place of x_t, and its prediction becomes a signal at the FIXED coefficients of t = T:
+    g(eps, t, c) = to_x0(net(eps, network_time(t), c), x_t = eps, alpha_T, sigma_T), so g(eps, T) = f(eps, T)
+    at initialisation. net(x, time, cond) returns the prediction (wrap diffusers' `.sample`)."""
+
+    def __init__(self, net: nn.Module, schedule: Schedule, *, prediction: str):
+        super().__init__()
+        alpha_T, sigma_T, _ = schedule.coefficients(torch.ones((), dtype=torch.float64))
+        if prediction not in PREDICTIONS or (prediction == "epsilon" and alpha_T == 0):
+            raise ValueError(f"cannot start a student from a {prediction!r} teacher with alpha_T = {alpha_T.item()}")
+        self.net, self.schedule, self.prediction = net, schedule, prediction
+        self.alpha_T, self.sigma_T = alpha_T.item(), sigma_T.item()
+
+    def forward(self, eps, t, cond=None):
+        pred = self.net(eps, self.schedule.network_time(t), cond)
+        return to_x0(pred, kind=self.prediction, x_t=eps, alpha=self.alpha_T, sigma=self.sigma_T)
+
+
 # ----------------------------------------------------------------------------------------------------
 # 6. The bootstrap objective.
 
@@ -368,21 +396,25 @@ def boot_loss(student, teacher: Teacher, eps, *, schedule: Schedule, grid, cond=
     if k is None:
         k = torch.randint(1, n + 1, (eps.shape[0],), device=eps.device)
     target, s = bootstrap_target(student, teacher, eps, schedule=schedule, grid=grid, k=k, cond=cond, config=config)
-    residual = (student(eps, s.to(eps.dtype), cond) - target).float().pow(2).flatten(1).mean(1)
-    _, _, lam_s = schedule.coefficients(s)
-    delta = signal_delta(lam_t=schedule.coefficients(grid[k])[2], lam_s=lam_s).float()
+    _, _, lam = schedule.coefficients(grid)
+    delta = signal_delta(lam_t=lam[k], lam_s=lam[(k - config.jump).clamp(min=0)]).float()
     weight = delta.pow(-2) if config.weighting == "inv_delta2" else torch.ones_like(delta)
-    loss = (weight * residual).mean()
-    logs = {"residual": residual.mean().detach(), "delta": delta.mean()}
-    if config.boundary == "loss":
-        t_T = grid[-1:].expand(eps.shape[0])
-        with torch.no_grad():
-            f_T = teacher(eps, t_T.to(eps.dtype), cond)
-        logs["boundary"] = (student(eps, t_T.to(eps.dtype), cond) - f_T).float().pow(2).mean()
-        loss = loss + logs["boundary"]
-        logs["boundary"] = logs["boundary"].detach()
-    logs["loss"] = loss.detach()
-    return loss, logs
+    if config.boundary == "exact":
+        residual = (student(eps, s.to(eps.dtype), cond) - target).float().pow(2).flatten(1).mean(1)
+        loss = (weight * residual).mean()
+        return loss, {"loss": loss.detach(), "residual": residual.mean().detach(), "delta": delta.mean()}
+    # Paper-style boundary |g(eps, T) - f(eps, T)|^2 (exact only when alpha_T = 0): the student runs once on
+    # both halves, so that wrappers such as DistributedDataParallel see a single forward pass.
+    t_T = grid[-1].expand(eps.shape[0])
+    with torch.no_grad():
+        f_T = teacher(eps, t_T.to(eps.dtype), cond)
+    both = lambda a, b: None if a is None else torch.cat([a, b])
+    g_s, g_T = student(both(eps, eps), torch.cat([s, t_T]).to(eps.dtype), both(cond, cond)).chunk(2)
+    residual = (g_s - target).float().pow(2).flatten(1).mean(1)
+    boundary = (g_T - f_T).float().pow(2).mean()
+    loss = (weight * residual).mean() + boundary
+    return loss, {"loss": loss.detach(), "residual": residual.mean().detach(), "delta": delta.mean(),
+                  "boundary": boundary.detach()}
 
 
 # ----------------------------------------------------------------------------------------------------

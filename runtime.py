@@ -301,4 +301,9 @@ class Trainer:
                     bar.close()
                     sys.exit(128 + (stop[0] if stop else signal.SIGTERM))
         bar.close()
+        if self.d.world > 1:  # DDP keeps replicas identical; check it, since a silent drift would waste the run
+            sums = torch.stack([p.detach().double().sum() for p in self.student.parameters()])
+            gathered = [torch.empty_like(sums) for _ in range(self.d.world)]
+            dist.all_gather(gathered, sums)
+            self.log({"step": self.step, "ranks_identical": all(torch.equal(g, gathered[0]) for g in gathered)})
         return self.save()

@@ -75,7 +75,7 @@ def test_discrete_rejects_bad_alphas_cumprod():
 # --- the time grid -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spacing", ["t", "lambda"])
+@pytest.mark.parametrize("spacing", boot.SPACINGS)
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_time_grid_runs_from_zero_to_one(name, spacing):
     grid = boot.time_grid(SCHEDULES[name](), 40, spacing=spacing)
@@ -232,14 +232,15 @@ def test_boundary_loss_option_ties_the_student_at_T_to_the_teacher():
     teacher = exact.toy_teacher("mixture", schedule)
     grid = boot.time_grid(schedule, 8)
     eps = torch.randn(64, 2)
-    f_T = teacher(eps, torch.ones(64))
-    right = lambda e, t, c=None: torch.where((t == 1)[:, None], f_T, e)
-    wrong = lambda e, t, c=None: torch.where((t == 1)[:, None], f_T + 1, e)
+    at_T = lambda e, t, shift: torch.where((t == 1)[:, None], teacher(e, torch.ones(len(e))) + shift, e)
     config = boot.BootConfig(boundary="loss")
     k = torch.full((64,), 3)
-    _, logs_right = boot.boot_loss(right, teacher, eps, schedule=schedule, grid=grid, config=config, k=k)
-    _, logs_wrong = boot.boot_loss(wrong, teacher, eps, schedule=schedule, grid=grid, config=config, k=k)
-    assert logs_right["boundary"] == 0 and logs_wrong["boundary"] == pytest.approx(1.0)
+    for shift, expected in ((0.0, 0.0), (1.0, 1.0)):
+        student = lambda e, t, c=None: at_T(e, t, shift)
+        loss, logs = boot.boot_loss(student, teacher, eps, schedule=schedule, grid=grid, config=config, k=k)
+        assert logs["boundary"].item() == pytest.approx(expected)
+        exact_loss, _ = boot.boot_loss(student, teacher, eps, schedule=schedule, grid=grid, k=k)
+        assert loss.item() == pytest.approx(exact_loss.item() + expected, rel=1e-6)
 
 
 # --- the bootstrap objective on the exact Gaussian teacher -------------------------------------------
@@ -459,3 +460,24 @@ def test_a_few_hundred_steps_beat_the_teachers_two_step_ddim():
     rmse = lambda x: (x - reference).pow(2).sum(1).mean().sqrt().item()
     two_step = rmse(boot.ddim_sample(teacher, eps, schedule=schedule, steps=2))
     assert rmse(boot.sample_student(student, eps)) < two_step
+
+
+class _TimeNet(torch.nn.Module):
+    def __init__(self, dim=3):
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Linear(dim + 1, 32), torch.nn.Tanh(), torch.nn.Linear(32, dim))
+
+    def forward(self, x, time, cond=None):
+        return self.layers(torch.cat([x, time[:, None].to(x.dtype) / 1000], 1))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_student_started_from_the_teacher_is_the_teacher_at_T(prediction):
+    schedule = boot.Schedule.discrete(_scaled_linear_alphas_cumprod())
+    net = _TimeNet()
+    student, teacher = boot.TeacherStudent(net, schedule, prediction=prediction), boot.denoiser(net, schedule, prediction=prediction)
+    eps, ones = torch.randn(8, 3), torch.ones(8)
+    assert _close(student(eps, ones), teacher(eps, ones, None))
+    assert not _close(student(eps, ones / 2), teacher(eps, ones / 2, None)), "the teacher reads x_t, the student eps"
+    with pytest.raises(ValueError, match="alpha_T"):
+        boot.TeacherStudent(net, boot.Schedule.cosine(), prediction="epsilon")

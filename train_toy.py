@@ -1,0 +1,318 @@
+"""train_toy.py: distill a teacher into a one-call student with BOOT, and show how close it gets.
+
+    python train_toy.py                         # exact 2-D Gaussian-mixture teacher, CPU, about 2 minutes
+    python train_toy.py --data checkerboard     # other exact teachers: unequal, checkerboard, spiral
+    python train_toy.py --teacher google/ddpm-cifar10-32 --device cuda    # a diffusers pixel model
+
+Writes into --out: metrics.json, samples.npz (2-D) or PNG grids (pixels), samples.png, student.safetensors,
+checkpoints/ (resume with --resume) and log.jsonl. torchrun --nproc_per_node N train_toy.py ... runs DDP.
+"""
+import argparse
+import contextlib
+import copy
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel
+
+import boot
+import exact
+import metrics
+import runtime
+
+# What a resumed run may change; everything else must match the checkpoint.
+RESUMABLE = {"steps", "out", "resume", "overwrite", "device", "ckpt_every", "eval_samples", "reference_steps"}
+
+
+def parse_args(argv=None):
+    p = runtime.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pos, posf = runtime.positive(int), runtime.positive(float)
+    p.add_argument("--data", default="mixture", help=f"exact teacher: 2-D {', '.join(exact.TOYS)}, or digits "
+                                                      "(scikit-learn's 1,797 real 8x8 digits)")
+    p.add_argument("--teacher", help="diffusers unconditional pixel model (hub id or folder, UNet2DModel + scheduler), "
+                                     "e.g. google/ddpm-cifar10-32; replaces --data")
+    p.add_argument("--init-from-teacher", action="store_true", help="pixel teachers: start the student as a copy of the teacher")
+    p.add_argument("--out", help="output folder (default: runs/toy-DATA or runs/NAME-OF-TEACHER)")
+    p.add_argument("--steps", type=pos, default=6000, help="training steps")
+    p.add_argument("--batch-size", type=pos, default=1024, help="noises per step and process (torchrun: N times as many in all)")
+    p.add_argument("--lr", type=posf, default=2e-3, help="peak Adam learning rate (warm-up, then cosine decay to 0)")
+    p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
+    p.add_argument("--bootstrap-steps", type=pos, default=16, help="N, the steps of the bootstrap time grid")
+    p.add_argument("--spacing", choices=("t", "lambda"), default="t", help="time grid uniform in t or in lambda")
+    p.add_argument("--order", type=int, choices=(1, 2), default=1, help="teacher step: 1 = DDIM, 2 = Heun (2 calls)")
+    p.add_argument("--jump", type=pos, default=4, help="teacher steps per bootstrap target (fewer hops from T to 0)")
+    p.add_argument("--weighting", choices=("inv_delta2", "constant"), default="inv_delta2", help="loss weight")
+    p.add_argument("--boundary", choices=("exact", "loss"), default="exact", help="boundary condition at t = T")
+    p.add_argument("--schedule", choices=("cosine", "linear"), default="cosine", help="2-D teachers: noise schedule")
+    p.add_argument("--width", type=pos, help="student width: MLP 256 (2-D), 1024 (digits); UNet base channels 64")
+    p.add_argument("--depth", type=pos, default=3, help="MLP student depth")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the evaluated weights (0: off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
+    p.add_argument("--bf16", action="store_true", help="CUDA: bf16 autocast for teacher and student")
+    p.add_argument("--ckpt-every", type=pos, default=1000, help="checkpoint every this many steps (and on SIGINT/SIGTERM)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that already holds a run")
+    p.add_argument("--eval-samples", type=pos, default=4096, help="fixed noises for the figures (2-D); pixels: 256")
+    p.add_argument("--reference-steps", type=pos, default=4096, help="DDIM steps of the converged reference")
+    args = p.parse_args(argv)
+    if not 0 <= args.ema < 1:
+        p.error(f"argument --ema: must be in [0, 1), got {args.ema}")
+    if args.teacher is None and args.data not in exact.TOYS + ("digits",):
+        p.error(f"argument --data: unknown exact teacher {args.data!r}; choose one of {', '.join(exact.TOYS)}, digits")
+    if args.width is None:
+        args.width = 64 if args.teacher else 1024 if args.data == "digits" else 256
+    if args.jump > args.bootstrap_steps:
+        p.error(f"argument --jump: at most --bootstrap-steps ({args.bootstrap_steps}), got {args.jump}")
+    if args.out is None:
+        name = Path(args.teacher.rstrip("/")).name if args.teacher else f"toy-{args.data}"
+        args.out = str(Path("runs") / name)
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------
+# Teachers and students.
+
+
+class DiffusersNet(torch.nn.Module):
+    """net(x, timestep, cond) -> prediction, for diffusers' UNet2DModel (which returns `.sample`)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, timestep, cond=None):
+        return self.unet(x, timestep.expand(len(x))).sample
+
+
+def load_pixel_teacher(source: str, device):
+    """(UNet2DModel, DDPM-style scheduler) from a hub id or folder: the pipeline layout (unet/, scheduler/)
+    or the flat one of google/ddpm-cifar10-32 (config.json and scheduler_config.json side by side)."""
+    from diffusers import DDPMScheduler, UNet2DModel
+    errors = []
+    for sub in ("unet", None):
+        try:
+            unet = UNet2DModel.from_pretrained(source, subfolder=sub)
+            scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler" if sub else None)
+            break
+        except Exception as e:  # diffusers raises OSError, ValueError, EnvironmentError... keep the first cause
+            errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    else:
+        raise runtime.UsageError(f"--teacher {source!r} is not a loadable diffusers UNet2DModel with a scheduler "
+                                 f"config ({errors[0]})")
+    if scheduler.config.prediction_type not in boot.PREDICTIONS:
+        raise runtime.UsageError(f"--teacher {source!r}: unsupported prediction type {scheduler.config.prediction_type!r}")
+    return unet.to(device).eval().requires_grad_(False), scheduler
+
+
+def build(args, device):
+    """(teacher, schedule, student, sample shape, exact teacher or None)."""
+    if args.teacher is None:
+        schedule = getattr(boot.Schedule, args.schedule)()
+        toy = exact.digits_teacher(schedule) if args.data == "digits" else exact.toy_teacher(args.data, schedule)
+        dim = toy.means.shape[1]  # the MLP reads and writes digits as flat 64-vectors
+        student = boot.MLPStudent(dim=dim, width=args.width, depth=args.depth)
+        return toy, schedule, student.to(device), (dim,), toy
+    unet, scheduler = load_pixel_teacher(args.teacher, device)
+    schedule = boot.Schedule.discrete(scheduler.alphas_cumprod)
+    prediction = scheduler.config.prediction_type
+    teacher = boot.denoiser(DiffusersNet(unet), schedule, prediction=prediction)
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    if args.init_from_teacher:
+        student = boot.TeacherStudent(DiffusersNet(copy.deepcopy(unet).requires_grad_(True).train()), schedule,
+                                      prediction=prediction)
+    else:
+        student = boot.UNetStudent(channels=shape[0], base=args.width)
+    return teacher, schedule, student.to(device), shape, None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training.
+
+
+def train(args, d: runtime.Dist, teacher, schedule, student, shape):
+    """BOOT on the teacher through runtime.Trainer; returns the student to evaluate (EMA weights if on)."""
+    grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing).to(d.device)
+    config = boot.BootConfig(weighting=args.weighting, boundary=args.boundary, order=args.order, jump=args.jump)
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
+    model = DistributedDataParallel(student) if d.world > 1 else student
+    optimizer = torch.optim.Adam(student.parameters(), lr=args.lr)
+    warm_cosine = lambda i: min(1.0, (i + 1) / (args.warmup + 1)) * 0.5 * (1 + math.cos(math.pi * min(i, args.steps) / args.steps))
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warm_cosine)
+    ema = None
+    if args.ema:
+        ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema))
+    trainer = runtime.Trainer(out=args.out, model=model, optimizer=optimizer, lr_schedule=lr_schedule, ema=ema,
+                              dist_info=d, config=vars(args), ckpt_every=args.ckpt_every)
+    if args.resume:
+        trainer.resume(same_keys=sorted(set(vars(args)) - RESUMABLE))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.bf16 and d.device.type == "cuda" else contextlib.nullcontext()
+
+    def loss_fn(step):
+        gen = runtime.step_generator(args.seed, d.rank, step, d.device)
+        eps = torch.randn(args.batch_size, *shape, generator=gen, device=d.device)
+        k = torch.randint(1, args.bootstrap_steps + 1, (args.batch_size,), generator=gen, device=d.device)
+        with autocast:
+            return boot.boot_loss(model, teacher, eps, schedule=schedule, grid=grid, config=config, k=k)
+
+    trainer.fit(args.steps, loss_fn, desc=f"boot {Path(args.out).name}")
+    return (ema.module if ema is not None else student).eval()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures.
+
+
+def evaluate(args, teacher, schedule, student, shape, device, toy):
+    """Fidelity on fixed noise: the student's one call against the teacher's converged DDIM from the same
+    noise, the teacher's own DDIM-k curve, effective NFE, speed; for exact teachers, distance to the data."""
+    n = args.eval_samples if toy is not None else min(args.eval_samples, 256)
+    eps = torch.randn(n, *shape, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
+    per_pixel, batch = shape != (2,), None if toy is not None else 64
+    ref_steps = min(args.reference_steps, schedule.train_steps or args.reference_steps)  # a discrete teacher has n
+    reference = metrics.batched(lambda e: boot.ddim_sample(teacher, e, schedule=schedule, steps=ref_steps), eps, batch)
+    student_x = metrics.batched(lambda e: boot.sample_student(student, e), eps, batch)
+    curve = metrics.ddim_curve(teacher, eps, reference, schedule=schedule, per_pixel=per_pixel, batch=batch)
+    student_rmse = metrics.rmse(student_x, reference, per_pixel)
+    speed_eps = eps[:batch or n]
+    out = {
+        "student_rmse": student_rmse,
+        "teacher_ddim_rmse": {str(k): v for k, v in curve.items()},
+        "effective_nfe": metrics.effective_nfe(student_rmse, curve),
+        "samples_per_s": {"student": metrics.samples_per_second(lambda e: boot.sample_student(student, e), speed_eps),
+                          **{f"teacher_ddim_{k}": metrics.samples_per_second(
+                              lambda e: boot.ddim_sample(teacher, e, schedule=schedule, steps=k), speed_eps, repeats=1)
+                             for k in metrics.DDIM_KS}},
+        "reference": f"teacher DDIM-{ref_steps} from the same noise",
+        "rmse": "per-pixel" if per_pixel else "per-sample (Euclidean)",
+    }
+    arrays = {"noise": eps, "student": student_x, "teacher": reference}
+    if toy is not None:
+        data, data_labels = toy.sample(n, generator=torch.Generator().manual_seed(args.seed + 2))
+        arrays["data"] = data
+        out["energy_distance"] = {"student": metrics.energy_distance(student_x.cpu(), data),
+                                  "teacher": metrics.energy_distance(reference.cpu(), data)}
+        k = int(toy.labels.max()) + 1
+        out["mode_share"] = {"data": metrics.mode_shares(data_labels, k),
+                             "student": metrics.mode_shares(toy.nearest_label(student_x), k),
+                             "teacher": metrics.mode_shares(toy.nearest_label(reference), k)}
+        if (toy.stds > 0).all():  # mixtures: the share of samples within 3 std of a mode
+            near = lambda x: (torch.cdist(x.double().cpu(), toy.means) / toy.stds).min(1).values.le(3).double().mean().item()
+            out["within_3_std"] = {"student": near(student_x), "teacher": near(reference), "data": near(data)}
+    return out, {k: v.cpu() for k, v in arrays.items()}
+
+
+def print_table(m: dict):
+    rows = [("student, 1 call", m["student_rmse"], m["samples_per_s"]["student"])]
+    rows += [(f"teacher DDIM-{k}", v, m["samples_per_s"][f"teacher_ddim_{k}"]) for k, v in m["teacher_ddim_rmse"].items()]
+    print(f"\n| sampler | RMSE to converged teacher ({m['rmse']}) | samples/s |\n|---|---|---|")
+    for name, err, speed in rows:
+        print(f"| {name} | {err:.4f} | {speed:,.0f} |")
+    print(f"\neffective NFE of the one-call student: {m['effective_nfe']:.1f}")
+    if "energy_distance" in m:
+        ed = m["energy_distance"]
+        print(f"energy distance to fresh data: student {ed['student']:.5f}, teacher {ed['teacher']:.5f} "
+              f"(ratio {ed['student'] / max(ed['teacher'], 1e-12):.2f})")
+        share = m["mode_share"]
+        worst = min(s / d for s, d in zip(share["student"], share["data"]) if d > 0)
+        print(f"mode coverage: every mode hit: {all(s > 0 for s in share['student'])}, "
+              f"least-covered mode at {worst:.2f}x its data share")
+    if "within_3_std" in m:
+        print(f"samples within 3 std of a mode: student {m['within_3_std']['student']:.3f}, "
+              f"teacher {m['within_3_std']['teacher']:.3f}, data {m['within_3_std']['data']:.3f}")
+
+
+def plot_2d(path, arrays, student):
+    """Data, teacher and student side by side, and the student's y_t over t for a few noises."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.4))
+    lim = float(max(arrays["data"].abs().max(), 2.0)) * 1.1
+    for ax, key, title in zip(axes, ("data", "teacher", "student"), ("data", "teacher (converged DDIM)", "student (one call)")):
+        ax.scatter(*arrays[key][:, :2].T.numpy(), s=1, alpha=0.4)
+        ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+    ax = axes[3]
+    t = torch.linspace(0, 1, 101)
+    device = next(student.parameters()).device
+    with torch.no_grad():
+        for eps in arrays["noise"][:12].to(device):
+            y = student(eps.expand(101, 2), t.to(device)).cpu()
+            ax.plot(*y.T.numpy(), lw=1)
+            ax.scatter(*y[0].numpy(), s=12, c="k", zorder=3)
+    ax.scatter(*arrays["data"][:2000].T.numpy(), s=1, alpha=0.08, c="gray")
+    ax.set(title="student y_t, t from 1 (near 0) to 0 (dots)", xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_grid(path, images, rows):
+    """Images in [-1, 1] of shape (B, C, H, W) as one PNG, `rows` rows."""
+    from PIL import Image
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()
+    b, c, h, w = x.shape
+    cols = math.ceil(b / rows)
+    canvas = torch.zeros(c, rows * h, cols * w, dtype=torch.uint8)
+    for i in range(b):
+        canvas[:, (i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = x[i]
+    arr = canvas.permute(1, 2, 0).numpy()
+    image = Image.fromarray(arr[..., 0] if c == 1 else arr[..., :3])
+    zoom = max(1, 32 // h)  # small images (8x8 digits) are enlarged so that one can see them
+    image.resize((image.width * zoom, image.height * zoom), Image.NEAREST).save(path)
+
+
+def write_pixel_grids(out, teacher, schedule, student, eps):
+    """samples.png: rows of the student (one call), then teacher DDIM-1, 4, 16 and the converged reference."""
+    eps = eps[:8]
+    rows = [boot.sample_student(student, eps)] + [boot.ddim_sample(teacher, eps, schedule=schedule, steps=k) for k in (1, 4, 16)]
+    save_grid(out / "samples.png", torch.cat(rows), rows=len(rows))
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+@runtime.cli
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not (args.resume or args.overwrite):
+        raise runtime.UsageError(f"--out {out} already holds a run: add --resume to continue it, or --overwrite")
+    d = runtime.setup(args.device)
+    teacher, schedule, student, shape, toy = build(args, d.device)  # fails before anything is written
+    if args.overwrite and d.main:
+        for f in ("metrics.json", "samples.npz", "samples.png", "student.safetensors", "log.jsonl"):
+            (out / f).unlink(missing_ok=True)
+        for path in runtime.checkpoints(out):
+            shutil.rmtree(path)
+    if d.main:
+        what = f"exact {args.data} teacher" if toy is not None else f"teacher {args.teacher}"
+        print(f"BOOT: {what}, {sum(p.numel() for p in student.parameters()):,}-parameter student, "
+              f"N = {args.bootstrap_steps}, {args.steps} steps of batch {args.batch_size}")
+    evaluated = train(args, d, teacher, schedule, student, shape)
+    if not d.main:
+        return
+    save_file({k: v.contiguous() for k, v in evaluated.state_dict().items()}, out / "student.safetensors")
+    m, arrays = evaluate(args, teacher, schedule, evaluated, shape, d.device, toy)
+    m["config"] = vars(args)
+    (out / "metrics.json").write_text(json.dumps(m, indent=2))
+    if toy is not None:
+        np.savez(out / "samples.npz", **{k: v.numpy() for k, v in arrays.items()})
+        if shape == (2,):
+            plot_2d(out / "samples.png", arrays, evaluated)
+        else:  # digits: rows of data, teacher (converged DDIM) and student (one call)
+            rows = [arrays[key][:16].reshape(16, *toy.shape) for key in ("data", "teacher", "student")]
+            save_grid(out / "samples.png", torch.cat(rows), rows=3)
+    else:
+        write_pixel_grids(out, teacher, schedule, evaluated, arrays["noise"].to(d.device))
+    print_table(m)
+    print(f"\nwrote {out}/: metrics.json, samples.png, {'samples.npz, ' if toy is not None else ''}student.safetensors, checkpoints/")
+
+
+if __name__ == "__main__":
+    main()
