@@ -387,15 +387,19 @@ def bootstrap_target(student, teacher, eps, *, schedule, grid, k, cond=None, con
     return y, grid[j]
 
 
-def boot_loss(student, teacher: Teacher, eps, *, schedule: Schedule, grid, cond=None, config=BootConfig(), k=None):
+def boot_loss(student, teacher: Teacher, eps, *, schedule: Schedule, grid, cond=None, config=BootConfig(), k=None,
+              target_student=None):
     """weight(delta) |g(eps, s) - stopgrad(target)|^2, k ~ U{1..N} per sample (or given), s = t_{k - jump}.
+    target_student: the network that makes y_t for the target (default: the student itself; an EMA copy
+    is the target network of consistency models).
 
     Returns (loss, logs): logs holds detached tensors worth logging (call .item() when you log)."""
     grid = grid.to(eps.device)
     n = len(grid) - 1
     if k is None:
         k = torch.randint(1, n + 1, (eps.shape[0],), device=eps.device)
-    target, s = bootstrap_target(student, teacher, eps, schedule=schedule, grid=grid, k=k, cond=cond, config=config)
+    target, s = bootstrap_target(target_student or student, teacher, eps, schedule=schedule, grid=grid, k=k, cond=cond,
+                                 config=config)
     _, _, lam = schedule.coefficients(grid)
     delta = signal_delta(lam_t=lam[k], lam_s=lam[(k - config.jump).clamp(min=0)]).float()
     weight = delta.pow(-2) if config.weighting == "inv_delta2" else torch.ones_like(delta)

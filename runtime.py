@@ -5,19 +5,25 @@
   --ckpt-every steps and on SIGINT/SIGTERM. A run killed at any moment leaves a loadable latest one.
 - Exact resume: the noise of step i on rank r comes from its own generator seeded by (seed, r, i), so a
   resumed run draws what the uninterrupted run would have drawn.
-- Non-finite gradients: the step is skipped and counted; after `max_nonfinite` in a row the run stops.
-- torchrun: DistributedDataParallel (NCCL on GPUs, gloo on the CPU); rank 0 alone writes and logs.
+- Non-finite loss or gradients: the step is skipped and counted; after `max_nonfinite` in a row the run stops,
+  naming the last checkpoint (none is written during such a streak).
+- Loading: safetensors for weights, weights_only for the rest; a checkpoint that does not load is skipped, with a
+  warning, for the one before it.
+- torchrun: DistributedDataParallel (NCCL on GPUs, gloo on the CPU); rank 0 alone writes, logs and prints errors.
 - Bad input raises UsageError: one line on stderr, exit status 2. A run that cannot go on: RunError, 1.
 """
 import argparse
 import contextlib
 import functools
 import json
+import math
 import os
+import pickle
 import shutil
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,17 +42,16 @@ class RunError(Exception):
 
 
 def cli(main):
-    """Run main(); turn UsageError and RunError into one line on stderr and a non-zero exit."""
+    """Run main(); turn UsageError and RunError into one line on stderr and a non-zero exit. Under torchrun
+    rank 0 alone prints it: both errors are raised alike on every rank, and N copies would bury it."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except UsageError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        except RunError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
+        except (UsageError, RunError) as e:
+            if os.environ.get("RANK", "0") == "0":
+                print(f"error: {e}", file=sys.stderr)
+            sys.exit(2 if isinstance(e, UsageError) else 1)
     return wrapped
 
 
@@ -58,11 +63,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def positive(kind=int):
-    """An argparse type for a positive number."""
+    """An argparse type for a positive finite number."""
     def parse(text):
         value = kind(text)  # argparse reports a ValueError as "invalid positive value"
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
         return value
     parse.__name__ = "positive"
     return parse
@@ -86,12 +91,13 @@ class Dist:
         if self.main:
             tqdm.write(" ".join(str(a) for a in args))
 
-    def all_true(self, flag: bool) -> bool:
+    def all_true(self, flag) -> bool:
+        """flag (a bool or a one-element tensor) is true on every rank: the same decision everywhere."""
         if self.world == 1:
-            return flag
-        t = torch.tensor([0.0 if flag else 1.0], device=self.device)
-        dist.all_reduce(t)
-        return t.item() == 0
+            return bool(flag)
+        t = torch.as_tensor(flag, device=self.device).float().reshape(1)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t.item() == 1
 
 
 def setup(device_name: str = "auto") -> Dist:
@@ -137,27 +143,35 @@ def _fsync(path: Path):
 
 def save_checkpoint(out: Path, step: int, weights: dict, state: dict, keep: int = 2) -> Path:
     """Write weights (name -> state dict) and state atomically; keep the newest `keep` checkpoints."""
-    root = Path(out) / "checkpoints"
+    root, name = Path(out) / "checkpoints", f"step-{step:08d}"
+    final, tmp, trash = root / name, root / f".tmp-{name}-{os.getpid()}", root / f".old-{name}-{os.getpid()}"
     root.mkdir(parents=True, exist_ok=True)
-    final, tmp = root / f"step-{step:08d}", root / f".tmp-step-{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, sd in weights.items():
-        save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, tmp / f"{name}.safetensors")
-    torch.save(state, tmp / "state.pt")
+    for folder in (tmp, trash):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+    for key, sd in weights.items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, tmp / f"{key}.safetensors")
+    torch.save({**state, "weights": sorted(weights)}, tmp / "state.pt")  # what load_checkpoint must find
     for f in tmp.iterdir():
         _fsync(f)
     _fsync(tmp)
-    if final.exists():  # the same step saved again (an interrupt right after a periodic save)
-        final.rename(root / f".old-step-{step:08d}-{os.getpid()}")
+    if final.exists():  # the same step again: a damaged checkpoint that a resume skipped
+        final.rename(trash / name)
     tmp.rename(final)
     _fsync(root)
-    for old in checkpoints(out)[:-keep] + [p for p in root.glob(".*") if p != final]:
-        shutil.rmtree(old, ignore_errors=True)  # leftovers of killed writes and older checkpoints
+    # Older checkpoints beyond `keep` go out of sight at once (a kill while deleting leaves no half checkpoint),
+    # then the trash and the leftovers of killed writes are deleted. Newer ones are left alone: a resume skipped
+    # them because they do not load, and this run replaces them when it gets there.
+    older = [p for p in checkpoints(out) if p.name < name]
+    for old in older[:max(0, len(older) - keep + 1)]:
+        old.rename(trash / old.name)
+    for leftover in root.glob(".*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     return final
 
 
 def checkpoints(out: Path) -> list:
+    """The checkpoint folders in out, oldest first (written ones only: a killed write's folder starts with '.')."""
     root = Path(out) / "checkpoints"
     return sorted(root.glob("step-*")) if root.is_dir() else []
 
@@ -165,8 +179,9 @@ def checkpoints(out: Path) -> list:
 def load_checkpoint(path: Path):
     """(weights, state): safetensors and a weights_only torch.load, so nothing arbitrary is unpickled."""
     path = Path(path)
-    weights = {f.stem: load_file(f) for f in sorted(path.glob("*.safetensors"))}
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    names = state.pop("weights", None) or [f.stem for f in sorted(path.glob("*.safetensors"))]
+    weights = {name: load_file(path / f"{name}.safetensors") for name in names}
     return weights, state
 
 
@@ -176,7 +191,10 @@ def latest_checkpoint(out: Path):
         try:
             return (path, *load_checkpoint(path))
         except Exception as e:  # a damaged folder (disk trouble): say so and fall back to an older one
-            print(f"warning: checkpoint {path} does not load ({e}); trying an older one", file=sys.stderr)
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            if isinstance(e, pickle.UnpicklingError):  # weights_only refused an object: never run it
+                reason = "it holds objects other than tensors and plain values; refused"
+            print(f"warning: checkpoint {path} does not load ({reason}); trying an older one", file=sys.stderr)
     return None
 
 
@@ -206,6 +224,7 @@ class Trainer:
         self.d, self.config, self.ckpt_every, self.clip = dist_info, config, ckpt_every, clip
         self.max_nonfinite, self.log_every = max_nonfinite, log_every
         self.step, self.skipped, self.in_row = 0, 0, 0
+        self.saved = None  # (step, path) of the newest checkpoint this run wrote or resumed from
 
     @property
     def student(self):
@@ -224,33 +243,40 @@ class Trainer:
         return weights, state
 
     def save(self) -> Path:
-        if not self.d.main:
-            return None
-        return save_checkpoint(self.out, self.step, *self.state_dicts())
+        """Checkpoint this step (rank 0), once: a signal right after a periodic save does not write it again."""
+        if self.d.main and (self.saved is None or self.saved[0] != self.step):
+            self.saved = (self.step, save_checkpoint(self.out, self.step, *self.state_dicts()))
+        return self.saved[1] if self.saved else None
 
     def resume(self, same_keys=()) -> bool:
         """Load the latest checkpoint in out (every rank reads it). False when there is none."""
         found = latest_checkpoint(self.out)
-        if found is None:
-            return False
-        path, weights, state = found
-        for key in same_keys:
-            if state["config"].get(key) != self.config.get(key):
-                raise UsageError(f"--resume: {path} was made with {key}={state['config'].get(key)!r}, "
-                                 f"this run asks for {self.config.get(key)!r}")
-        self.student.load_state_dict(weights["student"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.lr_schedule is not None:
-            self.lr_schedule.load_state_dict(state["lr_schedule"])
-        if self.ema is not None:
-            self.ema.module.load_state_dict(weights["ema"])
-            self.ema.n_averaged.copy_(state["ema_n_averaged"])
-        self.step, self.skipped = state["step"], state["skipped"]
-        self.d.say(f"resumed from {path} at step {self.step}")
-        return True
+        if found is not None:
+            path, weights, state = found
+            for key in same_keys:
+                if state["config"].get(key) != self.config.get(key):
+                    raise UsageError(f"--resume: {path} was made with {key}={state['config'].get(key)!r}, "
+                                     f"this run asks for {self.config.get(key)!r}")
+            self.student.load_state_dict(weights["student"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.lr_schedule is not None:
+                self.lr_schedule.load_state_dict(state["lr_schedule"])
+            if self.ema is not None:
+                self.ema.module.load_state_dict(weights["ema"])
+                self.ema.n_averaged.copy_(state["ema_n_averaged"])
+            self.step, self.skipped, self.saved = state["step"], state["skipped"], (state["step"], path)
+            self.d.say(f"resumed from {path} at step {self.step}")
+        if self.d.world > 1:  # a folder that only some processes see (multi-node, local disks) would split the run
+            t = torch.tensor([self.step, -self.step], dtype=torch.float64, device=self.d.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            if t[0] != -t[1]:
+                raise RunError(f"--resume: the processes found checkpoints of different steps in {self.out}; "
+                               "it must be one folder that every process sees")
+        return found is not None
 
     def log(self, record: dict):
-        if self.d.main:
+        if self.d.main:  # nan and inf as strings: the log stays valid JSON
+            record = {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
             with open(self.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -258,32 +284,36 @@ class Trainer:
         """loss_fn(step) -> (loss, logs). every: optional (n, fn(step)) called every n steps (validation)."""
         self.out.mkdir(parents=True, exist_ok=True)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        bar = tqdm(total=steps, initial=self.step, desc=desc, disable=not self.d.main, dynamic_ncols=True)
         start, start_step = time.perf_counter(), self.step
-        with stop_requests() as stop:
+        bar = tqdm(total=steps, initial=self.step, desc=desc, disable=not self.d.main, dynamic_ncols=True)
+        with stop_requests() as stop, bar:  # the bar is closed before an error line is printed
             while self.step < steps:
                 loss, logs = loss_fn(self.step)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # always: under DDP every rank joins the gradient all-reduce
                 norm = torch.nn.utils.clip_grad_norm_(params, self.clip if self.clip else float("inf"))
-                if torch.isfinite(norm):  # the all-reduced gradient: every rank decides alike
+                # The gradient (all-reduced) is the same on every rank, the loss is not: every rank decides alike.
+                finite = self.d.all_true(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+                if finite:
                     self.optimizer.step()
                     if self.ema is not None:
                         self.ema.update_parameters(self.student)
                     self.in_row = 0
                 else:  # skip the update, keep the step's place in the schedule
                     self.skipped, self.in_row = self.skipped + 1, self.in_row + 1
+                if self.lr_schedule is not None:
+                    with warnings.catch_warnings():  # torch warns when the schedule steps without the optimizer
+                        warnings.simplefilter("ignore", UserWarning)
+                        self.lr_schedule.step()
+                self.step += 1
+                bar.update(1)
+                if not finite:
                     self.log({"step": self.step, "event": "non-finite loss or gradient, update skipped",
                               "skipped": self.skipped})
                     if self.in_row >= self.max_nonfinite:
-                        last = checkpoints(self.out)
-                        raise RunError(f"{self.in_row} non-finite losses or gradients in a row at step {self.step} "
-                                       f"(lower --lr, or train in fp32); last good checkpoint: "
-                                       f"{last[-1] if last else 'none written yet'}")
-                if self.lr_schedule is not None:
-                    self.lr_schedule.step()
-                self.step += 1
-                bar.update(1)
+                        raise RunError(f"{self.in_row} non-finite losses or gradients in a row (steps "
+                                       f"{self.step - self.in_row + 1} to {self.step}; lower --lr, or train in fp32); "
+                                       f"last good checkpoint: {self.saved[1] if self.saved else 'none written yet'}")
                 if self.step % self.log_every == 0 or self.step == steps:
                     record = {k: (v.item() if torch.is_tensor(v) else v) for k, v in logs.items()}
                     record.update(step=self.step, grad_norm=norm.item(), skipped=self.skipped,
@@ -293,17 +323,21 @@ class Trainer:
                     self.log(record)
                 if every and self.step % every[0] == 0:
                     every[1](self.step)
-                if self.step % self.ckpt_every == 0 and self.step < steps:
-                    self.save()
+                if self.step % self.ckpt_every == 0 and self.step < steps and not self.in_row:
+                    self.save()  # not during a non-finite streak: the last checkpoint before it is kept
                 if not self.d.all_true(not stop):
                     path = self.save()
                     self.d.say(f"stopped by signal at step {self.step}; checkpoint {path}; continue with --resume")
-                    bar.close()
                     sys.exit(128 + (stop[0] if stop else signal.SIGTERM))
-        bar.close()
         if self.d.world > 1:  # DDP keeps replicas identical; check it, since a silent drift would waste the run
             sums = torch.stack([p.detach().double().sum() for p in self.student.parameters()])
             gathered = [torch.empty_like(sums) for _ in range(self.d.world)]
             dist.all_gather(gathered, sums)
-            self.log({"step": self.step, "ranks_identical": all(torch.equal(g, gathered[0]) for g in gathered)})
+            identical = all(torch.equal(g, gathered[0]) for g in gathered)
+            self.log({"step": self.step, "ranks_identical": identical})
+            if not identical:
+                self.d.say("warning: the processes' weights differ; rank 0's are written")
+        if self.skipped:
+            self.d.say(f"warning: {self.skipped} of {self.step} steps skipped for a non-finite loss or gradient "
+                       f"(log.jsonl says which)")
         return self.save()

@@ -83,6 +83,11 @@ def test_time_grid_runs_from_zero_to_one(name, spacing):
     assert grid[0] == 0 and grid[-1] == 1 and (grid[1:] > grid[:-1]).all()
 
 
+def test_quadratic_grid_is_fine_near_the_data():
+    grid = boot.time_grid(boot.Schedule.cosine(), 8, spacing="quadratic")
+    assert torch.equal(grid, (torch.arange(9, dtype=torch.float64) / 8) ** 2)
+
+
 def test_lambda_grid_is_uniform_in_lambda():
     schedule = boot.Schedule.linear()
     _, _, lam = schedule.coefficients(boot.time_grid(schedule, 20, spacing="lambda"))

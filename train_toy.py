@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import copy
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -40,18 +41,19 @@ def parse_args(argv=None):
     p.add_argument("--out", help="output folder (default: runs/toy-DATA or runs/NAME-OF-TEACHER)")
     p.add_argument("--steps", type=pos, default=6000, help="training steps")
     p.add_argument("--batch-size", type=pos, default=1024, help="noises per step and process (torchrun: N times as many in all)")
-    p.add_argument("--lr", type=posf, default=2e-3, help="peak Adam learning rate (warm-up, then cosine decay to 0)")
+    p.add_argument("--lr", type=posf, default=5e-3, help="peak Adam learning rate (warm-up, then cosine decay to 0)")
     p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
     p.add_argument("--bootstrap-steps", type=pos, default=16, help="N, the steps of the bootstrap time grid")
-    p.add_argument("--spacing", choices=("t", "lambda"), default="t", help="time grid uniform in t or in lambda")
-    p.add_argument("--order", type=int, choices=(1, 2), default=1, help="teacher step: 1 = DDIM, 2 = Heun (2 calls)")
-    p.add_argument("--jump", type=pos, default=4, help="teacher steps per bootstrap target (fewer hops from T to 0)")
+    p.add_argument("--spacing", choices=boot.SPACINGS, default="quadratic", help="time grid: uniform in t, t = (k/N)^2, or uniform in lambda")
+    p.add_argument("--order", type=int, choices=(1, 2), default=2, help="teacher step: 1 = DDIM, 2 = Heun (2 calls)")
+    p.add_argument("--jump", type=pos, default=1, help="teacher steps per bootstrap target (fewer hops from T to 0)")
     p.add_argument("--weighting", choices=("inv_delta2", "constant"), default="inv_delta2", help="loss weight")
     p.add_argument("--boundary", choices=("exact", "loss"), default="exact", help="boundary condition at t = T")
     p.add_argument("--schedule", choices=("cosine", "linear"), default="cosine", help="2-D teachers: noise schedule")
-    p.add_argument("--width", type=pos, help="student width: MLP 256 (2-D), 1024 (digits); UNet base channels 64")
-    p.add_argument("--depth", type=pos, default=3, help="MLP student depth")
-    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the evaluated weights (0: off)")
+    p.add_argument("--width", type=pos, help="student width: MLP 128 (2-D), 1024 (digits); UNet base channels 64")
+    p.add_argument("--depth", type=pos, default=8, help="MLP student depth (residual blocks + 1)")
+    p.add_argument("--ema", type=float, default=0.99, help="EMA decay of the student's weights (0: off); the EMA makes "
+                                                        "the bootstrap targets (a target network) and is the student evaluated and saved")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
     p.add_argument("--bf16", action="store_true", help="CUDA: bf16 autocast for teacher and student")
@@ -66,7 +68,7 @@ def parse_args(argv=None):
     if args.teacher is None and args.data not in exact.TOYS + ("digits",):
         p.error(f"argument --data: unknown exact teacher {args.data!r}; choose one of {', '.join(exact.TOYS)}, digits")
     if args.width is None:
-        args.width = 64 if args.teacher else 1024 if args.data == "digits" else 256
+        args.width = 64 if args.teacher else 1024 if args.data == "digits" else 128
     if args.jump > args.bootstrap_steps:
         p.error(f"argument --jump: at most --bootstrap-steps ({args.bootstrap_steps}), got {args.jump}")
     if args.out is None:
@@ -94,15 +96,20 @@ def load_pixel_teacher(source: str, device):
     """(UNet2DModel, DDPM-style scheduler) from a hub id or folder: the pipeline layout (unet/, scheduler/)
     or the flat one of google/ddpm-cifar10-32 (config.json and scheduler_config.json side by side)."""
     from diffusers import DDPMScheduler, UNet2DModel
-    errors = []
-    for sub in ("unet", None):
-        try:
-            unet = UNet2DModel.from_pretrained(source, subfolder=sub)
-            scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler" if sub else None)
-            break
-        except Exception as e:  # diffusers raises OSError, ValueError, EnvironmentError... keep the first cause
-            errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
-    else:
+    errors, log = [], logging.getLogger("diffusers")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # diffusers logs each failed attempt; the one error line below says it all
+    try:
+        for sub in ("unet", None):
+            try:  # safetensors only: a pickled .bin can run arbitrary code
+                unet = UNet2DModel.from_pretrained(source, subfolder=sub, use_safetensors=True)
+                scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler" if sub else None)
+                break
+            except Exception as e:  # diffusers raises OSError, ValueError, EnvironmentError... keep the first cause
+                errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    finally:
+        log.setLevel(level)
+    if len(errors) == 2:  # neither layout loaded
         raise runtime.UsageError(f"--teacher {source!r} is not a loadable diffusers UNet2DModel with a scheduler "
                                  f"config ({errors[0]})")
     if scheduler.config.prediction_type not in boot.PREDICTIONS:
@@ -112,6 +119,7 @@ def load_pixel_teacher(source: str, device):
 
 def build(args, device):
     """(teacher, schedule, student, sample shape, exact teacher or None)."""
+    torch.manual_seed(args.seed)  # the student's initial weights: set by --seed, the same on every rank
     if args.teacher is None:
         schedule = getattr(boot.Schedule, args.schedule)()
         toy = exact.digits_teacher(schedule) if args.data == "digits" else exact.toy_teacher(args.data, schedule)
@@ -136,10 +144,9 @@ def build(args, device):
 
 
 def train(args, d: runtime.Dist, teacher, schedule, student, shape):
-    """BOOT on the teacher through runtime.Trainer; returns the student to evaluate (EMA weights if on)."""
+    """BOOT on the teacher through runtime.Trainer; returns the student to evaluate (the EMA if on)."""
     grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing).to(d.device)
     config = boot.BootConfig(weighting=args.weighting, boundary=args.boundary, order=args.order, jump=args.jump)
-    torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = DistributedDataParallel(student) if d.world > 1 else student
     optimizer = torch.optim.Adam(student.parameters(), lr=args.lr)
     warm_cosine = lambda i: min(1.0, (i + 1) / (args.warmup + 1)) * 0.5 * (1 + math.cos(math.pi * min(i, args.steps) / args.steps))
@@ -149,8 +156,8 @@ def train(args, d: runtime.Dist, teacher, schedule, student, shape):
         ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema))
     trainer = runtime.Trainer(out=args.out, model=model, optimizer=optimizer, lr_schedule=lr_schedule, ema=ema,
                               dist_info=d, config=vars(args), ckpt_every=args.ckpt_every)
-    if args.resume:
-        trainer.resume(same_keys=sorted(set(vars(args)) - RESUMABLE))
+    if args.resume and not trainer.resume(same_keys=sorted(set(vars(args)) - RESUMABLE)):
+        d.say(f"--resume: no checkpoint in {args.out} loads; starting from step 0")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.bf16 and d.device.type == "cuda" else contextlib.nullcontext()
 
     def loss_fn(step):
@@ -158,7 +165,8 @@ def train(args, d: runtime.Dist, teacher, schedule, student, shape):
         eps = torch.randn(args.batch_size, *shape, generator=gen, device=d.device)
         k = torch.randint(1, args.bootstrap_steps + 1, (args.batch_size,), generator=gen, device=d.device)
         with autocast:
-            return boot.boot_loss(model, teacher, eps, schedule=schedule, grid=grid, config=config, k=k)
+            return boot.boot_loss(model, teacher, eps, schedule=schedule, grid=grid, config=config, k=k,
+                                  target_student=ema.module if ema is not None else None)
 
     trainer.fit(args.steps, loss_fn, desc=f"boot {Path(args.out).name}")
     return (ema.module if ema is not None else student).eval()

@@ -1,0 +1,350 @@
+"""bench.py: where BOOT stands, in one run: fidelity per teacher call, speed per sample, cost per training step.
+
+    python bench.py                                   # every exact teacher on the CPU (about 20 minutes on 2 cores)
+    python bench.py --quick --teachers mixture digits # smoke run, under a minute
+    python bench.py --device cuda                     # the same on a GPU, plus the Stable-Diffusion-1.5-shaped step
+
+Prints markdown tables, writes them to bench_results.md and the figures to bench_results.json (--json). The BOOT
+students are trained by train_toy.py's own parse_args/build/train/evaluate: this measures the recipe that
+`python train_toy.py` runs, with its defaults (only budgets are set here, and the tables say which).
+1. Fidelity (BOOT.md section 6): the one-call student's RMSE to the teacher's converged DDIM from the same noise,
+   its effective NFE on the teacher's DDIM-k curve, mode coverage (digits: classes of the nearest training images).
+2. The baseline BOOT replaces, knowledge distillation (Luhman & Luhman 2021): P offline (noise, teacher DDIM-k)
+   pairs, then the same student regressed at t = 0 with the same optimizer, schedule, steps and batch.
+   Fidelity against teacher calls, both counted in per-sample teacher evaluations (one call on one sample).
+3. Speed: one student call against DDIM-k of a teacher network of the student's own architecture (an exact
+   teacher is a formula, not a network: its cost says nothing about distillation); a training step against its
+   floor, the sum of its parts (teacher calls + student call + student forward/backward/Adam), timed apart.
+4. CUDA only: bench_sd.run, one BOOT step at Stable-Diffusion-1.5 shape (random weights), batch 8, bf16.
+"""
+import copy
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import bench_sd
+import boot
+import exact
+import metrics
+import runtime
+import train_toy
+
+TEACHERS = exact.TOYS + ("digits",)
+FRACTIONS = (16, 4, 1)                    # BOOT budgets: the recipe's steps divided by these
+KD_PAIRS = ((1024, 8), (8192, 64))     # the baseline's (P pairs, teacher DDIM-k): a cheap one, a faithful one
+# Digits at train_toy's default batch take about 0.3 s a step on 2 CPU cores: the CPU gets a smaller budget, and
+# fewer evaluation noises (the exact teacher of 1,797 images costs a matmul per call).
+CPU_DIGITS = ["--steps", "2000", "--batch-size", "256", "--eval-samples", "512", "--reference-steps", "1024"]
+QUICK = ["--steps", "24", "--batch-size", "64", "--eval-samples", "64", "--reference-steps", "256"]
+QUICK_KD = ((64, 2), (128, 4))
+TARGETS = {"effective_nfe_2d": 16, "effective_nfe_digits": 8, "step_over_floor": 1.1, "speedup_over_k": 0.9}
+CALLS = ("per-sample teacher evaluations (one teacher call on one sample): a BOOT step costs "
+         "batch x jump x order (+ batch with --boundary loss), a KD baseline P x k")
+
+
+def say(*args):
+    print("bench:", *args, file=sys.stderr, flush=True)
+
+
+def parse_args(argv):
+    p = runtime.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny budgets: checks the pieces in under a minute, not the figures")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
+    p.add_argument("--teachers", nargs="+", choices=TEACHERS, default=list(TEACHERS), metavar="NAME",
+                   help=f"exact teachers to measure, any of: {' '.join(TEACHERS)}")
+    p.add_argument("--json", default="bench_results.json", help="where the figures go; the markdown goes beside it (.md)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every run: initial weights, noises, pairs")
+    return p.parse_args(argv)
+
+
+def recipe_flags(name, opts, device) -> list:
+    """train_toy flags for one teacher: its defaults, plus the budget of this kind of run."""
+    flags = ["--data", name, "--seed", str(opts.seed), "--device", str(device)]
+    if opts.quick:
+        return flags + QUICK
+    return flags + (CPU_DIGITS if name == "digits" and device.type == "cpu" else [])
+
+
+def boot_teacher_calls(args) -> int:
+    """bootstrap_target steps the whole batch `jump` times (masking samples already at s), `order` calls a step."""
+    return args.steps * args.batch_size * (args.jump * args.order + (args.boundary == "loss"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1 and 2: fidelity of BOOT at a few budgets and of the KD baseline, on the same fixed noise.
+
+
+def train_kd(args, d, student, noise, target, out):
+    """Regress g(noise, 0) on the teacher's samples with train_toy.train's optimizer, schedule, EMA and loop."""
+    optimizer = torch.optim.Adam(student.parameters(), lr=args.lr)  # as train_toy.train: keep the two in step
+    warm_cosine = lambda i: (min(1.0, (i + 1) / (args.warmup + 1))
+                             * 0.5 * (1 + math.cos(math.pi * min(i, args.steps) / args.steps)))
+    ema = None
+    if args.ema:
+        ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema))
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warm_cosine)
+    trainer = runtime.Trainer(out=out, model=student, optimizer=optimizer, lr_schedule=lr_schedule, ema=ema,
+                              dist_info=d, config={}, ckpt_every=args.ckpt_every)
+
+    def loss_fn(step):
+        gen = runtime.step_generator(args.seed, d.rank, step, d.device)
+        i = torch.randint(len(noise), (args.batch_size,), generator=gen, device=d.device)
+        loss = (student(noise[i], noise.new_zeros(len(i))) - target[i]).pow(2).flatten(1).mean(1).mean()
+        return loss, {"loss": loss.detach()}
+
+    trainer.fit(args.steps, loss_fn, desc=f"kd {Path(out).name}")
+    return (ema.module if ema is not None else student).eval()
+
+
+def fidelity(name, opts, d, tmp):
+    flags = recipe_flags(name, opts, d.device)
+    full = train_toy.parse_args(flags + ["--out", f"{tmp}/unused"])
+    boot_rows, kd_rows = [], []
+    for steps in sorted({max(1, full.steps // f) for f in FRACTIONS}, reverse=True):  # full budget first: the reference
+        say(f"{name}: BOOT, {steps} steps")
+        args = train_toy.parse_args(flags + ["--steps", str(steps), "--out", f"{tmp}/{name}-boot-{steps}"])
+        torch.manual_seed(opts.seed)  # build() draws the initial weights: the same for every run, BOOT and KD
+        teacher, schedule, student, shape, toy = train_toy.build(args, d.device)
+        student = train_toy.train(args, d, teacher, schedule, student, shape)
+        if steps == full.steps:
+            say(f"{name}: evaluating (converged reference, DDIM-k curve)")
+            final, arrays = train_toy.evaluate(args, teacher, schedule, student, shape, d.device, toy)
+            noise, reference = arrays["noise"].to(d.device), arrays["teacher"].to(d.device)
+            curve = {int(k): v for k, v in final["teacher_ddim_rmse"].items()}
+            per_pixel = shape != (2,)  # as evaluate: images per pixel, 2-D points per sample
+        err = metrics.rmse(boot.sample_student(student, noise), reference, per_pixel)
+        boot_rows.append(dict(steps=steps, teacher_calls=boot_teacher_calls(args), rmse=err,
+                              effective_nfe=metrics.effective_nfe(err, curve)))
+    gen = torch.Generator().manual_seed(opts.seed + 100)  # pair noises apart from the evaluation's (seed + 1)
+    for pairs, k in QUICK_KD if opts.quick else KD_PAIRS:
+        say(f"{name}: KD, {pairs} pairs of teacher DDIM-{k}")
+        x = torch.randn(pairs, *shape, generator=gen).to(d.device)
+        target = metrics.batched(lambda e: boot.ddim_sample(teacher, e, schedule=schedule, steps=k), x, 1024)
+        torch.manual_seed(opts.seed)
+        student = train_kd(full, d, train_toy.build(full, d.device)[2], x, target, f"{tmp}/{name}-kd-{pairs}x{k}")
+        err = metrics.rmse(boot.sample_student(student, noise), reference, per_pixel)
+        kd_rows.append(dict(pairs=pairs, k=k, teacher_calls=pairs * k, rmse=err, effective_nfe=metrics.effective_nfe(err, curve)))
+    return dict(recipe=vars(full) | {"out": None}, flags=flags, final=final, boot=boot_rows, kd=kd_rows,
+                verdict=verdict(boot_rows, kd_rows))
+
+
+def verdict(boot_rows, kd_rows) -> dict:
+    """Does BOOT reach the baseline's best RMSE with fewer teacher calls than the baseline spent on it?"""
+    best = min(kd_rows, key=lambda r: r["rmse"])
+    first = min((r for r in boot_rows if r["rmse"] <= best["rmse"]), key=lambda r: r["teacher_calls"], default=None)
+    fewer = first is not None and first["teacher_calls"] < best["teacher_calls"]
+    kd = f"KD's best RMSE {best['rmse']:.4f} ({best['teacher_calls']:,} teacher calls)"
+    if first is None:
+        top = min(boot_rows, key=lambda r: r["rmse"])
+        text = f"no: BOOT's best RMSE {top['rmse']:.4f} ({top['teacher_calls']:,} calls) does not reach {kd}"
+    else:
+        ratio = first["teacher_calls"] / best["teacher_calls"]
+        text = f"{'yes' if fewer else 'no'}: BOOT reaches {kd} with {first['teacher_calls']:,} calls ({ratio:.3g}x)"
+    return dict(boot_fewer_calls=fewer, text=text)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3: speed.
+
+
+def interleaved(fns: dict, device, reps: int) -> dict:
+    """Median ms of each fn over `reps` rounds that run them in turn, after a warm-up round: on a shared
+    machine a change of load then weighs on every fn alike, and their ratios hold."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = {name: [] for name in fns}
+    for round_ in range(reps + 1):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            if round_:
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def sampling(flags, opts, d) -> dict:
+    """Samples/s of one student call and of DDIM-k with a teacher network of the same architecture, same batch."""
+    args = train_toy.parse_args(flags + ["--out", "unused"])
+    _, schedule, student, shape, _ = train_toy.build(args, d.device)
+    twin = boot.denoiser(copy.deepcopy(student), schedule, prediction="sample")
+    batch = 64 if opts.quick else 8192 if d.device.type == "cuda" else 1024
+    eps = torch.randn(batch, *shape, device=d.device)
+    fns = {k: (lambda k=k: boot.ddim_sample(twin, eps, schedule=schedule, steps=k)) for k in metrics.DDIM_KS}
+    ms = interleaved({"student": lambda: boot.sample_student(student, eps), **fns}, d.device, 1 if opts.quick else 5)
+    ddim = {k: dict(samples_per_s=1000 * batch / ms[k], speedup=ms[k] / ms["student"],
+                    speedup_over_k=ms[k] / ms["student"] / k) for k in metrics.DDIM_KS}
+    return dict(student=f"MLP width {args.width}, depth {args.depth}, {math.prod(shape)} dims", batch=batch,
+                student_samples_per_s=1000 * batch / ms["student"], ddim=ddim)
+
+
+def step_cost(flags, opts, d, tmp) -> dict:
+    """One BOOT step as train_toy.train runs it (timed from its own log) against its parts, timed apart."""
+    args = train_toy.parse_args(flags + ["--out", "unused"])
+    teacher, schedule, student, shape, _ = train_toy.build(args, d.device)
+    grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing).to(d.device)
+    eps = torch.randn(args.batch_size, *shape, device=d.device)
+    k = torch.randint(1, args.bootstrap_steps + 1, (args.batch_size,), device=d.device)
+    t, s = grid[k].float(), grid[(k - args.jump).clamp(min=0)].float()
+    calls = args.jump * args.order + (args.boundary == "loss")
+    rows = 2 if args.boundary == "loss" else 1  # the loss boundary runs the student on both halves at once
+    optimizer, target = torch.optim.Adam(student.parameters(), lr=args.lr), torch.randn_like(eps.repeat(rows, 1))
+
+    def teacher_calls():
+        for _ in range(calls):
+            teacher(eps, t)
+
+    def student_train():  # as runtime.Trainer: forward, backward, clip, Adam
+        loss = (student(eps.repeat(rows, 1), s.repeat(rows)) - target).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+
+    parts = {"teacher_ms": teacher_calls, "student_call_ms": torch.no_grad()(lambda: student(eps, t)),
+             "student_train_ms": student_train}
+
+    def whole(i, steps):  # ms a step of train_toy.train, from its log: records' steps_per_s leave setup and warm-up out
+        a = train_toy.parse_args(flags + ["--steps", str(100 + steps), "--out", f"{tmp}/step-{i}"])
+        train_toy.train(a, d, teacher, schedule, train_toy.build(a, d.device)[2], shape)
+        lines = (Path(a.out) / "log.jsonl").read_text().splitlines()
+        records = [r for r in map(json.loads, lines) if "steps_per_s" in r]  # every 50 steps and at the end
+        first, last = records[0], records[-1]
+        return 1000 * (last["step"] / last["steps_per_s"] - first["step"] / first["steps_per_s"]) / (last["step"] - first["step"])
+
+    rounds = []  # parts, then the whole step right after them, so that both see the same load
+    for i in range(1 if opts.quick else 3):
+        rounds.append(interleaved(parts, d.device, 2 if opts.quick else 5))
+        floor = sum(rounds[-1].values())
+        rounds[-1]["step_ms"] = whole(i, max(20, min(2000, round((200 if opts.quick else 1500) / floor))))  # ~1.5 s
+    parts = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    floor = parts["teacher_ms"] + parts["student_call_ms"] + parts["student_train_ms"]
+    return parts | dict(floor_ms=floor, step_over_floor=parts["step_ms"] / floor, teacher_calls_per_step=calls,
+                        batch=args.batch_size)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report.
+
+
+def machine(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [l.split(":", 1)[1].strip() for l in cpuinfo.read_text().splitlines() if l.startswith("model name")] \
+        if cpuinfo.exists() else []
+    return f"{names[0] if names else platform.processor() or 'CPU'}, {torch.get_num_threads()} torch threads of {os.cpu_count()} CPUs"
+
+
+def mark(value, target, fmt="{:.2f}", higher=True) -> str:
+    ok = value >= target if higher else value <= target
+    return fmt.format(value) + ("" if ok else f" **{'below' if higher else 'above'} target {target}**")
+
+
+def report(r) -> str:
+    out = [f"# BOOT benchmark{' (QUICK smoke run: budgets far too small for meaningful figures)' if r['quick'] else ''}\n",
+           f"- machine: {r['machine']}; torch {r['torch']}; {r['date']}; {r['wall_s'] / 60:.1f} minutes",
+           f"- command: `{r['command']}`", f"- teacher calls: {CALLS}",
+           "- recipe: train_toy.py's defaults, with these flags: " +
+           "; ".join(f"{n}: `{' '.join(f['flags'][2:])}`" for n, f in r["fidelity"].items()), "",
+           "## Fidelity of the one-call student (RMSE to the teacher's converged DDIM, same noise)\n",
+           "Effective NFE: the k at which the teacher's own DDIM-k curve reaches the student's RMSE "
+           "(log-interpolated). Mode: the label of the nearest mixture mean or training point.\n",
+           "| teacher | steps x batch, N, jump, order | student RMSE | DDIM-8 / DDIM-16 RMSE | effective NFE | "
+           "least-covered mode (share / data share) |", "|---|---|---|---|---|---|"]
+    for name, f in r["fidelity"].items():
+        a, m = f["recipe"], f["final"]
+        target = TARGETS["effective_nfe_digits" if name == "digits" else "effective_nfe_2d"]
+        share = m["mode_share"]
+        worst = min(s / dd for s, dd in zip(share["student"], share["data"]) if dd > 0)
+        out.append(f"| {name} | {a['steps']} x {a['batch_size']}, {a['bootstrap_steps']}, {a['jump']}, {a['order']} | "
+                   f"{m['student_rmse']:.4f} | {m['teacher_ddim_rmse']['8']:.4f} / {m['teacher_ddim_rmse']['16']:.4f} | "
+                   f"{mark(m['effective_nfe'], target, '{:.1f}')} | {worst:.2f} |")
+        if name == "digits":
+            out.append(f"\ndigits, share of each class 0-9 among the labels of the training images nearest to: "
+                       f"student {' '.join(f'{v:.2f}' for v in share['student'])}; "
+                       f"data {' '.join(f'{v:.2f}' for v in share['data'])}\n")
+    out += ["\n## BOOT against knowledge distillation (Luhman & Luhman 2021): fidelity per teacher call\n",
+            "| teacher | method | budget | teacher calls | RMSE | effective NFE |", "|---|---|---|---|---|---|"]
+    for name, f in r["fidelity"].items():
+        out += [f"| {name} | BOOT | {b['steps']:,} steps | {b['teacher_calls']:,} | {b['rmse']:.4f} | {b['effective_nfe']:.1f} |"
+                for b in f["boot"]]
+        out += [f"| {name} | KD | {b['pairs']:,} pairs of DDIM-{b['k']} | {b['teacher_calls']:,} | {b['rmse']:.4f} | "
+                f"{b['effective_nfe']:.1f} |" for b in f["kd"]]
+    out += ["\nKD: the same student, optimizer, schedule, steps and batch as BOOT's largest budget, regressed at "
+            "t = 0 on P offline pairs of (noise, teacher DDIM-k from it).\n"]
+    out += [f"- {name}: BOOT reaches KD's best with fewer teacher calls? {f['verdict']['text']}"
+            for name, f in r["fidelity"].items()]
+    out += ["\n## Sampling: one student call against DDIM-k of a teacher network of the student's architecture\n",
+            "An exact teacher is a formula, not a network: its own DDIM-k speeds are in the JSON "
+            "(fidelity.NAME.final.samples_per_s). Timed in interleaved rounds, medians.\n",
+            "| student (batch) | k | DDIM-k samples/s | student samples/s | speed-up | speed-up / k |", "|---|---|---|---|---|---|"]
+    for label, sp in r["sampling"].items():
+        out += [f"| {label}: {sp['student']} ({sp['batch']}) | {k} | {v['samples_per_s']:,.0f} | "
+                f"{sp['student_samples_per_s']:,.0f} | {v['speedup']:.1f} | "
+                f"{mark(v['speedup_over_k'], TARGETS['speedup_over_k'])} |" for k, v in sp["ddim"].items()]
+    out += ["\n## Training step against its floor (teacher calls + student call + student forward/backward/Adam)\n",
+            "The parts are timed apart (medians of interleaved rounds); the whole step is train_toy.train's own, "
+            "read from its log after its first 50 steps, right after each round of parts.\n",
+            "| teacher (batch) | teacher calls ms | student call ms | student train ms | floor ms | whole step ms | whole / floor |",
+            "|---|---|---|---|---|---|---|"]
+    out += [f"| {name} ({c['batch']}, {c['teacher_calls_per_step']} calls) | {c['teacher_ms']:.2f} | {c['student_call_ms']:.2f} | "
+            f"{c['student_train_ms']:.2f} | {c['floor_ms']:.2f} | {c['step_ms']:.2f} | "
+            f"{mark(c['step_over_floor'], TARGETS['step_over_floor'], higher=False)} |" for name, c in r["step"].items()]
+    out.append("\n## Stable-Diffusion-1.5 shape (random weights)\n")
+    out += [f"{bench_sd.table(s)}\n\nwhole / sum: {mark(s['ratio'], TARGETS['step_over_floor'], '{:.3f}', higher=False)}\n"
+            for s in r["sd"]] if isinstance(r["sd"], list) else [r["sd"]]
+    return "\n".join(out)
+
+
+@runtime.cli
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    opts = parse_args(argv)
+    d = runtime.setup(opts.device)
+    start = time.perf_counter()
+    r = dict(quick=opts.quick, machine=machine(d.device), torch=torch.__version__, targets=TARGETS, teacher_calls=CALLS,
+             date=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+             command=shlex.join(["python", "bench.py", *argv]), fidelity={}, step={}, sampling={})
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for name in opts.teachers:
+            r["fidelity"][name] = fidelity(name, opts, d, tmp)
+            say(f"{name}: timing the training step")
+            r["step"][name] = step_cost(recipe_flags(name, opts, d.device), opts, d, tmp)
+        groups = {"2-D": [n for n in opts.teachers if n != "digits"], "digits": [n for n in opts.teachers if n == "digits"]}
+        for label, names in groups.items():  # one student architecture each
+            if names:
+                say(f"{label}: timing sampling")
+                r["sampling"][label] = sampling(recipe_flags(names[0], opts, d.device), opts, d)
+    if d.device.type == "cuda":
+        say("Stable-Diffusion-1.5 shape")
+        r["sd"] = []
+        for checkpointing in (True, False):
+            r["sd"].append(bench_sd.run(d.device, batch=8, tiny=opts.quick, checkpointing=checkpointing))
+            gc.collect()  # the next run's peak memory must not count this one's weights
+            torch.cuda.empty_cache()
+    else:
+        r["sd"] = "skipped on the CPU: the SD-1.5-shaped step is a GPU figure (run with --device cuda)."
+    r["wall_s"] = time.perf_counter() - start
+    text = report(r)
+    print(text)
+    path = Path(opts.json)
+    path.write_text(json.dumps(r, indent=1, default=str))
+    path.with_suffix(".md").write_text(text + "\n")
+    say(f"wrote {path} and {path.with_suffix('.md')}")
+    return r
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Tests of bench.py: one --quick run on the CPU, checked for behaviour (sections, counts, consistency), not speed."""
+import json
+import math
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"  # tiny models: threads only contend with each other on a shared machine
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import bench
+import boot
+import exact
+import metrics
+import train_toy
+
+torch.set_num_threads(1)
+TEACHERS = ("mixture", "digits")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "results.json"
+    bench.main(["--quick", "--device", "cpu", "--teachers", *TEACHERS, "--json", str(path), "--seed", "0"])
+    return json.loads(path.read_text()), path
+
+
+def _sane(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_every_section_is_written_as_json_and_markdown(quick):
+    r, path = quick
+    assert list(r["fidelity"]) == list(r["step"]) == list(TEACHERS)
+    assert list(r["sampling"]) == ["2-D", "digits"]
+    assert r["sd"].startswith("skipped on the CPU")  # never the SD-1.5 shape on a CPU
+    assert r["command"] == f"python bench.py --quick --device cpu --teachers mixture digits --json {path} --seed 0"
+    assert r["machine"] and r["date"] and _sane(r["wall_s"])
+    markdown = path.with_suffix(".md").read_text()
+    for heading in ("Fidelity", "BOOT against knowledge distillation", "Sampling", "Training step", "Stable-Diffusion-1.5"):
+        assert f"## {heading}" in markdown
+    assert "below target 16" in markdown and "below target 8" in markdown  # a 24-step student misses both, and says so
+
+
+def test_effective_nfe_is_the_students_rmse_read_on_the_teachers_curve(quick):
+    r, _ = quick
+    for f in r["fidelity"].values():
+        final = f["final"]
+        curve = {int(k): v for k, v in final["teacher_ddim_rmse"].items()}
+        assert sorted(curve) == list(metrics.DDIM_KS) and all(map(_sane, curve.values()))
+        assert final["effective_nfe"] == pytest.approx(metrics.effective_nfe(final["student_rmse"], curve))
+        for row in f["boot"] + f["kd"]:
+            assert _sane(row["rmse"]) and _sane(row["effective_nfe"])
+            assert row["effective_nfe"] == pytest.approx(metrics.effective_nfe(row["rmse"], curve))
+        assert max(f["boot"], key=lambda b: b["steps"])["rmse"] == pytest.approx(final["student_rmse"])  # same student
+        shares = final["mode_share"]["student"]
+        assert len(shares) == (10 if f["recipe"]["data"] == "digits" else 8) and sum(shares) == pytest.approx(1)
+
+
+def test_recipe_is_train_toys_own_and_teacher_calls_follow_it(quick):
+    r, _ = quick
+    defaults = vars(train_toy.parse_args(["--out", "unused"]))
+    budget = {"data", "steps", "batch_size", "eval_samples", "reference_steps", "device", "width", "out"}
+    for f in r["fidelity"].values():
+        assert {k for k, v in defaults.items() if f["recipe"][k] != v} <= budget  # nothing of the recipe hard-coded
+        a = f["recipe"]
+        assert sorted(b["steps"] for b in f["boot"]) == sorted({max(1, a["steps"] // q) for q in bench.FRACTIONS})
+        for b in f["boot"]:
+            assert b["teacher_calls"] == b["steps"] * a["batch_size"] * a["jump"] * a["order"]
+        assert [(k["pairs"], k["k"], k["teacher_calls"]) for k in f["kd"]] == [(p, k, p * k) for p, k in bench.QUICK_KD]
+        assert isinstance(f["verdict"]["boot_fewer_calls"], bool) and f["verdict"]["text"].startswith(("yes", "no"))
+
+
+def test_speed_figures_are_positive_and_consistent(quick):
+    r, _ = quick
+    for sp in r["sampling"].values():
+        assert sorted(map(int, sp["ddim"])) == list(metrics.DDIM_KS) and _sane(sp["student_samples_per_s"])
+        for k, v in sp["ddim"].items():
+            assert _sane(v["samples_per_s"])
+            assert v["speedup"] == pytest.approx(sp["student_samples_per_s"] / v["samples_per_s"])
+            assert v["speedup_over_k"] == pytest.approx(v["speedup"] / int(k))
+    for name, c in r["step"].items():
+        assert all(_sane(c[key]) for key in ("teacher_ms", "student_call_ms", "student_train_ms", "step_ms"))
+        assert c["floor_ms"] == pytest.approx(c["teacher_ms"] + c["student_call_ms"] + c["student_train_ms"])
+        assert c["step_over_floor"] == pytest.approx(c["step_ms"] / c["floor_ms"])
+        assert c["teacher_calls_per_step"] == r["fidelity"][name]["recipe"]["jump"] * r["fidelity"][name]["recipe"]["order"]
+
+
+@settings(deadline=None, max_examples=12, derandomize=True)
+@given(jump=st.integers(1, 4), order=st.sampled_from([1, 2]), boundary=st.sampled_from(["exact", "loss"]),
+       batch=st.integers(1, 7), k=st.integers(1, 6))
+def test_teacher_calls_are_counted_as_the_teacher_evaluates_them(jump, order, boundary, batch, k):
+    """BOOT: count every row the teacher sees in one boot_loss; KD: in one DDIM-k over the pairs' noise."""
+    schedule, seen = boot.Schedule.cosine(), []
+    toy = exact.toy_teacher("mixture", schedule)
+    counting = lambda x, t, cond=None: seen.append(len(x)) or toy(x, t, cond)
+    args = train_toy.parse_args(["--out", "unused", "--steps", "1", "--batch-size", str(batch), "--jump", str(jump),
+                                 "--order", str(order), "--boundary", boundary, "--bootstrap-steps", "8"])
+    config = boot.BootConfig(jump=jump, order=order, boundary=boundary)
+    boot.boot_loss(boot.MLPStudent(width=16), counting, torch.randn(batch, 2), schedule=schedule,
+                   grid=boot.time_grid(schedule, 8), config=config)
+    assert sum(seen) == bench.boot_teacher_calls(args)
+    seen.clear()
+    boot.ddim_sample(counting, torch.randn(batch, 2), schedule=schedule, steps=k)
+    assert sum(seen) == batch * k  # P pairs of DDIM-k: P x k
+
+
+@settings(deadline=None, max_examples=50, derandomize=True)
+@given(st.lists(st.tuples(st.floats(0.01, 1), st.integers(1, 10 ** 6)), min_size=1, max_size=4),
+       st.lists(st.tuples(st.floats(0.01, 1), st.integers(1, 10 ** 6)), min_size=1, max_size=4))
+def test_verdict_says_yes_only_when_boot_matches_the_baselines_best_for_fewer_calls(boot_rows, kd_rows):
+    rows = lambda pairs: [dict(rmse=e, teacher_calls=c) for e, c in pairs]
+    v = bench.verdict(rows(boot_rows), rows(kd_rows))
+    best = min(rows(kd_rows), key=lambda r: r["rmse"])
+    assert v["boot_fewer_calls"] == any(e <= best["rmse"] and c < best["teacher_calls"] for e, c in boot_rows)
+    assert v["text"].startswith("yes" if v["boot_fewer_calls"] else "no")
+
+
+@pytest.mark.parametrize("argv", [["--teachers", "imagenet"], ["--bogus"], ["--seed", "one"]])
+def test_bad_flags_get_one_line_and_a_nonzero_exit(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error" in err
