@@ -43,9 +43,14 @@ import train_toy
 TEACHERS = exact.TOYS + ("digits",)
 FRACTIONS = (16, 4, 1)                    # BOOT budgets: the recipe's steps divided by these
 KD_PAIRS = ((1024, 8), (8192, 64))     # the baseline's (P pairs, teacher DDIM-k): a cheap one, a faithful one
-# Digits at train_toy's default batch take about 0.3 s a step on 2 CPU cores: the CPU gets a smaller budget, and
-# fewer evaluation noises (the exact teacher of 1,797 images costs a matmul per call).
-CPU_DIGITS = ["--steps", "2000", "--batch-size", "256", "--eval-samples", "512", "--reference-steps", "1024"]
+# CPU budgets, caps on train_toy's defaults (the tables print the flags; a GPU runs the defaults). An exact
+# finite-set teacher (checkerboard, spiral: 2,048 points; digits: 1,797 images) costs a float64 batch x points
+# softmax per call, about 90 ms at batch 1024 on one core: these get fewer steps, smaller batches, fewer noises.
+CPU_EVAL = {"--eval-samples": 1024, "--reference-steps": 1024}
+CPU_CAPS = {"mixture": CPU_EVAL, "unequal": CPU_EVAL,
+            "checkerboard": CPU_EVAL | {"--steps": 2000, "--batch-size": 256, "--eval-samples": 512},
+            "spiral": CPU_EVAL | {"--steps": 2000, "--batch-size": 256, "--eval-samples": 512},
+            "digits": CPU_EVAL | {"--steps": 1000, "--eval-samples": 256}}
 QUICK = ["--steps", "24", "--batch-size", "64", "--eval-samples", "64", "--reference-steps", "256"]
 QUICK_KD = ((64, 2), (128, 4))
 TARGETS = {"effective_nfe_2d": 16, "effective_nfe_digits": 8, "step_over_floor": 1.1, "speedup_over_k": 0.9}
@@ -69,11 +74,17 @@ def parse_args(argv):
 
 
 def recipe_flags(name, opts, device) -> list:
-    """train_toy flags for one teacher: its defaults, plus the budget of this kind of run."""
+    """train_toy flags for one teacher: its defaults, within the budget of this kind of run."""
     flags = ["--data", name, "--seed", str(opts.seed), "--device", str(device)]
     if opts.quick:
         return flags + QUICK
-    return flags + (CPU_DIGITS if name == "digits" and device.type == "cpu" else [])
+    if device.type != "cpu":
+        return flags
+    defaults = vars(train_toy.parse_args(flags + ["--out", "unused"]))
+    for flag, cap in CPU_CAPS[name].items():
+        if defaults[flag[2:].replace("-", "_")] > cap:
+            flags += [flag, str(cap)]
+    return flags
 
 
 def boot_teacher_calls(args) -> int:
@@ -85,14 +96,18 @@ def boot_teacher_calls(args) -> int:
 # 1 and 2: fidelity of BOOT at a few budgets and of the KD baseline, on the same fixed noise.
 
 
+def make_ema(args, student):
+    """The EMA of the student's weights, as train_toy.train makes it (None when --ema is 0)."""
+    ema_fn = torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
+    return torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=ema_fn) if args.ema else None
+
+
 def train_kd(args, d, student, noise, target, out):
     """Regress g(noise, 0) on the teacher's samples with train_toy.train's optimizer, schedule, EMA and loop."""
     optimizer = torch.optim.Adam(student.parameters(), lr=args.lr)  # as train_toy.train: keep the two in step
     warm_cosine = lambda i: (min(1.0, (i + 1) / (args.warmup + 1))
                              * 0.5 * (1 + math.cos(math.pi * min(i, args.steps) / args.steps)))
-    ema = None
-    if args.ema:
-        ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema))
+    ema = make_ema(args, student)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warm_cosine)
     trainer = runtime.Trainer(out=out, model=student, optimizer=optimizer, lr_schedule=lr_schedule, ema=ema,
                               dist_info=d, config={}, ckpt_every=args.ckpt_every)
@@ -114,7 +129,6 @@ def fidelity(name, opts, d, tmp):
     for steps in sorted({max(1, full.steps // f) for f in FRACTIONS}, reverse=True):  # full budget first: the reference
         say(f"{name}: BOOT, {steps} steps")
         args = train_toy.parse_args(flags + ["--steps", str(steps), "--out", f"{tmp}/{name}-boot-{steps}"])
-        torch.manual_seed(opts.seed)  # build() draws the initial weights: the same for every run, BOOT and KD
         teacher, schedule, student, shape, toy = train_toy.build(args, d.device)
         student = train_toy.train(args, d, teacher, schedule, student, shape)
         if steps == full.steps:
@@ -131,8 +145,8 @@ def fidelity(name, opts, d, tmp):
         say(f"{name}: KD, {pairs} pairs of teacher DDIM-{k}")
         x = torch.randn(pairs, *shape, generator=gen).to(d.device)
         target = metrics.batched(lambda e: boot.ddim_sample(teacher, e, schedule=schedule, steps=k), x, 1024)
-        torch.manual_seed(opts.seed)
-        student = train_kd(full, d, train_toy.build(full, d.device)[2], x, target, f"{tmp}/{name}-kd-{pairs}x{k}")
+        student = train_toy.build(full, d.device)[2]  # seeded by --seed: the initial weights of BOOT's student
+        student = train_kd(full, d, student, x, target, f"{tmp}/{name}-kd-{pairs}x{k}")
         err = metrics.rmse(boot.sample_student(student, noise), reference, per_pixel)
         kd_rows.append(dict(pairs=pairs, k=k, teacher_calls=pairs * k, rmse=err, effective_nfe=metrics.effective_nfe(err, curve)))
     return dict(recipe=vars(full) | {"out": None}, flags=flags, final=final, boot=boot_rows, kd=kd_rows,
@@ -145,12 +159,16 @@ def verdict(boot_rows, kd_rows) -> dict:
     first = min((r for r in boot_rows if r["rmse"] <= best["rmse"]), key=lambda r: r["teacher_calls"], default=None)
     fewer = first is not None and first["teacher_calls"] < best["teacher_calls"]
     kd = f"KD's best RMSE {best['rmse']:.4f} ({best['teacher_calls']:,} teacher calls)"
+    top = min(boot_rows, key=lambda r: r["rmse"])
     if first is None:
-        top = min(boot_rows, key=lambda r: r["rmse"])
         text = f"no: BOOT's best RMSE {top['rmse']:.4f} ({top['teacher_calls']:,} calls) does not reach {kd}"
     else:
         ratio = first["teacher_calls"] / best["teacher_calls"]
         text = f"{'yes' if fewer else 'no'}: BOOT reaches {kd} with {first['teacher_calls']:,} calls ({ratio:.3g}x)"
+    # The other way round: what the baseline spends to match BOOT's best.
+    kd_match = min((r for r in kd_rows if r["rmse"] <= top["rmse"]), key=lambda r: r["teacher_calls"], default=None)
+    if kd_match is not None:
+        text += f"; KD matches BOOT's best RMSE {top['rmse']:.4f} with {kd_match['teacher_calls']:,} calls"
     return dict(boot_fewer_calls=fewer, text=text)
 
 
@@ -179,7 +197,7 @@ def sampling(flags, opts, d) -> dict:
     args = train_toy.parse_args(flags + ["--out", "unused"])
     _, schedule, student, shape, _ = train_toy.build(args, d.device)
     twin = boot.denoiser(copy.deepcopy(student), schedule, prediction="sample")
-    batch = 64 if opts.quick else 8192 if d.device.type == "cuda" else 1024
+    batch = 8192 if d.device.type == "cuda" and not opts.quick else args.batch_size  # the CPU: the recipe's batch
     eps = torch.randn(batch, *shape, device=d.device)
     fns = {k: (lambda k=k: boot.ddim_sample(twin, eps, schedule=schedule, steps=k)) for k in metrics.DDIM_KS}
     ms = interleaved({"student": lambda: boot.sample_student(student, eps), **fns}, d.device, 1 if opts.quick else 5)
@@ -199,18 +217,21 @@ def step_cost(flags, opts, d, tmp) -> dict:
     t, s = grid[k].float(), grid[(k - args.jump).clamp(min=0)].float()
     calls = args.jump * args.order + (args.boundary == "loss")
     rows = 2 if args.boundary == "loss" else 1  # the loss boundary runs the student on both halves at once
-    optimizer, target = torch.optim.Adam(student.parameters(), lr=args.lr), torch.randn_like(eps.repeat(rows, 1))
+    optimizer, ema = torch.optim.Adam(student.parameters(), lr=args.lr), make_ema(args, student)
+    target = torch.randn_like(eps.repeat(rows, 1))
 
     def teacher_calls():
         for _ in range(calls):
             teacher(eps, t)
 
-    def student_train():  # as runtime.Trainer: forward, backward, clip, Adam
+    def student_train():  # as runtime.Trainer: forward, backward, clip, Adam, and the EMA's update when on
         loss = (student(eps.repeat(rows, 1), s.repeat(rows)) - target).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(student)
 
     parts = {"teacher_ms": teacher_calls, "student_call_ms": torch.no_grad()(lambda: student(eps, t)),
              "student_train_ms": student_train}

@@ -10,8 +10,11 @@ it should equal the sum. bench.py imports run() and table().
 """
 import argparse
 import copy
+import os
 import statistics
 import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: spinning made small steps 60x slower on a busy CPU
 
 import torch
 

@@ -353,7 +353,7 @@ class BootConfig:
 
 def _teacher_step(teacher, y, eps, cond, *, schedule, t, s, order):
     """One step of the Signal-ODE dy/dlam = f(alpha y + sigma eps) - y from t to s (no gradient)."""
-    (a_t, s_t, l_t), (a_s, s_s, l_s) = schedule.coefficients(t), schedule.coefficients(s)
+    (a_t, s_t, l_t), (_, _, l_s) = schedule.coefficients(t), schedule.coefficients(s)
     f_t = teacher(_per_sample(a_t, eps) * y + _per_sample(s_t, eps) * eps, t.to(eps.dtype), cond).to(y.dtype)
     delta = _per_sample(signal_delta(lam_t=l_t, lam_s=l_s), y)
     y_s = signal_step(y_t=y, x0=f_t, delta=delta)

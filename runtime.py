@@ -55,8 +55,18 @@ def cli(main):
     return wrapped
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default where it has one (not None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag gets one line (and status 2) instead of the usage block."""
+    """argparse, but a bad flag gets one line (and status 2) instead of the usage block; --help shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=_Help, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -71,6 +81,24 @@ def positive(kind=int):
         return value
     parse.__name__ = "positive"
     return parse
+
+
+def check_out(out: Path, *, allowed: bool, hint: str):
+    """Refuse a non-empty --out unless allowed: nothing is overwritten by accident."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not allowed:
+        raise UsageError(f"--out {out} is not empty; {hint}")
+
+
+def clear(out: Path, patterns):
+    """--overwrite: remove what an earlier run wrote (only that: --out may hold other things)."""
+    for pattern in patterns:
+        for path in out.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 # ----------------------------------------------------------------------------------------------------

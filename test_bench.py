@@ -60,16 +60,26 @@ def test_effective_nfe_is_the_students_rmse_read_on_the_teachers_curve(quick):
 
 def test_recipe_is_train_toys_own_and_teacher_calls_follow_it(quick):
     r, _ = quick
-    defaults = vars(train_toy.parse_args(["--out", "unused"]))
-    budget = {"data", "steps", "batch_size", "eval_samples", "reference_steps", "device", "width", "out"}
+    budget = {"--data", "--seed", "--device", "--steps", "--batch-size", "--eval-samples", "--reference-steps"}
     for f in r["fidelity"].values():
-        assert {k for k, v in defaults.items() if f["recipe"][k] != v} <= budget  # nothing of the recipe hard-coded
+        assert {flag for flag in f["flags"] if flag.startswith("--")} <= budget  # nothing else of the recipe is set
+        assert f["recipe"] == vars(train_toy.parse_args(f["flags"] + ["--out", "unused"])) | {"out": None}
         a = f["recipe"]
         assert sorted(b["steps"] for b in f["boot"]) == sorted({max(1, a["steps"] // q) for q in bench.FRACTIONS})
         for b in f["boot"]:
             assert b["teacher_calls"] == b["steps"] * a["batch_size"] * a["jump"] * a["order"]
         assert [(k["pairs"], k["k"], k["teacher_calls"]) for k in f["kd"]] == [(p, k, p * k) for p, k in bench.QUICK_KD]
         assert isinstance(f["verdict"]["boot_fewer_calls"], bool) and f["verdict"]["text"].startswith(("yes", "no"))
+
+
+def test_cpu_budgets_only_ever_lower_train_toys_defaults():
+    opts = bench.parse_args([])
+    for name in bench.TEACHERS:
+        defaults = train_toy.parse_args(["--data", name, "--out", "unused"])
+        capped = train_toy.parse_args(bench.recipe_flags(name, opts, torch.device("cpu")) + ["--out", "unused"])
+        for key, value in vars(capped).items():
+            assert value == getattr(defaults, key) or key in ("device", "out") or value < getattr(defaults, key)
+        assert bench.recipe_flags(name, opts, torch.device("cuda"))[6:] == []  # a GPU runs the defaults
 
 
 def test_speed_figures_are_positive_and_consistent(quick):

@@ -389,7 +389,6 @@ def test_gradient_flows_through_the_student_at_s_only():
 
 
 def test_guidance_convention_and_one_batched_call():
-    schedule = boot.Schedule.linear()
     calls = []
 
     def teacher(x, t, c):

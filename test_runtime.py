@@ -478,7 +478,7 @@ def test_toy_bad_inputs_are_one_line(tmp_path, capsys):
     assert not out.exists()
     train_toy.main(toy_args(out, "--steps", "2"))
     capsys.readouterr()
-    assert "already holds a run" in toy_fails(toy_args(out, "--steps", "4"), capsys)
+    assert "is not empty; add --resume" in toy_fails(toy_args(out, "--steps", "4"), capsys)
     line = toy_fails(toy_args(out, "--steps", "4", "--width", "16", "--resume"), capsys)
     assert "--resume" in line and "width=32" in line and "16" in line
     assert [p.name for p in runtime.checkpoints(out)] == ["step-00000002"]

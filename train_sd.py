@@ -19,10 +19,12 @@ diffusers and transformers are imported where they are used: they take seconds, 
 import argparse
 import json
 import math
-import shutil
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: spinning made small steps 60x slower on a busy CPU
 
 import numpy as np
 import torch
@@ -188,31 +190,13 @@ def decode(vae, latents) -> np.ndarray:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def check_out(out: Path, *, allowed: bool, hint: str):
-    """Refuse a non-empty --out unless allowed: nothing is overwritten by accident."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not allowed:
-        raise UsageError(f"--out {out} is not empty; {hint}")
-
-
-def clear(out: Path, patterns):
-    """--overwrite: remove what an earlier run wrote (only that: --out may hold other things)."""
-    for pattern in patterns:
-        for path in out.glob(pattern):
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-
-
 # ----------------------------------------------------------------------------------------------------
 # Training and sampling.
 
 
 def train(args, prompts):
     out = Path(args.out or "runs/sd")
-    check_out(out, allowed=args.resume or args.overwrite,
+    runtime.check_out(out, allowed=args.resume or args.overwrite,
               hint="pass --resume to continue the run there, or --overwrite to replace it")
     if args.ema is not None and args.ema >= 1:
         raise UsageError(f"--ema {args.ema}: the decay must be below 1 (e.g. 0.999)")
@@ -235,7 +219,7 @@ def train(args, prompts):
     shape = latent_shape(sd.vae, sd.unet, args.resolution)
     embeddings, null = encode(sd, prompts, d)
     if args.overwrite and d.main:
-        clear(out, RUN_OUTPUTS)
+        runtime.clear(out, RUN_OUTPUTS)
 
     student = make_student(teacher_name, guidance=args.guidance_range is not None).to(d.device)
     if args.gradient_checkpointing:
@@ -308,7 +292,7 @@ def sample(args, prompts):
         raise UsageError(f"--sample {run}: no readable boot_sd.json; "
                          "expected the --out folder of a finished train_sd.py run") from None
     out = Path(args.out or run / "samples")
-    check_out(out, allowed=args.overwrite, hint="pass --overwrite to replace its images")
+    runtime.check_out(out, allowed=args.overwrite, hint="pass --overwrite to replace its images")
     w = meta["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
     if meta["guidance_range"] is None and w != meta["guidance_scale"]:
         raise UsageError(f"--guidance-scale {w}: this student was trained at w = {meta['guidance_scale']} only; "
@@ -327,7 +311,7 @@ def sample(args, prompts):
     shape = latent_shape(sd.vae, student, meta["resolution"])
     embeddings, _ = encode(sd, prompts, d)
     if args.overwrite:
-        clear(out, ("*.png",))
+        runtime.clear(out, ("*.png",))
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator(d.device).manual_seed(args.seed)
     for i in range(0, len(prompts), args.batch_size):

@@ -7,14 +7,15 @@
 Writes into --out: metrics.json, samples.npz (2-D) or PNG grids (pixels), samples.png, student.safetensors,
 checkpoints/ (resume with --resume) and log.jsonl. torchrun --nproc_per_node N train_toy.py ... runs DDP.
 """
-import argparse
 import contextlib
 import copy
 import json
 import logging
 import math
-import shutil
+import os
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: spinning made small steps 60x slower on a busy CPU
 
 import numpy as np
 import torch
@@ -27,11 +28,18 @@ import metrics
 import runtime
 
 # What a resumed run may change; everything else must match the checkpoint.
+# Defaults per teacher kind, measured (README: what each lever did); a flag overrides its entry.
+KINDS = {
+    "2-D": dict(steps=4000, batch_size=1024, lr=5e-3, width=128, depth=8),
+    "digits": dict(steps=3000, batch_size=256, lr=2e-3, width=512, depth=6),
+    "pixels": dict(steps=20000, batch_size=64, lr=2e-4, width=64, depth=0),  # a UNet student: no depth
+}
+RUN_OUTPUTS = ("checkpoints", "metrics.json", "samples.npz", "samples.png", "student.safetensors", "log.jsonl")
 RESUMABLE = {"steps", "out", "resume", "overwrite", "device", "ckpt_every", "eval_samples", "reference_steps"}
 
 
 def parse_args(argv=None):
-    p = runtime.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = runtime.ArgumentParser(description=__doc__.split("\n")[0])
     pos, posf = runtime.positive(int), runtime.positive(float)
     p.add_argument("--data", default="mixture", help=f"exact teacher: 2-D {', '.join(exact.TOYS)}, or digits "
                                                       "(scikit-learn's 1,797 real 8x8 digits)")
@@ -39,9 +47,9 @@ def parse_args(argv=None):
                                      "e.g. google/ddpm-cifar10-32; replaces --data")
     p.add_argument("--init-from-teacher", action="store_true", help="pixel teachers: start the student as a copy of the teacher")
     p.add_argument("--out", help="output folder (default: runs/toy-DATA or runs/NAME-OF-TEACHER)")
-    p.add_argument("--steps", type=pos, default=6000, help="training steps")
-    p.add_argument("--batch-size", type=pos, default=1024, help="noises per step and process (torchrun: N times as many in all)")
-    p.add_argument("--lr", type=posf, default=5e-3, help="peak Adam learning rate (warm-up, then cosine decay to 0)")
+    p.add_argument("--steps", type=pos, help="training steps (default per teacher kind: 2-D 4000, digits 3000, pixels 20000)")
+    p.add_argument("--batch-size", type=pos, help="noises per step and process, torchrun: N times as many in all (default 2-D 1024, digits 256, pixels 64)")
+    p.add_argument("--lr", type=posf, help="peak Adam learning rate, warm-up then cosine decay to 0 (default 2-D 5e-3, digits 2e-3, pixels 2e-4)")
     p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
     p.add_argument("--bootstrap-steps", type=pos, default=16, help="N, the steps of the bootstrap time grid")
     p.add_argument("--spacing", choices=boot.SPACINGS, default="quadratic", help="time grid: uniform in t, t = (k/N)^2, or uniform in lambda")
@@ -50,8 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--weighting", choices=("inv_delta2", "constant"), default="inv_delta2", help="loss weight")
     p.add_argument("--boundary", choices=("exact", "loss"), default="exact", help="boundary condition at t = T")
     p.add_argument("--schedule", choices=("cosine", "linear"), default="cosine", help="2-D teachers: noise schedule")
-    p.add_argument("--width", type=pos, help="student width: MLP 128 (2-D), 1024 (digits); UNet base channels 64")
-    p.add_argument("--depth", type=pos, default=8, help="MLP student depth (residual blocks + 1)")
+    p.add_argument("--width", type=pos, help="student width, MLP (default 2-D 128, digits 512) or UNet base channels (pixels 64)")
+    p.add_argument("--depth", type=pos, help="MLP student depth, residual blocks + 1 (default 2-D 8, digits 6)")
     p.add_argument("--ema", type=float, default=0.99, help="EMA decay of the student's weights (0: off); the EMA makes "
                                                         "the bootstrap targets (a target network) and is the student evaluated and saved")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -63,12 +71,16 @@ def parse_args(argv=None):
     p.add_argument("--eval-samples", type=pos, default=4096, help="fixed noises for the figures (2-D); pixels: 256")
     p.add_argument("--reference-steps", type=pos, default=4096, help="DDIM steps of the converged reference")
     args = p.parse_args(argv)
+    if args.warmup < 0:
+        p.error(f"argument --warmup: must be 0 or more, got {args.warmup}")
     if not 0 <= args.ema < 1:
         p.error(f"argument --ema: must be in [0, 1), got {args.ema}")
     if args.teacher is None and args.data not in exact.TOYS + ("digits",):
         p.error(f"argument --data: unknown exact teacher {args.data!r}; choose one of {', '.join(exact.TOYS)}, digits")
-    if args.width is None:
-        args.width = 64 if args.teacher else 1024 if args.data == "digits" else 128
+    kind = "pixels" if args.teacher else "digits" if args.data == "digits" else "2-D"
+    for key, value in KINDS[kind].items():  # what the user left unset
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.jump > args.bootstrap_steps:
         p.error(f"argument --jump: at most --bootstrap-steps ({args.bootstrap_steps}), got {args.jump}")
     if args.out is None:
@@ -289,15 +301,11 @@ def write_pixel_grids(out, teacher, schedule, student, eps):
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not (args.resume or args.overwrite):
-        raise runtime.UsageError(f"--out {out} already holds a run: add --resume to continue it, or --overwrite")
+    runtime.check_out(out, allowed=args.resume or args.overwrite, hint="add --resume to continue it, or --overwrite")
     d = runtime.setup(args.device)
     teacher, schedule, student, shape, toy = build(args, d.device)  # fails before anything is written
     if args.overwrite and d.main:
-        for f in ("metrics.json", "samples.npz", "samples.png", "student.safetensors", "log.jsonl"):
-            (out / f).unlink(missing_ok=True)
-        for path in runtime.checkpoints(out):
-            shutil.rmtree(path)
+        runtime.clear(out, RUN_OUTPUTS)
     if d.main:
         what = f"exact {args.data} teacher" if toy is not None else f"teacher {args.teacher}"
         print(f"BOOT: {what}, {sum(p.numel() for p in student.parameters()):,}-parameter student, "
