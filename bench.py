@@ -1,21 +1,19 @@
 """bench.py: where BOOT stands, in one run: fidelity per teacher call, speed per sample, cost per training step.
 
-    python bench.py                                   # every exact teacher on the CPU (about 20 minutes on 2 cores)
-    python bench.py --quick --teachers mixture digits # smoke run, under a minute
-    python bench.py --device cuda                     # the same on a GPU, plus the Stable-Diffusion-1.5-shaped step
+    python bench.py                                    # every exact teacher on the CPU (about 20 minutes on 2 cores)
+    python bench.py --quick --teachers mixture digits  # smoke run, under a minute
+    python bench.py --device cuda                      # on a GPU, plus the Stable-Diffusion-1.5-shaped step
 
-Prints markdown tables, writes them to bench_results.md and the figures to bench_results.json (--json). The BOOT
-students are trained by train_toy.py's own parse_args/build/train/evaluate: this measures the recipe that
-`python train_toy.py` runs, with its defaults (only budgets are set here, and the tables say which).
-1. Fidelity (BOOT.md section 6): the one-call student's RMSE to the teacher's converged DDIM from the same noise,
-   its effective NFE on the teacher's DDIM-k curve, mode coverage (digits: classes of the nearest training images).
+Prints markdown tables, also written to bench_results.md beside the JSON of all figures (--json). BOOT students
+are trained by train_toy.py's own parse_args/build/train/evaluate, with its defaults: only budgets are set here.
+1. Fidelity (BOOT.md section 6): RMSE of the one-call student to the teacher's converged DDIM from the same noise,
+   effective NFE on the teacher's DDIM-k curve, mode coverage (digits: classes of the nearest training images).
 2. The baseline BOOT replaces, knowledge distillation (Luhman & Luhman 2021): P offline (noise, teacher DDIM-k)
-   pairs, then the same student regressed at t = 0 with the same optimizer, schedule, steps and batch.
-   Fidelity against teacher calls, both counted in per-sample teacher evaluations (one call on one sample).
-3. Speed: one student call against DDIM-k of a teacher network of the student's own architecture (an exact
-   teacher is a formula, not a network: its cost says nothing about distillation); a training step against its
-   floor, the sum of its parts (teacher calls + student call + student forward/backward/Adam), timed apart.
-4. CUDA only: bench_sd.run, one BOOT step at Stable-Diffusion-1.5 shape (random weights), batch 8, bf16.
+   pairs, then the same student regressed at t = 0, same optimizer, schedule, steps and batch. Fidelity against
+   teacher calls, counted for both in per-sample teacher evaluations (one call on one sample).
+3. Speed: one student call against DDIM-k of a teacher network of the student's architecture (an exact teacher
+   is a formula: its cost says nothing of distillation); a training step against the sum of its parts.
+4. CUDA only: bench_sd.run, a BOOT step at Stable-Diffusion-1.5 shape, with and without gradient checkpointing.
 """
 import copy
 import datetime
@@ -31,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: spinning made small steps 60x slower on a busy CPU
+
 import torch
 
 import bench_sd
@@ -41,8 +41,8 @@ import runtime
 import train_toy
 
 TEACHERS = exact.TOYS + ("digits",)
-FRACTIONS = (16, 4, 1)                    # BOOT budgets: the recipe's steps divided by these
-KD_PAIRS = ((1024, 8), (8192, 64))     # the baseline's (P pairs, teacher DDIM-k): a cheap one, a faithful one
+FRACTIONS = (16, 4, 1)              # BOOT budgets: the recipe's steps divided by these, a run each
+KD_PAIRS = ((1024, 8), (8192, 64))  # the baseline's (P pairs, teacher DDIM-k): a cheap one, a faithful one
 # CPU budgets, caps on train_toy's defaults (the tables print the flags; a GPU runs the defaults). An exact
 # finite-set teacher (checkerboard, spiral: 2,048 points; digits: 1,797 images) costs a float64 batch x points
 # softmax per call, about 90 ms at batch 1024 on one core: these get fewer steps, smaller batches, fewer noises.
@@ -96,19 +96,9 @@ def boot_teacher_calls(args) -> int:
 # 1 and 2: fidelity of BOOT at a few budgets and of the KD baseline, on the same fixed noise.
 
 
-def make_ema(args, student):
-    """The EMA of the student's weights, as train_toy.train makes it (None when --ema is 0)."""
-    ema_fn = torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
-    return torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=ema_fn) if args.ema else None
-
-
 def train_kd(args, d, student, noise, target, out):
     """Regress g(noise, 0) on the teacher's samples with train_toy.train's optimizer, schedule, EMA and loop."""
-    optimizer = torch.optim.Adam(student.parameters(), lr=args.lr)  # as train_toy.train: keep the two in step
-    warm_cosine = lambda i: (min(1.0, (i + 1) / (args.warmup + 1))
-                             * 0.5 * (1 + math.cos(math.pi * min(i, args.steps) / args.steps)))
-    ema = make_ema(args, student)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warm_cosine)
+    optimizer, lr_schedule, ema = train_toy.optimization(args, student)
     trainer = runtime.Trainer(out=out, model=student, optimizer=optimizer, lr_schedule=lr_schedule, ema=ema,
                               dist_info=d, config={}, ckpt_every=args.ckpt_every)
 
@@ -123,6 +113,7 @@ def train_kd(args, d, student, noise, target, out):
 
 
 def fidelity(name, opts, d, tmp):
+    """BOOT at a few budgets, KD at a few (P, k), all scored on the noise and reference of the full BOOT run."""
     flags = recipe_flags(name, opts, d.device)
     full = train_toy.parse_args(flags + ["--out", f"{tmp}/unused"])
     boot_rows, kd_rows = [], []
@@ -148,7 +139,8 @@ def fidelity(name, opts, d, tmp):
         student = train_toy.build(full, d.device)[2]  # seeded by --seed: the initial weights of BOOT's student
         student = train_kd(full, d, student, x, target, f"{tmp}/{name}-kd-{pairs}x{k}")
         err = metrics.rmse(boot.sample_student(student, noise), reference, per_pixel)
-        kd_rows.append(dict(pairs=pairs, k=k, teacher_calls=pairs * k, rmse=err, effective_nfe=metrics.effective_nfe(err, curve)))
+        kd_rows.append(dict(pairs=pairs, k=k, teacher_calls=pairs * k, rmse=err,
+                            effective_nfe=metrics.effective_nfe(err, curve)))
     return dict(recipe=vars(full) | {"out": None}, flags=flags, final=final, boot=boot_rows, kd=kd_rows,
                 verdict=verdict(boot_rows, kd_rows))
 
@@ -197,7 +189,7 @@ def sampling(flags, opts, d) -> dict:
     args = train_toy.parse_args(flags + ["--out", "unused"])
     _, schedule, student, shape, _ = train_toy.build(args, d.device)
     twin = boot.denoiser(copy.deepcopy(student), schedule, prediction="sample")
-    batch = 8192 if d.device.type == "cuda" and not opts.quick else args.batch_size  # the CPU: the recipe's batch
+    batch = 64 if opts.quick else 8192 if d.device.type == "cuda" else 1024
     eps = torch.randn(batch, *shape, device=d.device)
     fns = {k: (lambda k=k: boot.ddim_sample(twin, eps, schedule=schedule, steps=k)) for k in metrics.DDIM_KS}
     ms = interleaved({"student": lambda: boot.sample_student(student, eps), **fns}, d.device, 1 if opts.quick else 5)
@@ -212,17 +204,21 @@ def step_cost(flags, opts, d, tmp) -> dict:
     args = train_toy.parse_args(flags + ["--out", "unused"])
     teacher, schedule, student, shape, _ = train_toy.build(args, d.device)
     grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing).to(d.device)
+    config = boot.BootConfig(weighting=args.weighting, boundary=args.boundary, order=args.order, jump=args.jump)
     eps = torch.randn(args.batch_size, *shape, device=d.device)
     k = torch.randint(1, args.bootstrap_steps + 1, (args.batch_size,), device=d.device)
     t, s = grid[k].float(), grid[(k - args.jump).clamp(min=0)].float()
-    calls = args.jump * args.order + (args.boundary == "loss")
+    captured = []  # the teacher's inputs in one step of the recipe: its calls are then timed on exactly these
+    recorder = lambda x, t_, cond=None: captured.append((x.clone(), t_.clone())) or teacher(x, t_, cond)
+    with torch.no_grad():
+        boot.boot_loss(student, recorder, eps, schedule=schedule, grid=grid, config=config, k=k)
     rows = 2 if args.boundary == "loss" else 1  # the loss boundary runs the student on both halves at once
-    optimizer, ema = torch.optim.Adam(student.parameters(), lr=args.lr), make_ema(args, student)
+    optimizer, _, ema = train_toy.optimization(args, student)
     target = torch.randn_like(eps.repeat(rows, 1))
 
     def teacher_calls():
-        for _ in range(calls):
-            teacher(eps, t)
+        for x, t_ in captured:
+            teacher(x, t_)
 
     def student_train():  # as runtime.Trainer: forward, backward, clip, Adam, and the EMA's update when on
         loss = (student(eps.repeat(rows, 1), s.repeat(rows)) - target).pow(2).mean()
@@ -251,7 +247,7 @@ def step_cost(flags, opts, d, tmp) -> dict:
         rounds[-1]["step_ms"] = whole(i, max(20, min(2000, round((200 if opts.quick else 1500) / floor))))  # ~1.5 s
     parts = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
     floor = parts["teacher_ms"] + parts["student_call_ms"] + parts["student_train_ms"]
-    return parts | dict(floor_ms=floor, step_over_floor=parts["step_ms"] / floor, teacher_calls_per_step=calls,
+    return parts | dict(floor_ms=floor, step_over_floor=parts["step_ms"] / floor, teacher_calls_per_step=len(captured),
                         batch=args.batch_size)
 
 
@@ -273,56 +269,60 @@ def mark(value, target, fmt="{:.2f}", higher=True) -> str:
     return fmt.format(value) + ("" if ok else f" **{'below' if higher else 'above'} target {target}**")
 
 
+def table(head: str, rows) -> list:
+    """A markdown table: the head's columns split on '|', one list of cells a row."""
+    return [f"| {head} |", "|" + "---|" * (head.count("|") + 1)] + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def report(r) -> str:
+    fid = r["fidelity"]
     out = [f"# BOOT benchmark{' (QUICK smoke run: budgets far too small for meaningful figures)' if r['quick'] else ''}\n",
            f"- machine: {r['machine']}; torch {r['torch']}; {r['date']}; {r['wall_s'] / 60:.1f} minutes",
            f"- command: `{r['command']}`", f"- teacher calls: {CALLS}",
            "- recipe: train_toy.py's defaults, with these flags: " +
-           "; ".join(f"{n}: `{' '.join(f['flags'][2:])}`" for n, f in r["fidelity"].items()), "",
-           "## Fidelity of the one-call student (RMSE to the teacher's converged DDIM, same noise)\n",
+           "; ".join(f"{n}: `{' '.join(f['flags'][2:])}`" for n, f in fid.items()),
+           "\n## Fidelity of the one-call student (RMSE to the teacher's converged DDIM, same noise)\n",
            "Effective NFE: the k at which the teacher's own DDIM-k curve reaches the student's RMSE "
-           "(log-interpolated). Mode: the label of the nearest mixture mean or training point.\n",
-           "| teacher | steps x batch, N, jump, order | student RMSE | DDIM-8 / DDIM-16 RMSE | effective NFE | "
-           "least-covered mode (share / data share) |", "|---|---|---|---|---|---|"]
-    for name, f in r["fidelity"].items():
-        a, m = f["recipe"], f["final"]
+           "(log-interpolated). Mode: the label of the nearest mixture mean or training point.\n"]
+    rows = []
+    for name, f in fid.items():
+        a, m, share = f["recipe"], f["final"], f["final"]["mode_share"]
         target = TARGETS["effective_nfe_digits" if name == "digits" else "effective_nfe_2d"]
-        share = m["mode_share"]
-        worst = min(s / dd for s, dd in zip(share["student"], share["data"]) if dd > 0)
-        out.append(f"| {name} | {a['steps']} x {a['batch_size']}, {a['bootstrap_steps']}, {a['jump']}, {a['order']} | "
-                   f"{m['student_rmse']:.4f} | {m['teacher_ddim_rmse']['8']:.4f} / {m['teacher_ddim_rmse']['16']:.4f} | "
-                   f"{mark(m['effective_nfe'], target, '{:.1f}')} | {worst:.2f} |")
-        if name == "digits":
-            out.append(f"\ndigits, share of each class 0-9 among the labels of the training images nearest to: "
-                       f"student {' '.join(f'{v:.2f}' for v in share['student'])}; "
-                       f"data {' '.join(f'{v:.2f}' for v in share['data'])}\n")
+        rows.append([name, f"{a['steps']} x {a['batch_size']}, {a['bootstrap_steps']}, {a['jump']}, {a['order']}",
+                     f"{m['student_rmse']:.4f}", f"{m['teacher_ddim_rmse']['8']:.4f} / {m['teacher_ddim_rmse']['16']:.4f}",
+                     mark(m["effective_nfe"], target, "{:.1f}"),
+                     f"{min(s / p for s, p in zip(share['student'], share['data']) if p > 0):.2f}"])
+    out += table("teacher | steps x batch, N, jump, order | student RMSE | DDIM-8 / DDIM-16 RMSE | effective NFE | "
+                 "least-covered mode (share / data share)", rows)
+    if "digits" in fid:
+        shares = {who: " ".join(f"{v:.2f}" for v in fid["digits"]["final"]["mode_share"][who]) for who in ("student", "data")}
+        out.append(f"\ndigits, share of each class 0-9 among the labels of the training images nearest to the samples: "
+                   f"student {shares['student']}; data {shares['data']}")
     out += ["\n## BOOT against knowledge distillation (Luhman & Luhman 2021): fidelity per teacher call\n",
-            "| teacher | method | budget | teacher calls | RMSE | effective NFE |", "|---|---|---|---|---|---|"]
-    for name, f in r["fidelity"].items():
-        out += [f"| {name} | BOOT | {b['steps']:,} steps | {b['teacher_calls']:,} | {b['rmse']:.4f} | {b['effective_nfe']:.1f} |"
-                for b in f["boot"]]
-        out += [f"| {name} | KD | {b['pairs']:,} pairs of DDIM-{b['k']} | {b['teacher_calls']:,} | {b['rmse']:.4f} | "
-                f"{b['effective_nfe']:.1f} |" for b in f["kd"]]
-    out += ["\nKD: the same student, optimizer, schedule, steps and batch as BOOT's largest budget, regressed at "
+            "KD: the same student, optimizer, schedule, steps and batch as BOOT's largest budget, regressed at "
             "t = 0 on P offline pairs of (noise, teacher DDIM-k from it).\n"]
-    out += [f"- {name}: BOOT reaches KD's best with fewer teacher calls? {f['verdict']['text']}"
-            for name, f in r["fidelity"].items()]
+    cells = lambda b: [f"{b['teacher_calls']:,}", f"{b['rmse']:.4f}", f"{b['effective_nfe']:.1f}"]
+    rows = []
+    for name, f in fid.items():
+        rows += [[name, "BOOT", f"{b['steps']:,} steps"] + cells(b) for b in f["boot"]]
+        rows += [[name, "KD", f"{b['pairs']:,} pairs of DDIM-{b['k']}"] + cells(b) for b in f["kd"]]
+    out += table("teacher | method | budget | teacher calls | RMSE | effective NFE", rows)
+    out += [""] + [f"- {name}: BOOT reaches KD's best with fewer teacher calls? {f['verdict']['text']}" for name, f in fid.items()]
     out += ["\n## Sampling: one student call against DDIM-k of a teacher network of the student's architecture\n",
             "An exact teacher is a formula, not a network: its own DDIM-k speeds are in the JSON "
-            "(fidelity.NAME.final.samples_per_s). Timed in interleaved rounds, medians.\n",
-            "| student (batch) | k | DDIM-k samples/s | student samples/s | speed-up | speed-up / k |", "|---|---|---|---|---|---|"]
-    for label, sp in r["sampling"].items():
-        out += [f"| {label}: {sp['student']} ({sp['batch']}) | {k} | {v['samples_per_s']:,.0f} | "
-                f"{sp['student_samples_per_s']:,.0f} | {v['speedup']:.1f} | "
-                f"{mark(v['speedup_over_k'], TARGETS['speedup_over_k'])} |" for k, v in sp["ddim"].items()]
+            "(fidelity.NAME.final.samples_per_s). Medians of interleaved rounds.\n"]
+    out += table("student (batch) | k | DDIM-k samples/s | student samples/s | speed-up | speed-up / k", [
+        [f"{label}: {sp['student']} ({sp['batch']})", str(k), f"{v['samples_per_s']:,.0f}", f"{sp['student_samples_per_s']:,.0f}",
+         f"{v['speedup']:.1f}", mark(v["speedup_over_k"], TARGETS["speedup_over_k"])]
+        for label, sp in r["sampling"].items() for k, v in sp["ddim"].items()])
     out += ["\n## Training step against its floor (teacher calls + student call + student forward/backward/Adam)\n",
-            "The parts are timed apart (medians of interleaved rounds); the whole step is train_toy.train's own, "
-            "read from its log after its first 50 steps, right after each round of parts.\n",
-            "| teacher (batch) | teacher calls ms | student call ms | student train ms | floor ms | whole step ms | whole / floor |",
-            "|---|---|---|---|---|---|---|"]
-    out += [f"| {name} ({c['batch']}, {c['teacher_calls_per_step']} calls) | {c['teacher_ms']:.2f} | {c['student_call_ms']:.2f} | "
-            f"{c['student_train_ms']:.2f} | {c['floor_ms']:.2f} | {c['step_ms']:.2f} | "
-            f"{mark(c['step_over_floor'], TARGETS['step_over_floor'], higher=False)} |" for name, c in r["step"].items()]
+            "The parts are timed apart (medians of interleaved rounds; the teacher on the inputs of a real step); the "
+            "whole step is train_toy.train's own, read from its log after its first 50 steps, after each round of parts.\n"]
+    out += table("teacher (batch, teacher calls) | teacher ms | student call ms | student train ms | floor ms | "
+                 "whole step ms | whole / floor", [
+        [f"{name} ({c['batch']}, {c['teacher_calls_per_step']})"] +
+        [f"{c[key]:.2f}" for key in ("teacher_ms", "student_call_ms", "student_train_ms", "floor_ms", "step_ms")] +
+        [mark(c["step_over_floor"], TARGETS["step_over_floor"], higher=False)] for name, c in r["step"].items()])
     out.append("\n## Stable-Diffusion-1.5 shape (random weights)\n")
     out += [f"{bench_sd.table(s)}\n\nwhole / sum: {mark(s['ratio'], TARGETS['step_over_floor'], '{:.3f}', higher=False)}\n"
             for s in r["sd"]] if isinstance(r["sd"], list) else [r["sd"]]
@@ -333,6 +333,10 @@ def report(r) -> str:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     opts = parse_args(argv)
+    path = Path(opts.json)
+    if path.is_dir() or path.suffix == ".md":
+        raise runtime.UsageError(f"--json {path}: name a file ending .json (the markdown goes beside it, as .md)")
+    path.parent.mkdir(parents=True, exist_ok=True)  # before the run, not after it
     d = runtime.setup(opts.device)
     start = time.perf_counter()
     r = dict(quick=opts.quick, machine=machine(d.device), torch=torch.__version__, targets=TARGETS, teacher_calls=CALLS,
@@ -360,7 +364,6 @@ def main(argv=None):
     r["wall_s"] = time.perf_counter() - start
     text = report(r)
     print(text)
-    path = Path(opts.json)
     path.write_text(json.dumps(r, indent=1, default=str))
     path.with_suffix(".md").write_text(text + "\n")
     say(f"wrote {path} and {path.with_suffix('.md')}")

@@ -398,8 +398,8 @@ def boot_loss(student, teacher: Teacher, eps, *, schedule: Schedule, grid, cond=
     n = len(grid) - 1
     if k is None:
         k = torch.randint(1, n + 1, (eps.shape[0],), device=eps.device)
-    target, s = bootstrap_target(target_student or student, teacher, eps, schedule=schedule, grid=grid, k=k, cond=cond,
-                                 config=config)
+    maker = student if target_student is None else target_student
+    target, s = bootstrap_target(maker, teacher, eps, schedule=schedule, grid=grid, k=k, cond=cond, config=config)
     _, _, lam = schedule.coefficients(grid)
     delta = signal_delta(lam_t=lam[k], lam_s=lam[(k - config.jump).clamp(min=0)]).float()
     weight = delta.pow(-2) if config.weighting == "inv_delta2" else torch.ones_like(delta)

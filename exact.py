@@ -24,17 +24,20 @@ class MixtureTeacher:
         self.labels = torch.arange(k) if labels is None else torch.as_tensor(labels)
         self.schedule = schedule
         self.shape = tuple(torch.as_tensor(means).shape[1:])
+        self.finite = bool((self.stds == 0).all())  # a finite data set: the cheaper exact formula applies
 
     def __call__(self, x_t, t, cond=None):
         x = x_t.flatten(1).double()
         means, stds, weights = (v.to(x.device) for v in (self.means, self.stds, self.weights))
         alpha, sigma, _ = self.schedule.coefficients(t.double())
         alpha, sigma = alpha[:, None], sigma[:, None]
-        var = alpha ** 2 * stds ** 2 + sigma ** 2                       # (B, K)
         # |x - alpha mu|^2 by a matmul: the (B, K, D) difference would not fit for data sets of images.
-        dist = (x * x).sum(1, keepdim=True) - 2 * alpha * x @ means.T + alpha ** 2 * (means * means).sum(1)
-        logits = weights.log() - 0.5 * x.shape[1] * var.log() - dist.clamp(min=0) / (2 * var)
-        r = torch.softmax(logits, dim=1)
+        dist = ((x * x).sum(1, keepdim=True) - 2 * alpha * x @ means.T + alpha ** 2 * (means * means).sum(1)).clamp(min=0)
+        if self.finite:  # s_k = 0: r = softmax(log pi - |x - alpha x_i|^2 / (2 sigma^2)), f = sum_i r_i x_i
+            x0 = torch.softmax(weights.log() - dist / (2 * sigma ** 2), dim=1) @ means
+            return x0.to(x_t.dtype).reshape(x_t.shape)
+        var = alpha ** 2 * stds ** 2 + sigma ** 2                       # (B, K)
+        r = torch.softmax(weights.log() - 0.5 * x.shape[1] * var.log() - dist / (2 * var), dim=1)
         shrink = alpha * stds ** 2 / var                                # (B, K)
         x0 = r @ means + (r * shrink).sum(1, keepdim=True) * x - alpha * (r * shrink) @ means
         return x0.to(x_t.dtype).reshape(x_t.shape)

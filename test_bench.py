@@ -127,7 +127,7 @@ def test_verdict_says_yes_only_when_boot_matches_the_baselines_best_for_fewer_ca
     assert v["text"].startswith("yes" if v["boot_fewer_calls"] else "no")
 
 
-@pytest.mark.parametrize("argv", [["--teachers", "imagenet"], ["--bogus"], ["--seed", "one"]])
+@pytest.mark.parametrize("argv", [["--teachers", "imagenet"], ["--bogus"], ["--seed", "one"], ["--json", "."]])
 def test_bad_flags_get_one_line_and_a_nonzero_exit(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         bench.main(argv)

@@ -385,6 +385,22 @@ def test_gradient_flows_through_the_student_at_s_only():
         assert _close(g, m, 1e-5)
 
 
+def test_a_target_network_makes_the_target_and_the_student_learns():
+    schedule = boot.Schedule.cosine()
+    teacher = exact.toy_teacher("mixture", schedule)
+    torch.manual_seed(1)
+    student, target_net = boot.MLPStudent(dim=2, width=32, depth=2), boot.MLPStudent(dim=2, width=32, depth=2)
+    grid, eps = boot.time_grid(schedule, 8), torch.randn(16, 2)
+    k = torch.randint(1, 9, (16,), generator=torch.Generator().manual_seed(8))
+    loss, _ = boot.boot_loss(student, teacher, eps, schedule=schedule, grid=grid, k=k, target_student=target_net)
+    target, s = boot.bootstrap_target(target_net, teacher, eps, schedule=schedule, grid=grid, k=k)
+    lam = schedule.coefficients(grid)[2]
+    w = boot.signal_delta(lam_t=lam[k], lam_s=lam[k - 1]).float() ** -2
+    assert _close(loss, (w * (student(eps, s.float()) - target).pow(2).mean(1)).mean())
+    own, _ = boot.boot_loss(student, teacher, eps, schedule=schedule, grid=grid, k=k)
+    assert not _close(loss, own)
+
+
 # --- the teacher interface: guidance, adapters, exact teachers ---------------------------------------
 
 
@@ -432,6 +448,17 @@ def test_mixture_teacher_is_tweedie_posterior_mean():
     (score,) = torch.autograd.grad(logp.sum(), x)
     tweedie = (x + sigma[:, None] ** 2 * score) / alpha[:, None]
     assert _close(teacher(x.detach(), t), tweedie.detach(), 1e-8)
+
+
+def test_finite_set_teacher_is_the_posterior_average_of_its_points():
+    schedule = boot.Schedule.linear()
+    points = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    teacher = exact.MixtureTeacher(points, 0.0, 1.0, schedule)
+    x, t = torch.randn(16, 3, dtype=torch.float64), torch.rand(16, dtype=torch.float64) * 0.9 + 0.05
+    alpha, sigma, _ = schedule.coefficients(t)
+    sq = (x[:, None] - alpha[:, None, None] * points).pow(2).sum(-1)                     # (B, K), directly
+    expected = torch.softmax(-sq / (2 * sigma[:, None] ** 2), dim=1) @ points
+    assert teacher.finite and _close(teacher(x, t), expected, 1e-9)
 
 
 # --- students and real learning ----------------------------------------------------------------------

@@ -85,7 +85,8 @@ def load_teacher(name: str, dtype, device, *, unet: bool = True):
         classes["unet"] = UNet2DConditionModel
     sd = SimpleNamespace()
     for part, cls in classes.items():
-        kwargs = {} if part in ("scheduler", "tokenizer") else {"torch_dtype": dtype}
+        # Weights from safetensors only: a pickled .bin can run arbitrary code.
+        kwargs = {} if part in ("scheduler", "tokenizer") else {"torch_dtype": dtype, "use_safetensors": True}
         value = loaded(f"--teacher {name}: its {part}", lambda: cls.from_pretrained(name, subfolder=part, **kwargs))
         if isinstance(value, torch.nn.Module):
             value = value.to(device).eval().requires_grad_(False)
@@ -158,7 +159,7 @@ def student_fn(model, schedule: boot.Schedule, prediction: str, w=None) -> boot.
 def make_student(teacher: str, *, guidance: bool):
     """The teacher's UNet in float32 (the master weights); with guidance, plus a zero-initialised w input."""
     from diffusers import UNet2DConditionModel
-    unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet", torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet", torch_dtype=torch.float32, use_safetensors=True)
     if not guidance or unet.config.time_cond_proj_dim:  # a teacher with a guidance input keeps its own
         return unet
     student = UNet2DConditionModel.from_config({**unet.config, "time_cond_proj_dim": GUIDANCE_DIM})
@@ -302,11 +303,11 @@ def sample(args, prompts):
     sd = load_teacher(teacher_name, dtype, d.device, unet=False)
     from diffusers import AutoencoderTiny, UNet2DConditionModel
     load = UNet2DConditionModel.from_pretrained
-    student = loaded(f"--sample {run}: its student", lambda: load(run / "student", torch_dtype=dtype)).to(d.device)
+    student = loaded(f"--sample {run}: its student", lambda: load(run / "student", torch_dtype=dtype, use_safetensors=True)).to(d.device)
     decoder = sd.vae
     if args.tiny_vae:  # the full SD decoder costs four times the student's call (BOOT.md section 7)
         load = AutoencoderTiny.from_pretrained
-        decoder = loaded(f"--tiny-vae {args.tiny_vae}", lambda: load(args.tiny_vae, torch_dtype=dtype)).to(d.device)
+        decoder = loaded(f"--tiny-vae {args.tiny_vae}", lambda: load(args.tiny_vae, torch_dtype=dtype, use_safetensors=True)).to(d.device)
     schedule = boot.Schedule.discrete(sd.scheduler.alphas_cumprod)
     shape = latent_shape(sd.vae, student, meta["resolution"])
     embeddings, _ = encode(sd, prompts, d)

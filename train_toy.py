@@ -30,9 +30,9 @@ import runtime
 # What a resumed run may change; everything else must match the checkpoint.
 # Defaults per teacher kind, measured (README: what each lever did); a flag overrides its entry.
 KINDS = {
-    "2-D": dict(steps=4000, batch_size=1024, lr=5e-3, width=128, depth=8),
-    "digits": dict(steps=3000, batch_size=256, lr=2e-3, width=512, depth=6),
-    "pixels": dict(steps=20000, batch_size=64, lr=2e-4, width=64, depth=0),  # a UNet student: no depth
+    "2-D": dict(steps=4000, batch_size=1024, lr=1e-2, width=128, depth=8, bootstrap_steps=8),
+    "digits": dict(steps=3000, batch_size=256, lr=2e-3, width=512, depth=6, bootstrap_steps=16),
+    "pixels": dict(steps=20000, batch_size=64, lr=2e-4, width=64, depth=0, bootstrap_steps=16),  # UNet: no depth
 }
 RUN_OUTPUTS = ("checkpoints", "metrics.json", "samples.npz", "samples.png", "student.safetensors", "log.jsonl")
 RESUMABLE = {"steps", "out", "resume", "overwrite", "device", "ckpt_every", "eval_samples", "reference_steps"}
@@ -49,9 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--out", help="output folder (default: runs/toy-DATA or runs/NAME-OF-TEACHER)")
     p.add_argument("--steps", type=pos, help="training steps (default per teacher kind: 2-D 4000, digits 3000, pixels 20000)")
     p.add_argument("--batch-size", type=pos, help="noises per step and process, torchrun: N times as many in all (default 2-D 1024, digits 256, pixels 64)")
-    p.add_argument("--lr", type=posf, help="peak Adam learning rate, warm-up then cosine decay to 0 (default 2-D 5e-3, digits 2e-3, pixels 2e-4)")
+    p.add_argument("--lr", type=posf, help="peak Adam learning rate, warm-up then cosine decay to 0 (default 2-D 1e-2, digits 2e-3, pixels 2e-4)")
     p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
-    p.add_argument("--bootstrap-steps", type=pos, default=16, help="N, the steps of the bootstrap time grid")
+    p.add_argument("--bootstrap-steps", type=pos, help="N, the steps of the bootstrap time grid (default 2-D 8, digits and pixels 16)")
     p.add_argument("--spacing", choices=boot.SPACINGS, default="quadratic", help="time grid: uniform in t, t = (k/N)^2, or uniform in lambda")
     p.add_argument("--order", type=int, choices=(1, 2), default=2, help="teacher step: 1 = DDIM, 2 = Heun (2 calls)")
     p.add_argument("--jump", type=pos, default=1, help="teacher steps per bootstrap target (fewer hops from T to 0)")
@@ -155,17 +155,22 @@ def build(args, device):
 # Training.
 
 
+def optimization(args, student):
+    """Adam with warm-up then cosine decay to 0, and the EMA of the student's weights (None when --ema 0)."""
+    optimizer = torch.optim.Adam(student.parameters(), lr=args.lr)
+    warm_cosine = lambda i: min(1.0, (i + 1) / (args.warmup + 1)) * 0.5 * (1 + math.cos(math.pi * min(i, args.steps) / args.steps))
+    ema = None
+    if args.ema:
+        ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warm_cosine), ema
+
+
 def train(args, d: runtime.Dist, teacher, schedule, student, shape):
     """BOOT on the teacher through runtime.Trainer; returns the student to evaluate (the EMA if on)."""
     grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing).to(d.device)
     config = boot.BootConfig(weighting=args.weighting, boundary=args.boundary, order=args.order, jump=args.jump)
     model = DistributedDataParallel(student) if d.world > 1 else student
-    optimizer = torch.optim.Adam(student.parameters(), lr=args.lr)
-    warm_cosine = lambda i: min(1.0, (i + 1) / (args.warmup + 1)) * 0.5 * (1 + math.cos(math.pi * min(i, args.steps) / args.steps))
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warm_cosine)
-    ema = None
-    if args.ema:
-        ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema))
+    optimizer, lr_schedule, ema = optimization(args, student)
     trainer = runtime.Trainer(out=args.out, model=model, optimizer=optimizer, lr_schedule=lr_schedule, ema=ema,
                               dist_info=d, config=vars(args), ckpt_every=args.ckpt_every)
     if args.resume and not trainer.resume(same_keys=sorted(set(vars(args)) - RESUMABLE)):
