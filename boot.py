@@ -17,7 +17,7 @@ is the sample, so generating is one network call.
 
 Public names: Schedule, time_grid, to_x0, from_x0, ddim_step, signal_delta, signal_step, start_signal,
 denoiser, guided, MLPStudent, UNetStudent, TeacherStudent, BootConfig, bootstrap_target, boot_loss, sample_student,
-ddim_sample.
+fixed_point, ddim_sample.
 
 Notation (code -> paper):
     t in [0, 1]        time; T = 1 is pure noise, 0 the data; the student's t
@@ -429,6 +429,18 @@ def boot_loss(student, teacher: Teacher, eps, *, schedule: Schedule, grid, cond=
 def sample_student(student, eps, cond=None):
     """x0 = g(eps, 0): one network call."""
     return student(eps, eps.new_zeros(eps.shape[0]), cond)
+
+
+@torch.no_grad()
+def fixed_point(teacher: Teacher, eps, *, schedule: Schedule, grid, cond=None, order: int = 1):
+    """What a perfect student returns on the grid: y_T, then one teacher step per grid step down to y_0 (the
+    teacher's N-step sampler in signal space). Shape (N + 1, *eps.shape); row k is the signal at t_k."""
+    a_T, s_T, _ = schedule.coefficients(grid[-1])
+    ys = [start_signal(eps, alpha_T=a_T.to(eps.dtype), sigma_T=s_T.to(eps.dtype))]
+    for k in range(len(grid) - 1, 0, -1):
+        t, s = grid[k].expand(eps.shape[0]), grid[k - 1].expand(eps.shape[0])
+        ys.append(_teacher_step(teacher, ys[-1], eps, cond, schedule=schedule, t=t, s=s, order=order))
+    return torch.stack(ys[::-1])
 
 
 @torch.no_grad()

@@ -318,6 +318,7 @@ def test_chained_bootstrap_targets_of_the_teacher_are_its_ddim_sampler():
         ys[k - 1], _ = boot.bootstrap_target(lambda e, t, c=None: ys[k], teacher, eps, schedule=schedule, grid=grid,
                                              k=torch.full((32,), k))
     assert _close(ys[0], boot.ddim_sample(teacher, eps, schedule=schedule, steps=n), 1e-9)
+    assert _close(torch.stack([ys[i] for i in range(n + 1)]), boot.fixed_point(teacher, eps, schedule=schedule, grid=grid))
     for jump in (2, 5):
         k = torch.randint(1, n + 1, (32,), generator=torch.Generator().manual_seed(jump))
         table = torch.stack([ys[i] for i in range(n + 1)])  # (N+1, B, 2)
@@ -335,14 +336,9 @@ def test_heun_step_is_second_order_on_the_gaussian():
     exact_mid = exact.gaussian_signal(eps, torch.full((128,), 0.05, dtype=torch.float64), mean=MEAN, std=STD,
                                       schedule=schedule)
 
-    def error(order, n):  # the fixed point at grid point 0.05, reached by the N-step grid's own sampler
-        grid = boot.time_grid(schedule, n)
-        a_T, s_T, _ = schedule.coefficients(grid[-1])
-        y = boot.start_signal(eps, alpha_T=a_T, sigma_T=s_T)
-        for k in range(n, n // 20, -1):
-            y = boot._teacher_step(teacher, y, eps, None, schedule=schedule, t=grid[k].expand(128),
-                                   s=grid[k - 1].expand(128), order=order)
-        return (y - exact_mid).abs().max().item()
+    def error(order, n):  # the fixed point at grid time 0.05 against the exact ODE's signal there
+        ys = boot.fixed_point(teacher, eps, schedule=schedule, grid=boot.time_grid(schedule, n), order=order)
+        return (ys[n // 20] - exact_mid).abs().max().item()
 
     first = [error(1, n) for n in (40, 80, 160)]
     second = [error(2, n) for n in (40, 80, 160)]
@@ -380,7 +376,7 @@ def test_gradient_flows_through_the_student_at_s_only():
     target, s = boot.bootstrap_target(student, teacher, eps, schedule=schedule, grid=grid, k=k)
     lam = schedule.coefficients(grid)[2]
     w = boot.signal_delta(lam_t=lam[k], lam_s=lam[k - 1]).float() ** -2
-    manual = (w * (student(eps, s.float()) - target).pow(2).mean(1)).mean()
+    manual = (w * (student(eps, s.float()) - target.detach()).pow(2).mean(1)).mean()
     for g, m in zip(grads, torch.autograd.grad(manual, list(student.parameters()))):
         assert _close(g, m, 1e-5)
 

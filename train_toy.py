@@ -252,8 +252,9 @@ def print_table(m: dict):
               f"teacher {m['within_3_std']['teacher']:.3f}, data {m['within_3_std']['data']:.3f}")
 
 
-def plot_2d(path, arrays, student):
-    """Data, teacher and student side by side, and the student's y_t over t for a few noises."""
+def plot_2d(path, arrays, student, fixed_point, grid):
+    """Data, teacher and student side by side, and for a few noises the student's y_t on the grid beside its
+    fixed point, the teacher's N-step sampler (the signals a perfect student returns)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -263,15 +264,15 @@ def plot_2d(path, arrays, student):
         ax.scatter(*arrays[key][:, :2].T.numpy(), s=1, alpha=0.4)
         ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
     ax = axes[3]
-    t = torch.linspace(0, 1, 101)
+    ax.scatter(*arrays["data"][:2000].T.numpy(), s=1, alpha=0.08, c="gray")
     device = next(student.parameters()).device
     with torch.no_grad():
-        for eps in arrays["noise"][:12].to(device):
-            y = student(eps.expand(101, 2), t.to(device)).cpu()
-            ax.plot(*y.T.numpy(), lw=1)
-            ax.scatter(*y[0].numpy(), s=12, c="k", zorder=3)
-    ax.scatter(*arrays["data"][:2000].T.numpy(), s=1, alpha=0.08, c="gray")
-    ax.set(title="student y_t, t from 1 (near 0) to 0 (dots)", xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+        for i, eps in enumerate(arrays["noise"][:12].to(device)):
+            y = student(eps.expand(len(grid), 2), grid.to(device, torch.float32)).cpu()
+            line, = ax.plot(*y.T.numpy(), lw=1, marker=".", ms=3)
+            ax.plot(*fixed_point[:, i].T.numpy(), lw=1, ls="--", c=line.get_color())
+            ax.scatter(*y[0].numpy(), s=14, c="k", zorder=3)
+    ax.set(title="y_t on the grid: student -, fixed point --", xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -325,7 +326,10 @@ def main(argv=None):
     if toy is not None:
         np.savez(out / "samples.npz", **{k: v.numpy() for k, v in arrays.items()})
         if shape == (2,):
-            plot_2d(out / "samples.png", arrays, evaluated)
+            grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing)
+            noise = arrays["noise"][:12].to(d.device)
+            ys = boot.fixed_point(teacher, noise, schedule=schedule, grid=grid.to(d.device), order=args.order)
+            plot_2d(out / "samples.png", arrays, evaluated, ys.cpu(), grid)
         else:  # digits: rows of data, teacher (converged DDIM) and student (one call)
             rows = [arrays[key][:16].reshape(16, *toy.shape) for key in ("data", "teacher", "student")]
             save_grid(out / "samples.png", torch.cat(rows), rows=3)
