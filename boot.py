@@ -87,7 +87,9 @@ class Schedule:
         table = torch.cat([ac.new_zeros(1), ac.log()])
 
         def log_alpha2(t):
-            tab = tables.setdefault(t.device, table.to(t.device))
+            if t.device not in tables:  # one copy per device, made once
+                tables[t.device] = table.to(t.device)
+            tab = tables[t.device]
             pos = (t * n).clamp(0, n)
             i = pos.floor().clamp(max=n - 1)
             w = pos - i

@@ -1,10 +1,10 @@
 """train_toy.py: distill a teacher into a one-call student with BOOT, and show how close it gets.
 
-    python train_toy.py                         # exact 2-D Gaussian-mixture teacher, CPU, about 2 minutes
-    python train_toy.py --data checkerboard     # other exact teachers: unequal, checkerboard, spiral
+    python train_toy.py                         # exact 2-D Gaussian-mixture teacher, CPU, about 90 seconds
+    python train_toy.py --data checkerboard     # other exact teachers: unequal, checkerboard, spiral, digits
     python train_toy.py --teacher google/ddpm-cifar10-32 --device cuda    # a diffusers pixel model
 
-Writes into --out: metrics.json, samples.npz (2-D) or PNG grids (pixels), samples.png, student.safetensors,
+Writes into --out: metrics.json, samples.npz (exact teachers), samples.png, student.safetensors,
 checkpoints/ (resume with --resume) and log.jsonl. torchrun --nproc_per_node N train_toy.py ... runs DDP.
 """
 import contextlib
@@ -27,7 +27,6 @@ import exact
 import metrics
 import runtime
 
-# What a resumed run may change; everything else must match the checkpoint.
 # Defaults per teacher kind, measured (README: what each lever did); a flag overrides its entry.
 KINDS = {
     "2-D": dict(steps=4000, batch_size=1024, lr=1e-2, width=128, depth=8, bootstrap_steps=8),
@@ -35,6 +34,7 @@ KINDS = {
     "pixels": dict(steps=20000, batch_size=64, lr=2e-4, width=64, depth=0, bootstrap_steps=16),  # UNet: no depth
 }
 RUN_OUTPUTS = ("checkpoints", "metrics.json", "samples.npz", "samples.png", "student.safetensors", "log.jsonl")
+# What a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"steps", "out", "resume", "overwrite", "device", "ckpt_every", "eval_samples", "reference_steps"}
 
 
