@@ -353,9 +353,10 @@ class BootConfig:
             raise ValueError(f"bad BootConfig {self}: order must be 1 or 2, jump at least 1")
 
 
-def _teacher_step(teacher, y, eps, cond, *, schedule, t, s, order):
-    """One step of the Signal-ODE dy/dlam = f(alpha y + sigma eps) - y from t to s (no gradient)."""
-    (a_t, s_t, l_t), (_, _, l_s) = schedule.coefficients(t), schedule.coefficients(s)
+def _teacher_step(teacher, y, eps, cond, *, t, s, at_t, at_s, order):
+    """One step of the Signal-ODE dy/dlam = f(alpha y + sigma eps) - y from t to s (no gradient).
+    at_t, at_s: (alpha, sigma, lam) at t and at s, looked up in the grid's table rather than recomputed."""
+    (a_t, s_t, l_t), (a_s, s_s, l_s) = at_t, at_s
     f_t = teacher(_per_sample(a_t, eps) * y + _per_sample(s_t, eps) * eps, t.to(eps.dtype), cond).to(y.dtype)
     delta = _per_sample(signal_delta(lam_t=l_t, lam_s=l_s), y)
     y_s = signal_step(y_t=y, x0=f_t, delta=delta)
@@ -364,8 +365,7 @@ def _teacher_step(teacher, y, eps, cond, *, schedule, t, s, order):
     # Heun: f linear in lam over [lam_t, lam_s] integrates to y_s + (f_s - f_t)(1 - delta / h), h = lam_s - lam_t.
     # The last step (s = 0, h = inf) stays first order: the teacher is never called at sigma = 0.
     last = _per_sample(s == 0, y)
-    s_safe = torch.where(s == 0, t, s)
-    a_q, s_q, _ = schedule.coefficients(s_safe)
+    s_safe, a_q, s_q = torch.where(s == 0, t, s), torch.where(s == 0, a_t, a_s), torch.where(s == 0, s_t, s_s)
     f_s = teacher(_per_sample(a_q, eps) * y_s + _per_sample(s_q, eps) * eps, s_safe.to(eps.dtype), cond).to(y.dtype)
     h = _per_sample(l_s - l_t, y)
     corr = torch.where(torch.isinf(h), torch.ones_like(h), 1 - delta / h)
@@ -377,14 +377,16 @@ def bootstrap_target(student, teacher, eps, *, schedule, grid, k, cond=None, con
     """target = y_t + delta (f(alpha_t y_t + sigma_t eps, t, c) - y_t), y_t = stopgrad g(eps, t_k) or the
     exact y_T at k = N; `jump` such steps in a row land on s = t_{max(k - jump, 0)}. Carries no gradient."""
     n = len(grid) - 1
+    table = schedule.coefficients(grid)  # (alpha, sigma, lam) on the grid, once: a step only indexes it
     t, j = grid[k], (k - config.jump).clamp(min=0)
     y = student(eps, t.to(eps.dtype), cond).to(eps.dtype)
     if config.boundary == "exact":
-        a_T, s_T, _ = schedule.coefficients(grid[-1])
-        y = torch.where(_per_sample(k == n, eps), start_signal(eps, alpha_T=a_T.to(eps.dtype), sigma_T=s_T.to(eps.dtype)), y)
+        a_T, s_T, _ = (c[-1].to(eps.dtype) for c in table)
+        y = torch.where(_per_sample(k == n, eps), start_signal(eps, alpha_T=a_T, sigma_T=s_T), y)
     for i in range(config.jump):  # every sample steps until it reaches its own s
         cur, nxt = (k - i).clamp(min=0), (k - i - 1).clamp(min=0)
-        stepped = _teacher_step(teacher, y, eps, cond, schedule=schedule, t=grid[cur], s=grid[nxt], order=config.order)
+        stepped = _teacher_step(teacher, y, eps, cond, t=grid[cur], s=grid[nxt], at_t=[c[cur] for c in table],
+                                at_s=[c[nxt] for c in table], order=config.order)
         y = torch.where(_per_sample(cur > j, y), stepped, y)
     return y, grid[j]
 
@@ -437,11 +439,12 @@ def sample_student(student, eps, cond=None):
 def fixed_point(teacher: Teacher, eps, *, schedule: Schedule, grid, cond=None, order: int = 1):
     """What a perfect student returns on the grid: y_T, then one teacher step per grid step down to y_0 (the
     teacher's N-step sampler in signal space). Shape (N + 1, *eps.shape); row k is the signal at t_k."""
-    a_T, s_T, _ = schedule.coefficients(grid[-1])
-    ys = [start_signal(eps, alpha_T=a_T.to(eps.dtype), sigma_T=s_T.to(eps.dtype))]
+    table = schedule.coefficients(grid)
+    ys = [start_signal(eps, alpha_T=table[0][-1].to(eps.dtype), sigma_T=table[1][-1].to(eps.dtype))]
     for k in range(len(grid) - 1, 0, -1):
         t, s = grid[k].expand(eps.shape[0]), grid[k - 1].expand(eps.shape[0])
-        ys.append(_teacher_step(teacher, ys[-1], eps, cond, schedule=schedule, t=t, s=s, order=order))
+        at_t, at_s = ([c[i].expand(eps.shape[0]) for c in table] for i in (k, k - 1))
+        ys.append(_teacher_step(teacher, ys[-1], eps, cond, t=t, s=s, at_t=at_t, at_s=at_s, order=order))
     return torch.stack(ys[::-1])
 
 

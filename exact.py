@@ -49,10 +49,13 @@ class MixtureTeacher:
         x = self.means[comp] + self.stds[comp, None] * noise
         return x.float().reshape(n, *self.shape), self.labels[comp]
 
+    def nearest(self, x):
+        """The index of the component whose mean is nearest to each row of x."""
+        return torch.cdist(x.flatten(1).double().cpu(), self.means).argmin(1)
+
     def nearest_label(self, x):
         """The label of the component whose mean is nearest to each row of x."""
-        x = x.flatten(1).double().cpu()
-        return self.labels[torch.cdist(x, self.means).argmin(1)]
+        return self.labels[self.nearest(x)]
 
 
 def gaussian_signal(eps, t, *, mean: float, std: float, schedule: boot.Schedule):

@@ -457,6 +457,17 @@ def test_finite_set_teacher_is_the_posterior_average_of_its_points():
     assert teacher.finite and _close(teacher(x, t), expected, 1e-9)
 
 
+def test_finite_set_teachers_trajectories_end_on_its_points():
+    schedule = boot.Schedule.cosine()
+    points = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    teacher = exact.MixtureTeacher(points, 0.0, 1.0, schedule)
+    eps = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    end = boot.ddim_sample(teacher, eps, schedule=schedule, steps=512)
+    nearest = teacher.nearest(end)
+    assert _close(end, points[nearest], 1e-3) and len(nearest.unique()) > 1
+    assert torch.equal(teacher.nearest(points + 1e-3), torch.arange(6))
+
+
 # --- students and real learning ----------------------------------------------------------------------
 
 

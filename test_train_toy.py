@@ -73,6 +73,9 @@ def test_every_exact_teacher_runs(tmp_path, data):
     assert m["rmse"] == ("per-pixel" if data == "digits" else "per-sample (Euclidean)")
     assert len(m["mode_share"]["data"]) == (10 if data == "digits" else {"unequal": 6, "checkerboard": 8, "spiral": 2}[data])
     assert m["energy_distance"]["student"] > 0
+    finite = data in ("checkerboard", "spiral", "digits")  # points, not a mixture: "same_point" applies
+    assert ("same_point" in m) == finite and ("within_3_std" in m) != finite
+    assert not finite or all(0 <= v <= 1 for v in m["same_point"].values())
 
 
 @pytest.mark.parametrize("args, message", [

@@ -226,6 +226,10 @@ def evaluate(args, teacher, schedule, student, shape, device, toy):
         out["mode_share"] = {"data": metrics.mode_shares(data_labels, k),
                              "student": metrics.mode_shares(toy.nearest_label(student_x), k),
                              "teacher": metrics.mode_shares(toy.nearest_label(reference), k)}
+        if toy.finite:  # a finite set: the share of samples that end on the very point the teacher's trajectory ends on
+            ends_on = lambda x: toy.nearest(x).eq(toy.nearest(reference)).double().mean().item()
+            ddim_8 = boot.ddim_sample(teacher, eps, schedule=schedule, steps=8)
+            out["same_point"] = {"student": ends_on(student_x), "teacher_ddim_8": ends_on(ddim_8)}
         if (toy.stds > 0).all():  # mixtures: the share of samples within 3 std of a mode
             near = lambda x: (torch.cdist(x.double().cpu(), toy.means) / toy.stds).min(1).values.le(3).double().mean().item()
             out["within_3_std"] = {"student": near(student_x), "teacher": near(reference), "data": near(data)}
@@ -247,6 +251,9 @@ def print_table(m: dict):
         worst = min(s / d for s, d in zip(share["student"], share["data"]) if d > 0)
         print(f"mode coverage: every mode hit: {all(s > 0 for s in share['student'])}, "
               f"least-covered mode at {worst:.2f}x its data share")
+    if "same_point" in m:
+        print(f"samples nearest the data point the converged teacher ends on: student {m['same_point']['student']:.3f}, "
+              f"teacher DDIM-8 {m['same_point']['teacher_ddim_8']:.3f}")
     if "within_3_std" in m:
         print(f"samples within 3 std of a mode: student {m['within_3_std']['student']:.3f}, "
               f"teacher {m['within_3_std']['teacher']:.3f}, data {m['within_3_std']['data']:.3f}")
