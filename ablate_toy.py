@@ -6,6 +6,7 @@
 Each row is `python train_toy.py --data DATA` with the default flags but for the change it names, written to
 runs/ablate-DATA/<row>; the table reads their metrics.json. Runs go two at a time, one thread each.
 """
+import argparse
 import json
 import os
 import subprocess
@@ -45,9 +46,9 @@ DATA = {"mixture": (ROWS_2D, []), "digits": (ROWS_DIGITS, ["--eval-samples", "51
 
 
 def main():
-    data = sys.argv[sys.argv.index("--data") + 1] if "--data" in sys.argv else "mixture"
-    if data not in DATA:
-        sys.exit(f"error: --data: choose one of {', '.join(DATA)}, got {data!r}")
+    parser = argparse.ArgumentParser(description="the levers of a default recipe, one at a time")
+    parser.add_argument("--data", choices=list(DATA), default="mixture", help="the exact teacher whose recipe to ablate")
+    data = parser.parse_args().data
     rows, extra = DATA[data]
     root = Path(f"runs/ablate-{data}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

@@ -255,11 +255,11 @@ def step_cost(flags, opts, d, tmp) -> dict:
     # second to the next).
     estimate = sum(interleaved(parts, d.device, 2).values())
     window = 200 if opts.quick else 1500  # ms
-    reps, steps = max(2, round(window / estimate)), max(20, min(2000, round(window / estimate)))
+    fill = round(window / estimate)  # parts rounds, and whole steps, in a window
     rounds = []
     for _ in range(1 if opts.quick else 5):
-        rounds.append(interleaved(parts, d.device, reps))
-        rounds[-1]["step_ms"] = whole(steps)
+        rounds.append(interleaved(parts, d.device, max(2, fill)))
+        rounds[-1]["step_ms"] = whole(max(20, min(2000, fill)))
     ratios = [r["step_ms"] / (r["teacher_ms"] + r["student_call_ms"] + r["student_train_ms"]) for r in rounds]
     parts = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
     floor = parts["teacher_ms"] + parts["student_call_ms"] + parts["student_train_ms"]

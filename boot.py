@@ -376,8 +376,13 @@ def _teacher_step(teacher, y, eps, cond, *, t, s, at_t, at_s, order):
 def bootstrap_target(student, teacher, eps, *, schedule, grid, k, cond=None, config=BootConfig()):
     """target = y_t + delta (f(alpha_t y_t + sigma_t eps, t, c) - y_t), y_t = stopgrad g(eps, t_k) or the
     exact y_T at k = N; `jump` such steps in a row land on s = t_{max(k - jump, 0)}. Carries no gradient."""
+    return _bootstrap_target(student, teacher, eps, table=schedule.coefficients(grid), grid=grid, k=k, cond=cond,
+                             config=config)
+
+
+def _bootstrap_target(student, teacher, eps, *, table, grid, k, cond, config):
+    """bootstrap_target, given table = (alpha, sigma, lam) on the grid: a step only indexes it."""
     n = len(grid) - 1
-    table = schedule.coefficients(grid)  # (alpha, sigma, lam) on the grid, once: a step only indexes it
     t, j = grid[k], (k - config.jump).clamp(min=0)
     y = student(eps, t.to(eps.dtype), cond).to(eps.dtype)
     if config.boundary == "exact":
@@ -403,8 +408,10 @@ def boot_loss(student, teacher: Teacher, eps, *, schedule: Schedule, grid, cond=
     if k is None:
         k = torch.randint(1, n + 1, (eps.shape[0],), device=eps.device)
     maker = student if target_student is None else target_student
-    target, s = bootstrap_target(maker, teacher, eps, schedule=schedule, grid=grid, k=k, cond=cond, config=config)
-    _, _, lam = schedule.coefficients(grid)
+    table = schedule.coefficients(grid)
+    with torch.no_grad():
+        target, s = _bootstrap_target(maker, teacher, eps, table=table, grid=grid, k=k, cond=cond, config=config)
+    lam = table[2]
     delta = signal_delta(lam_t=lam[k], lam_s=lam[(k - config.jump).clamp(min=0)]).float()
     weight = delta.pow(-2) if config.weighting == "inv_delta2" else torch.ones_like(delta)
     if config.boundary == "exact":

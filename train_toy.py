@@ -227,7 +227,8 @@ def evaluate(args, teacher, schedule, student, shape, device, toy):
                              "student": metrics.mode_shares(toy.nearest_label(student_x), k),
                              "teacher": metrics.mode_shares(toy.nearest_label(reference), k)}
         if toy.finite:  # a finite set: the share of samples that end on the very point the teacher's trajectory ends on
-            ends_on = lambda x: toy.nearest(x).eq(toy.nearest(reference)).double().mean().item()
+            teacher_end = toy.nearest(reference)
+            ends_on = lambda x: toy.nearest(x).eq(teacher_end).double().mean().item()
             ddim_8 = boot.ddim_sample(teacher, eps, schedule=schedule, steps=8)
             out["same_point"] = {"student": ends_on(student_x), "teacher_ddim_8": ends_on(ddim_8)}
         if (toy.stds > 0).all():  # mixtures: the share of samples within 3 std of a mode
