@@ -64,7 +64,7 @@ class Schedule:
     def cosine(cls, offset: float = 0.008):
         """alpha_t = cos(pi/2 (t + s) / (1 + s)) / cos(pi/2 s / (1 + s)) (Nichol & Dhariwal); alpha_1 = 0."""
         def log_alpha2(t):
-            # cos(pi/2 (t+s)/(1+s)) written as a sine so that alpha is exactly 0 at t = 1.
+            # cos(pi/2 (t+s)/(1+s)) written as sin(pi/2 (1-t)/(1+s)), so that alpha is exactly 0 at t = 1.
             return 2 * (torch.log(torch.sin(math.pi / 2 * (1 - t) / (1 + offset)))
                         - math.log(math.cos(math.pi / 2 * offset / (1 + offset))))
         return cls(log_alpha2, name="cosine")
@@ -79,10 +79,12 @@ class Schedule:
         """alpha^2 at t = (i + 1) / n is alphas_cumprod[i]; t = 0 is the clean sample (alpha = 1).
 
         This is diffusers' "trailing" spacing with set_alpha_to_one: a grid of t = k / N, N dividing n,
-        calls the teacher at timesteps k n / N - 1. Off-grid t interpolates log alpha^2 linearly."""
+        calls the teacher at timesteps k n / N - 1. Off-grid t interpolates log alpha^2 linearly. The last
+        alphas_cumprod may be 0 (zero terminal SNR: alpha_T = 0, lambda_T = -inf)."""
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu()
-        if ac.ndim != 1 or len(ac) < 2 or not (ac > 0).all() or not (ac <= 1).all() or not (ac[1:] < ac[:-1]).all():
-            raise ValueError("alphas_cumprod must be a 1-D, strictly decreasing sequence in (0, 1]")
+        if ac.ndim != 1 or len(ac) < 2 or not (ac[:-1] > 0).all() or not (ac[-1] >= 0) or not (ac <= 1).all() \
+                or not (ac[1:] < ac[:-1]).all():
+            raise ValueError("alphas_cumprod must be a 1-D, strictly decreasing sequence in (0, 1] (the last may be 0)")
         n, tables = len(ac), {}
         table = torch.cat([ac.new_zeros(1), ac.log()])
 
@@ -94,15 +96,21 @@ class Schedule:
             i = pos.floor().clamp(max=n - 1)
             w = pos - i
             i = i.long()
-            return tab[i] * (1 - w) + tab[i + 1] * w
+            # At a timestep itself the table value, never 0 * log(0) = nan next to a zero terminal alpha.
+            return torch.where(w == 0, tab[i], torch.where(w == 1, tab[i + 1], tab[i] * (1 - w) + tab[i + 1] * w))
         return cls(log_alpha2, name=f"discrete{n}", train_steps=n)
 
     def coefficients(self, t: torch.Tensor):
-        """(alpha_t, sigma_t, lam_t), float64 inside; float64 out for float64 t, else float32."""
+        """(alpha_t, sigma_t, lam_t), float64 inside; float64 out for float64 t, else float32.
+
+        The guard makes the ends exact on any libm: alpha_0 = 1, sigma_0 = 0, lam_0 = +inf by definition,
+        and log alpha^2 <= 0 elsewhere, so sigma^2 = 1 - alpha^2 can never round below 0 (a cosine whose sine
+        rounds up gave log alpha_0^2 = +2.7e-20 and a NaN sigma on some CPUs)."""
         t = torch.as_tensor(t)
-        la2 = self.log_alpha2(t.double().clamp(0, 1))
+        t64 = t.double().clamp(0, 1)
+        la2 = torch.where(t64 == 0, 0.0, self.log_alpha2(t64).clamp(max=0))
         out = torch.float64 if t.dtype == torch.float64 else torch.float32
-        neg = -torch.expm1(la2)  # sigma^2, accurate as alpha -> 1
+        neg = 0.0 - torch.expm1(la2)  # sigma^2, accurate as alpha -> 1 (0.0 - : +0, not -0, at t = 0)
         lam = 0.5 * (la2 - torch.log(neg))
         return torch.exp(0.5 * la2).to(out), torch.sqrt(neg).to(out), lam.to(out)
 
@@ -111,8 +119,8 @@ class Schedule:
         return t * self.train_steps - 1 if self.train_steps else t
 
     def teacher_time(self, t: torch.Tensor) -> torch.Tensor:
-        """network_time, rounded for a discrete teacher: it is only ever called at its training timesteps."""
-        return self.network_time(t.double()).round() if self.train_steps else t
+        """network_time where the teacher was trained: the integer timestep (int64) if discrete, else float32 t."""
+        return self.network_time(t.double()).round().long() if self.train_steps else t.float()
 
     def snap(self, t: torch.Tensor) -> torch.Tensor:
         """Round t to the nearest time the teacher can be called at (identity when continuous)."""
@@ -216,7 +224,7 @@ def denoiser(net, schedule: Schedule, *, prediction: str) -> Teacher:
 
     def teacher(x_t, t, cond=None):
         alpha, sigma, _ = schedule.coefficients(schedule.snap(t.double()))
-        pred = net(x_t, schedule.teacher_time(t).to(t.dtype), cond)
+        pred = net(x_t, schedule.teacher_time(t), cond)
         return to_x0(pred.to(x_t.dtype), kind=prediction, x_t=x_t,
                      alpha=_per_sample(alpha, x_t), sigma=_per_sample(sigma, x_t))
     return teacher
@@ -331,7 +339,9 @@ class TeacherStudent(nn.Module):
 
     def forward(self, eps, t, cond=None):
         pred = self.net(eps, self.schedule.network_time(t), cond)
-        return to_x0(pred, kind=self.prediction, x_t=eps, alpha=self.alpha_T, sigma=self.sigma_T)
+        # In float32 even under autocast: the conversion multiplies an eps-prediction's error by sigma_T / alpha_T.
+        with torch.autocast(eps.device.type, enabled=False):
+            return to_x0(pred.float(), kind=self.prediction, x_t=eps.float(), alpha=self.alpha_T, sigma=self.sigma_T)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -354,77 +364,77 @@ class BootConfig:
 
 
 def _teacher_step(teacher, y, eps, cond, *, t, s, at_t, at_s, order):
-    """One step of the Signal-ODE dy/dlam = f(alpha y + sigma eps) - y from t to s (no gradient).
-    at_t, at_s: (alpha, sigma, lam) at t and at s, looked up in the grid's table rather than recomputed."""
-    (a_t, s_t, l_t), (a_s, s_s, l_s) = at_t, at_s
-    f_t = teacher(_per_sample(a_t, eps) * y + _per_sample(s_t, eps) * eps, t.to(eps.dtype), cond).to(y.dtype)
-    delta = _per_sample(signal_delta(lam_t=l_t, lam_s=l_s), y)
+    """One teacher step of the Signal-ODE dy/dlam = f(alpha y + sigma eps) - y from t down to s, no gradient:
+    DDIM (order 1, one call) or Heun (order 2, two). at_t, at_s = (alpha, sigma, lam) at t and at s."""
+    (alpha_t, sigma_t, lam_t), (alpha_s, sigma_s, lam_s) = at_t, at_s
+    x_t = _per_sample(alpha_t, eps) * y + _per_sample(sigma_t, eps) * eps
+    f_t = teacher(x_t, t.float(), cond).to(y.dtype)
+    delta = _per_sample(signal_delta(lam_t=lam_t, lam_s=lam_s), y)
     y_s = signal_step(y_t=y, x0=f_t, delta=delta)
     if order == 1:
         return y_s
     # Heun: f linear in lam over [lam_t, lam_s] integrates to y_s + (f_s - f_t)(1 - delta / h), h = lam_s - lam_t.
     # The last step (s = 0, h = inf) stays first order: the teacher is never called at sigma = 0.
-    last = _per_sample(s == 0, y)
-    s_safe, a_q, s_q = torch.where(s == 0, t, s), torch.where(s == 0, a_t, a_s), torch.where(s == 0, s_t, s_s)
-    f_s = teacher(_per_sample(a_q, eps) * y_s + _per_sample(s_q, eps) * eps, s_safe.to(eps.dtype), cond).to(y.dtype)
-    h = _per_sample(l_s - l_t, y)
-    corr = torch.where(torch.isinf(h), torch.ones_like(h), 1 - delta / h)
-    return torch.where(last, y_s, y_s + (f_s - f_t) * corr)
+    last = s == 0
+    s_call = torch.where(last, t, s)
+    alpha_call, sigma_call = torch.where(last, alpha_t, alpha_s), torch.where(last, sigma_t, sigma_s)
+    x_s = _per_sample(alpha_call, eps) * y_s + _per_sample(sigma_call, eps) * eps
+    f_s = teacher(x_s, s_call.float(), cond).to(y.dtype)
+    h = _per_sample(lam_s - lam_t, y)
+    correction = torch.where(torch.isinf(h), torch.ones_like(h), 1 - delta / h)
+    return torch.where(_per_sample(last, y), y_s, y_s + (f_s - f_t) * correction)
 
 
 @torch.no_grad()
-def bootstrap_target(student, teacher, eps, *, schedule, grid, k, cond=None, config=BootConfig()):
-    """target = y_t + delta (f(alpha_t y_t + sigma_t eps, t, c) - y_t), y_t = stopgrad g(eps, t_k) or the
-    exact y_T at k = N; `jump` such steps in a row land on s = t_{max(k - jump, 0)}. Carries no gradient."""
-    return _bootstrap_target(student, teacher, eps, table=schedule.coefficients(grid), grid=grid, k=k, cond=cond,
-                             config=config)
-
-
-def _bootstrap_target(student, teacher, eps, *, table, grid, k, cond, config):
-    """bootstrap_target, given table = (alpha, sigma, lam) on the grid: a step only indexes it."""
-    n = len(grid) - 1
-    t, j = grid[k], (k - config.jump).clamp(min=0)
-    y = student(eps, t.to(eps.dtype), cond).to(eps.dtype)
-    if config.boundary == "exact":
-        a_T, s_T, _ = (c[-1].to(eps.dtype) for c in table)
-        y = torch.where(_per_sample(k == n, eps), start_signal(eps, alpha_T=a_T, sigma_T=s_T), y)
-    for i in range(config.jump):  # every sample steps until it reaches its own s
-        cur, nxt = (k - i).clamp(min=0), (k - i - 1).clamp(min=0)
-        stepped = _teacher_step(teacher, y, eps, cond, t=grid[cur], s=grid[nxt], at_t=[c[cur] for c in table],
-                                at_s=[c[nxt] for c in table], order=config.order)
-        y = torch.where(_per_sample(cur > j, y), stepped, y)
+def bootstrap_target(student, teacher, eps, *, schedule, grid, k, cond=None, config=BootConfig(), coefficients=None):
+    """target = y_t + delta (f(alpha_t y_t + sigma_t eps, t, c) - y_t) with y_t = stopgrad g(eps, t_k), or the
+    exact y_T at k = N; with `jump`, that many teacher steps in a row. Returns (target, s = t_{max(k - jump, 0)}).
+    coefficients: (alpha, sigma, lam) on the grid, when the caller has them (each step only indexes them)."""
+    alpha, sigma, lam = schedule.coefficients(grid) if coefficients is None else coefficients
+    n, j = len(grid) - 1, (k - config.jump).clamp(min=0)
+    y = student(eps, grid[k].float(), cond).to(eps.dtype)
+    if config.boundary == "exact":  # y_T is known: the student is never asked at T
+        y_T = start_signal(eps, alpha_T=alpha[-1].to(eps.dtype), sigma_T=sigma[-1].to(eps.dtype))
+        y = torch.where(_per_sample(k == n, eps), y_T, y)
+    for i in range(config.jump):  # from t_{k - i} to t_{k - i - 1}; a sample already at its s stays there
+        now, nxt = (k - i).clamp(min=0), (k - i - 1).clamp(min=0)
+        stepped = _teacher_step(teacher, y, eps, cond, t=grid[now], s=grid[nxt], at_t=(alpha[now], sigma[now], lam[now]),
+                                at_s=(alpha[nxt], sigma[nxt], lam[nxt]), order=config.order)
+        y = torch.where(_per_sample(now > j, y), stepped, y)
     return y, grid[j]
 
 
 def boot_loss(student, teacher: Teacher, eps, *, schedule: Schedule, grid, cond=None, config=BootConfig(), k=None,
               target_student=None):
-    """weight(delta) |g(eps, s) - stopgrad(target)|^2, k ~ U{1..N} per sample (or given), s = t_{k - jump}.
-    target_student: the network that makes y_t for the target (default: the student itself; an EMA copy
-    is the target network of consistency models).
+    """The bootstrap objective (BOOT.md section 4), per noise eps, with t = t_k, k ~ U{1..N} (or given), s = t_{k-1}:
+        y_t    = stopgrad g(eps, t)                                   (the exact y_T when k = N)
+        target = y_t + delta (f(alpha_t y_t + sigma_t eps, t, c) - y_t)  (one teacher DDIM step: bootstrap_target)
+        loss   = weight(delta) |g(eps, s) - target|^2,  weight = 1 / delta^2 or 1
+    Options (BootConfig): `order` 2 makes the teacher step Heun's, `jump` J makes s = t_{k-J} (J teacher steps),
+    `boundary` "loss" adds |g(eps, T) - f(eps, T)|^2. target_student makes y_t in place of the student (an EMA
+    copy: the target network of consistency models).
 
     Returns (loss, logs): logs holds detached tensors worth logging (call .item() when you log)."""
     grid = grid.to(eps.device)
-    n = len(grid) - 1
     if k is None:
-        k = torch.randint(1, n + 1, (eps.shape[0],), device=eps.device)
-    maker = student if target_student is None else target_student
-    table = schedule.coefficients(grid)
-    with torch.no_grad():
-        target, s = _bootstrap_target(maker, teacher, eps, table=table, grid=grid, k=k, cond=cond, config=config)
-    lam = table[2]
+        k = torch.randint(1, len(grid), (eps.shape[0],), device=eps.device)
+    coefficients = schedule.coefficients(grid)  # (alpha, sigma, lam) on the grid
+    target, s = bootstrap_target(student if target_student is None else target_student, teacher, eps,
+                                 schedule=schedule, grid=grid, k=k, cond=cond, config=config, coefficients=coefficients)
+    lam = coefficients[2]
     delta = signal_delta(lam_t=lam[k], lam_s=lam[(k - config.jump).clamp(min=0)]).float()
     weight = delta.pow(-2) if config.weighting == "inv_delta2" else torch.ones_like(delta)
     if config.boundary == "exact":
-        residual = (student(eps, s.to(eps.dtype), cond) - target).float().pow(2).flatten(1).mean(1)
+        residual = (student(eps, s.float(), cond) - target).float().pow(2).flatten(1).mean(1)
         loss = (weight * residual).mean()
         return loss, {"loss": loss.detach(), "residual": residual.mean().detach(), "delta": delta.mean()}
     # Paper-style boundary |g(eps, T) - f(eps, T)|^2 (exact only when alpha_T = 0): the student runs once on
     # both halves, so that wrappers such as DistributedDataParallel see a single forward pass.
     t_T = grid[-1].expand(eps.shape[0])
     with torch.no_grad():
-        f_T = teacher(eps, t_T.to(eps.dtype), cond)
+        f_T = teacher(eps, t_T.float(), cond)
     both = lambda a, b: None if a is None else torch.cat([a, b])
-    g_s, g_T = student(both(eps, eps), torch.cat([s, t_T]).to(eps.dtype), both(cond, cond)).chunk(2)
+    g_s, g_T = student(both(eps, eps), torch.cat([s, t_T]).float(), both(cond, cond)).chunk(2)
     residual = (g_s - target).float().pow(2).flatten(1).mean(1)
     boundary = (g_T - f_T).float().pow(2).mean()
     loss = (weight * residual).mean() + boundary
@@ -439,7 +449,7 @@ def boot_loss(student, teacher: Teacher, eps, *, schedule: Schedule, grid, cond=
 @torch.no_grad()
 def sample_student(student, eps, cond=None):
     """x0 = g(eps, 0): one network call."""
-    return student(eps, eps.new_zeros(eps.shape[0]), cond)
+    return student(eps, torch.zeros(eps.shape[0], device=eps.device), cond)
 
 
 @torch.no_grad()
@@ -462,6 +472,6 @@ def ddim_sample(teacher: Teacher, eps, *, schedule: Schedule, steps: int, cond=N
     alpha, sigma, _ = (c.to(eps.dtype) for c in schedule.coefficients(grid))
     x = eps
     for k in range(steps, 0, -1):
-        x0 = teacher(x, grid[k].to(eps.dtype).expand(eps.shape[0]), cond)
+        x0 = teacher(x, grid[k].float().expand(eps.shape[0]), cond)
         x = ddim_step(x_t=x, x0=x0, alpha_t=alpha[k], sigma_t=sigma[k], alpha_s=alpha[k - 1], sigma_s=sigma[k - 1])
     return x

@@ -138,8 +138,8 @@ def test_pixel_teacher_from_a_diffusers_folder(tmp_path, prediction, flat, init)
 
 def test_pixel_teacher_is_called_at_its_training_timesteps_with_its_own_conversion(tmp_path):
     unet, scheduler = _tiny_ddpm(tmp_path / "ddpm", "v_prediction", flat=False)
-    loaded, sched = train_toy.load_pixel_teacher(str(tmp_path / "ddpm"), "cpu")
-    schedule = boot.Schedule.discrete(sched.alphas_cumprod)
+    loaded, read = train_toy.load_pixel_teacher(str(tmp_path / "ddpm"), "cpu")
+    schedule = read.schedule
     teacher = boot.denoiser(train_toy.DiffusersNet(loaded), schedule, prediction="v_prediction")
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([0.5, 1.0])
     alpha, sigma, _ = schedule.coefficients(t)

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 
 import boot
+import boot_diffusers
 import exact
 import metrics
 import runtime
@@ -105,9 +106,9 @@ class DiffusersNet(torch.nn.Module):
 
 
 def load_pixel_teacher(source: str, device):
-    """(UNet2DModel, DDPM-style scheduler) from a hub id or folder: the pipeline layout (unet/, scheduler/)
-    or the flat one of google/ddpm-cifar10-32 (config.json and scheduler_config.json side by side)."""
-    from diffusers import DDPMScheduler, UNet2DModel
+    """(UNet2DModel, boot_diffusers.TeacherSchedule) from a hub id or folder: the pipeline layout (unet/,
+    scheduler/) or the flat one of google/ddpm-cifar10-32 (config.json and scheduler_config.json side by side)."""
+    from diffusers import UNet2DModel
     errors, log = [], logging.getLogger("diffusers")
     level = log.level
     log.setLevel(logging.CRITICAL)  # diffusers logs each failed attempt; the one error line below says it all
@@ -115,18 +116,20 @@ def load_pixel_teacher(source: str, device):
         for sub in ("unet", None):
             try:  # safetensors only: a pickled .bin can run arbitrary code
                 unet = UNet2DModel.from_pretrained(source, subfolder=sub, use_safetensors=True)
-                scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler" if sub else None)
                 break
             except Exception as e:  # diffusers raises OSError, ValueError, EnvironmentError... keep the first cause
                 errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        else:
+            raise runtime.UsageError(f"--teacher {source!r} is not a loadable diffusers UNet2DModel ({errors[0]})")
+        teacher = boot_diffusers.read_scheduler(source, subfolder="scheduler" if sub else None, what=f"--teacher {source!r}")
     finally:
         log.setLevel(level)
-    if len(errors) == 2:  # neither layout loaded
-        raise runtime.UsageError(f"--teacher {source!r} is not a loadable diffusers UNet2DModel with a scheduler "
-                                 f"config ({errors[0]})")
-    if scheduler.config.prediction_type not in boot.PREDICTIONS:
-        raise runtime.UsageError(f"--teacher {source!r}: unsupported prediction type {scheduler.config.prediction_type!r}")
-    return unet.to(device).eval().requires_grad_(False), scheduler
+    return unet.to(device).eval().requires_grad_(False), teacher
+
+
+def pixel_teacher(unet, read: boot_diffusers.TeacherSchedule) -> boot.Teacher:
+    """f(x_t, t) -> x0 as diffusers' DDIM computes it from this UNet and scheduler config (clipping included)."""
+    return read.finish(boot.denoiser(DiffusersNet(unet), read.schedule, prediction=read.prediction))
 
 
 def build(args, device):
@@ -138,10 +141,9 @@ def build(args, device):
         dim = toy.means.shape[1]  # the MLP reads and writes digits as flat 64-vectors
         student = boot.MLPStudent(dim=dim, width=args.width, depth=args.depth)
         return toy, schedule, student.to(device), (dim,), toy
-    unet, scheduler = load_pixel_teacher(args.teacher, device)
-    schedule = boot.Schedule.discrete(scheduler.alphas_cumprod)
-    prediction = scheduler.config.prediction_type
-    teacher = boot.denoiser(DiffusersNet(unet), schedule, prediction=prediction)
+    unet, read = load_pixel_teacher(args.teacher, device)
+    schedule, prediction = read.schedule, read.prediction
+    teacher = pixel_teacher(unet, read)
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     if args.init_from_teacher:
         student = boot.TeacherStudent(DiffusersNet(copy.deepcopy(unet).requires_grad_(True).train()), schedule,
