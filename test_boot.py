@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import boot
 import exact
@@ -68,8 +68,59 @@ def test_discrete_schedule_matches_diffusers_scaled_linear():
 
 
 def test_discrete_rejects_bad_alphas_cumprod():
-    with pytest.raises(ValueError, match="strictly decreasing"):
-        boot.Schedule.discrete(torch.tensor([0.9, 0.95, 0.5]))
+    for bad in ([0.9, 0.95, 0.5], [0.9, 0.0, 0.0], [0.9, 0.0, 0.5], [1.5, 0.5]):
+        with pytest.raises(ValueError, match="strictly decreasing"):
+            boot.Schedule.discrete(torch.tensor(bad))
+
+
+def _moved(schedule, ulps: int):
+    """The schedule with log alpha^2 moved `ulps` float64 ulps (up when positive) at every t, its ends included:
+    what another CPU's libm may round it to."""
+    def log_alpha2(t):
+        x = schedule.log_alpha2(t)
+        toward = torch.full_like(x, math.inf if ulps > 0 else -math.inf)
+        for _ in range(abs(ulps)):
+            x = torch.nextafter(x, toward)
+        return x
+    return boot.Schedule(log_alpha2, name=f"{schedule.name}{ulps:+d}ulp", train_steps=schedule.train_steps)
+
+
+@torch_settings
+@given(name=st.sampled_from(sorted(SCHEDULES)), ulps=st.integers(-3, 3).filter(bool))
+@example(name="cosine", ulps=1).via("rounding up at t = 0 made sigma_0 NaN")
+@example(name="linear", ulps=1)
+@example(name="discrete", ulps=1)
+@example(name="cosine", ulps=-1)
+def test_schedules_stay_in_range_whichever_way_log_alpha2_rounds(name, ulps):
+    schedule = _moved(SCHEDULES[name](), ulps)
+    t = torch.tensor([0.0, 1e-12, 1e-6] + [i / 100 for i in range(1, 100)] + [1 - 1e-9, 1.0], dtype=torch.float64)
+    alpha, sigma, lam = schedule.coefficients(t)
+    assert alpha[0] == 1 and sigma[0] == 0 and lam[0] == math.inf, "t = 0 is the data, exactly, on any libm"
+    assert ((alpha >= 0) & (alpha <= 1) & (sigma >= 0) & (sigma <= 1)).all()
+    assert torch.isfinite(lam[1:-1]).all() and lam[-1] < 0
+    for spacing in boot.SPACINGS:
+        grid = boot.time_grid(schedule, 8, spacing=spacing)
+        assert torch.isfinite(grid).all() and grid[0] == 0 and grid[-1] == 1
+    teacher = exact.toy_teacher("mixture", schedule)
+    student = boot.MLPStudent(dim=2, width=16, depth=2)
+    for config in (boot.BootConfig(), boot.BootConfig(order=2)):
+        loss, _ = boot.boot_loss(student, teacher, torch.randn(32, 2), schedule=schedule, config=config,
+                                 grid=boot.time_grid(schedule, 8, spacing="quadratic"))
+        loss.backward()
+        assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in student.parameters())
+
+
+def test_zero_terminal_snr_has_alpha_T_zero_and_finite_coefficients_before_it():
+    ac = _scaled_linear_alphas_cumprod()
+    ac[-1] = 0
+    schedule = boot.Schedule.discrete(ac)
+    t = (torch.arange(1001, dtype=torch.float64)) / 1000
+    alpha, sigma, lam = schedule.coefficients(t)
+    assert alpha[-1] == 0 and sigma[-1] == 1 and lam[-1] == -math.inf
+    assert torch.isfinite(lam[1:-1]).all() and torch.isfinite(alpha).all() and torch.isfinite(sigma).all()
+    assert boot.signal_delta(lam_t=lam[-1], lam_s=lam[-2]) == 1, "the first step lands on the teacher's x0"
+    with pytest.raises(ValueError, match="alpha_T = 0"):
+        boot.denoiser(lambda x, t, c: x, schedule, prediction="epsilon")
 
 
 # --- the time grid -----------------------------------------------------------------------------------
@@ -519,3 +570,69 @@ def test_student_started_from_the_teacher_is_the_teacher_at_T(prediction):
     assert not _close(student(eps, ones / 2), teacher(eps, ones / 2, None)), "the teacher reads x_t, the student eps"
     with pytest.raises(ValueError, match="alpha_T"):
         boot.TeacherStudent(net, boot.Schedule.cosine(), prediction="epsilon")
+
+
+def test_student_conversion_runs_in_float32_under_autocast():
+    schedule = boot.Schedule.discrete(_scaled_linear_alphas_cumprod())
+    net = _TimeNet()
+    student = boot.TeacherStudent(net, schedule, prediction="epsilon")
+    eps, t = torch.randn(8, 3), torch.rand(8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = student(eps, t)
+        pred = net(eps, schedule.network_time(t))
+    assert y.dtype == torch.float32 and pred.dtype == torch.bfloat16
+    alpha_T, sigma_T = student.alpha_T, student.sigma_T
+    assert torch.equal(y, (eps - sigma_T * pred.float()) / alpha_T), "bf16 output, but an fp32 conversion"
+
+
+class _RecordingNet:
+    """An eps-network that records the timesteps it is called at."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, x, timestep, cond=None):
+        self.seen.append(timestep)
+        return 0.1 * x
+
+
+@pytest.mark.parametrize("order, jump", [(1, 1), (2, 3)])
+def test_bf16_noise_calls_the_teacher_at_the_same_integer_timesteps_as_fp32(order, jump):
+    schedule = boot.Schedule.discrete(_scaled_linear_alphas_cumprod())
+    grid = boot.time_grid(schedule, 64)
+    config = boot.BootConfig(order=order, jump=jump)
+    k = torch.arange(1, 65)
+    seen = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        net = _RecordingNet()
+        teacher = boot.denoiser(net, schedule, prediction="epsilon")
+        student = lambda eps, t, c=None: torch.zeros_like(eps)
+        boot.boot_loss(student, teacher, torch.randn(64, 3).to(dtype), schedule=schedule, grid=grid, config=config, k=k)
+        boot.ddim_sample(teacher, torch.randn(4, 3).to(dtype), schedule=schedule, steps=64)
+        seen[dtype] = net.seen
+        assert all(s.dtype == torch.int64 for s in net.seen), "a discrete teacher gets exact integer timesteps"
+    assert all(torch.equal(a, b) for a, b in zip(*seen.values())) and len(seen[torch.float32]) == len(seen[torch.bfloat16])
+    assert seen[torch.float32][0].max() == 999 and 983 in seen[torch.float32][0], "bf16 would have made 999 -> 1000"
+
+
+def test_the_default_loss_is_the_plain_objective_of_boot_md_line_by_line():
+    """BOOT.md section 4 written out here with no option: boot_loss must equal it to the last bit."""
+    schedule = boot.Schedule.cosine()
+    teacher = exact.toy_teacher("mixture", schedule)
+    student = boot.MLPStudent(dim=2, width=32, depth=3)
+    grid = boot.time_grid(schedule, 8, spacing="quadratic")
+    eps, k = torch.randn(64, 2), torch.randint(1, 9, (64,))
+    loss, _ = boot.boot_loss(student, teacher, eps, schedule=schedule, grid=grid, k=k)
+
+    alpha, sigma, lam = schedule.coefficients(grid)
+    t, s = grid[k], grid[k - 1]
+    with torch.no_grad():
+        y_t = student(eps, t.float())                                           # stopgrad g(eps, t)
+        y_T = alpha[-1] / (1 + sigma[-1]) * eps                                  # the exact y_T at k = N
+        y_t = torch.where((k == 8)[:, None], y_T.float(), y_t)
+        x_t = alpha[k, None].float() * y_t + sigma[k, None].float() * eps
+        delta = -torch.expm1(lam[k] - lam[k - 1])
+        target = y_t + delta[:, None].float() * (teacher(x_t, t.float()) - y_t)   # one teacher DDIM step
+    residual = (student(eps, s.float()) - target).pow(2).mean(1)
+    plain = (delta.float().pow(-2) * residual).mean()                            # weight 1 / delta^2
+    assert torch.equal(loss, plain)
