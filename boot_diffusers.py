@@ -112,3 +112,4 @@ def _clip(config: dict) -> Optional[Callable]:
             raise UsageError(f"the scheduler's clip_sample_range must be a positive number, got {r!r}")
         return lambda x0: x0.clamp(-r, r)
     return None
+
