@@ -17,7 +17,7 @@ is the sample, so generating is one network call.
 
 Public names: Schedule, time_grid, to_x0, from_x0, ddim_step, signal_delta, signal_step, start_signal,
 denoiser, guided, MLPStudent, UNetStudent, TeacherStudent, BootConfig, bootstrap_target, boot_loss, sample_student,
-fixed_point, ddim_sample.
+fixed_point, ddim_sample, sample_any_t.
 
 Notation (code -> paper):
     t in [0, 1]        time; T = 1 is pure noise, 0 the data; the student's t
@@ -468,10 +468,30 @@ def fixed_point(teacher: Teacher, eps, *, schedule: Schedule, grid, cond=None, o
 @torch.no_grad()
 def ddim_sample(teacher: Teacher, eps, *, schedule: Schedule, steps: int, cond=None, spacing="t"):
     """The teacher's reference sampler in x-space: `steps` DDIM steps from x_T = eps down to x_0."""
-    grid = time_grid(schedule, steps, spacing=spacing).to(eps.device)
-    alpha, sigma, _ = (c.to(eps.dtype) for c in schedule.coefficients(grid))
+    return _ddim_steps(teacher, eps, cond, schedule=schedule, grid=time_grid(schedule, steps, spacing=spacing), k=steps)
+
+
+@torch.no_grad()
+def sample_any_t(student, teacher: Teacher, eps, *, schedule: Schedule, grid, j: int, cond=None):
+    """BOOT's own knob, 1 + j calls: one student call to the grid time t_j, x = alpha_j g(eps, t_j) + sigma_j eps,
+    then j teacher DDIM steps down the grid to x_0. j = 0 is sample_student; j = N the teacher's DDIM on the grid
+    (y_T is exact); a perfect student gives the teacher's N-step sampler for every j."""
+    if not 0 <= j < len(grid):
+        raise ValueError(f"j must be a grid index in [0, {len(grid) - 1}], got {j}")
+    if j == 0:
+        return sample_student(student, eps, cond)
     x = eps
-    for k in range(steps, 0, -1):
-        x0 = teacher(x, grid[k].float().expand(eps.shape[0]), cond)
-        x = ddim_step(x_t=x, x0=x0, alpha_t=alpha[k], sigma_t=sigma[k], alpha_s=alpha[k - 1], sigma_s=sigma[k - 1])
+    if j < len(grid) - 1:
+        alpha, sigma, _ = (c[j].to(eps.dtype) for c in schedule.coefficients(grid))
+        x = alpha * student(eps, grid[j].float().expand(eps.shape[0]), cond).to(eps.dtype) + sigma * eps
+    return _ddim_steps(teacher, x, cond, schedule=schedule, grid=grid, k=j)
+
+
+def _ddim_steps(teacher, x, cond, *, schedule, grid, k):
+    """DDIM from x at grid time t_k down to t_0 = 0, one teacher call per step."""
+    grid = grid.to(x.device)
+    alpha, sigma, _ = (c.to(x.dtype) for c in schedule.coefficients(grid))
+    for i in range(k, 0, -1):
+        x0 = teacher(x, grid[i].float().expand(x.shape[0]), cond)
+        x = ddim_step(x_t=x, x0=x0, alpha_t=alpha[i], sigma_t=sigma[i], alpha_s=alpha[i - 1], sigma_s=sigma[i - 1])
     return x

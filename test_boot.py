@@ -636,3 +636,24 @@ def test_the_default_loss_is_the_plain_objective_of_boot_md_line_by_line():
     residual = (student(eps, s.float()) - target).pow(2).mean(1)
     plain = (delta.float().pow(-2) * residual).mean()                            # weight 1 / delta^2
     assert torch.equal(loss, plain)
+
+
+def test_any_t_sampling_of_a_perfect_student_is_the_teachers_grid_sampler_for_every_j():
+    schedule = boot.Schedule.cosine()
+    teacher = exact.toy_teacher("mixture", schedule)
+    grid = boot.time_grid(schedule, 8, spacing="quadratic")
+    eps = torch.randn(64, 2, dtype=torch.float64)
+    ys = boot.fixed_point(teacher, eps, schedule=schedule, grid=grid)
+    calls = []
+    perfect = lambda e, t, c=None: calls.append(t) or ys[(grid[:, None] - t[None].double()).abs().argmin(0)[0]]
+    ddim_8 = boot.ddim_sample(teacher, eps, schedule=schedule, steps=8, spacing="quadratic")
+    for j in range(9):
+        x = boot.sample_any_t(perfect, teacher, eps, schedule=schedule, grid=grid, j=j)
+        assert _close(x, ddim_8, 1e-9), j
+    assert len(calls) == 8, "one student call for j < N; none at j = N, where y_T is exact"
+    student = boot.MLPStudent(dim=2, width=16).double()
+    assert torch.equal(boot.sample_any_t(student, teacher, eps, schedule=schedule, grid=grid, j=0),
+                       boot.sample_student(student, eps))
+    assert not _close(boot.sample_any_t(student, teacher, eps, schedule=schedule, grid=grid, j=3), ddim_8, 1e-3)
+    with pytest.raises(ValueError, match="grid index"):
+        boot.sample_any_t(student, teacher, eps, schedule=schedule, grid=grid, j=9)
