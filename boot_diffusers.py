@@ -1,4 +1,4 @@
-"""boot_diffusers.py: boot.py's bridge to diffusers; BootOneStepScheduler draws with a BOOT student in StableDiffusionPipeline.
+"""boot_diffusers.py: boot.py's bridge to diffusers (BootOneStepScheduler: a BOOT student in StableDiffusionPipeline).
 
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel

@@ -27,6 +27,7 @@ def make_tiny_sd(root: Path) -> str:
     with a tokenizer from a hand-written vocabulary, and an AutoencoderTiny in root/taesd."""
     from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     letters = list(string.ascii_lowercase)
     vocab = {t: i for i, t in enumerate(["<|startoftext|>", "<|endoftext|>"] + letters + [c + "</w>" for c in letters])}
@@ -69,8 +70,9 @@ def prompts(tmp_path) -> str:
 
 
 def train_args(teacher, prompts, out, *extra):
-    return [str(a) for a in ["--teacher", teacher, "--prompts", prompts, "--out", out, "--device", "cpu", "--resolution",
-                             RES, "--batch-size", "2", "--bootstrap-steps", "4", "--steps", "2", *extra]]
+    args = ["--teacher", teacher, "--prompts", prompts, "--out", out, "--device", "cpu", "--resolution", RES,
+            "--batch-size", "2", "--bootstrap-steps", "4", "--steps", "2", *extra]
+    return [str(a) for a in args]
 
 
 def run_cli(*args):
@@ -116,7 +118,8 @@ def test_training_encodes_each_steps_own_batch_only(tiny_sd, prompts, tmp_path, 
     step's batch, so memory does not grow with the prompts file."""
     from transformers import CLIPTextModel
     batches, forward = [], CLIPTextModel.forward
-    monkeypatch.setattr(CLIPTextModel, "forward", lambda self, ids, **k: batches.append(len(ids)) or forward(self, ids, **k))
+    spy = lambda self, ids, **kwargs: batches.append(len(ids)) or forward(self, ids, **kwargs)
+    monkeypatch.setattr(CLIPTextModel, "forward", spy)
     train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--steps", "3", "--validate-every", "1000"))
     assert batches == [1, 3, 2, 2, 2]  # null, the 3 validation prompts, 3 steps of 2
 
@@ -301,7 +304,8 @@ def test_stable_diffusion_pipeline_draws_what_sample_draws(guidance, vae, tiny_s
     texts = ["a red cat", "blue sky", "a dog on a hill"]
     (tmp_path / "p.txt").write_text("\n".join(texts) + "\n")
     run = tmp_path / "run"
-    train_sd.main(train_args(tiny_sd, tmp_path / "p.txt", run, *guidance, "--validate-every", "1000", "--dtype", "fp32"))
+    train_sd.main(train_args(tiny_sd, tmp_path / "p.txt", run, *guidance, "--validate-every", "1000",
+                             "--dtype", "fp32"))
     student_with_trained_guidance(run)
     tiny_vae = ["--tiny-vae", str(Path(tiny_sd) / "taesd")] if vae == "tiny" else []
     train_sd.main(["--sample", str(run), "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "images"),
@@ -310,7 +314,8 @@ def test_stable_diffusion_pipeline_draws_what_sample_draws(guidance, vae, tiny_s
     sampled = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "images").glob("*.png"))])
 
     calls, forward = [], UNet2DConditionModel.forward
-    monkeypatch.setattr(UNet2DConditionModel, "forward", lambda *a, **k: calls.append(k["timestep_cond"]) or forward(*a, **k))
+    spy = lambda *a, **k: calls.append(k["timestep_cond"]) or forward(*a, **k)
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
     extra = {"vae": AutoencoderTiny.from_pretrained(Path(tiny_sd) / "taesd")} if vae == "tiny" else {}
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, unet=UNet2DConditionModel.from_pretrained(run / "student"),
                                                    scheduler=BootOneStepScheduler.from_pretrained(run / "student"),
@@ -504,3 +509,11 @@ def test_transformers_4_without_set_tqdm_hook(tiny_sd, monkeypatch):
     from transformers.utils import logging as transformers_logging
     monkeypatch.delattr(transformers_logging, "set_tqdm_hook", raising=False)
     assert train_sd.load_teacher(tiny_sd, torch.float32, torch.device("cpu"), unet=False).vae is not None
+
+
+def test_too_many_validation_prompts(prompts, tmp_path, capsys):
+    many = tmp_path / "many.txt"
+    many.write_text("".join(f"prompt {i}\n" for i in range(train_sd.MAX_VALIDATION_IMAGES + 1)))
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(["--prompts", prompts, "--validation-prompts", str(many), "--out", str(tmp_path / "run")])
+    check_failure(stop.value.code, capsys.readouterr().err, "at most 16", tmp_path / "run")

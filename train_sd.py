@@ -88,8 +88,8 @@ def read_prompts(path, flag: str = "--prompts") -> Prompts:
                 try:
                     prompt = raw[skip:].decode("utf-8").strip()
                 except UnicodeDecodeError as e:
-                    byte = raw[skip + e.start]
-                    raise UsageError(f"{flag} {path}: not UTF-8 text (byte {position + skip + e.start} is {byte:#x})") from None
+                    at, byte = position + skip + e.start, raw[skip + e.start]
+                    raise UsageError(f"{flag} {path}: not UTF-8 text (byte {at} is {byte:#x})") from None
                 if prompt and not prompt.startswith("#"):
                     offsets.append(position + skip)
                     lines.append(number)
@@ -99,7 +99,8 @@ def read_prompts(path, flag: str = "--prompts") -> Prompts:
     except OSError as e:  # a folder, no permission, an I/O error
         raise UsageError(f"{flag} {path}: cannot be read ({e.strerror or e})") from None
     if not offsets:
-        raise UsageError(f"{flag} {path}: " + ("the file is empty" if blank else "no prompt in it, only blank or # lines"))
+        raise UsageError(f"{flag} {path}: " + ("the file is empty" if blank
+                                               else "no prompt in it, only blank or # lines"))
     return Prompts(Path(path), offsets, lines)
 
 
@@ -204,11 +205,15 @@ def teacher_fn(unet, schedule: boot.Schedule, prediction: str) -> boot.Teacher:
 
 
 def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
-    """What StableDiffusionPipeline feeds a UNet with a guidance input: its (LCM's) embedding of w - 1, computed
-    by its own function (which reads no pipeline state) in float32 on the CPU, as the pipeline does."""
-    from diffusers import StableDiffusionPipeline
-    embed = StableDiffusionPipeline.get_guidance_scale_embedding
-    return embed(None, (w - 1).float().cpu(), embedding_dim=dim).to(w.device)
+    """What StableDiffusionPipeline feeds a UNet with a guidance input: LCM's sinusoidal embedding of 1000 (w - 1),
+    computed as its get_guidance_scale_embedding computes it (float32, on the CPU, the same operations), so the
+    student trains on the very input the pipeline gives it. Written out: importing the pipeline would pull in
+    transformers' image processors."""
+    half = dim // 2
+    scaled = (w - 1).float().cpu() * 1000.0
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+    emb = scaled[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(emb), torch.cos(emb)], dim=1).to(w.device)  # dim is even (GUIDANCE_DIM)
 
 
 def student_fn(model, schedule: boot.Schedule, prediction: str, w=None) -> boot.TeacherStudent:
@@ -230,7 +235,8 @@ def make_student(teacher: str):
     with it StableDiffusionPipeline feeds the student w and runs no guidance of its own, whether the student
     learns one w or a range."""
     from diffusers import UNet2DConditionModel
-    unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet", torch_dtype=torch.float32, use_safetensors=True)
+    unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet", torch_dtype=torch.float32,
+                                                use_safetensors=True)
     if unet.config.time_cond_proj_dim:  # a teacher with a guidance input keeps its own
         return unet.train()
     student = UNet2DConditionModel.from_config({**unet.config, "time_cond_proj_dim": GUIDANCE_DIM})
@@ -300,7 +306,9 @@ def model_card(meta: dict, student: str, g: boot.TeacherStudent) -> str:
     """student/README.md: a Hugging Face model card (YAML header, then what the student is and how to use it)."""
     teacher, w, rng, n = meta["teacher"], meta["guidance_scale"], meta["guidance_range"], meta["bootstrap_steps"]
     base = "" if Path(teacher).is_dir() else f"base_model: {teacher}\n"  # the hub wants an id, not a local folder
-    guidance = f"any w in [{rng[0]}, {rng[1]}] (pipeline default here {w})" if rng else f"w = {w} only (pass guidance_scale={w})"
+    guidance = f"any w in [{rng[0]}, {rng[1]}] (the snippet uses {w})" if rng else f"w = {w} only (guidance_scale={w})"
+    training = (f"{meta['steps']} steps, batch {meta['batch_size']} per process, AdamW lr {meta['lr']}, {meta['dtype']}, "
+                f"EMA {meta['ema'] or 'none'}, seed {meta['seed']}")
     val = meta.get("validation")
     figures = (f"latent RMSE of the student's one call to the teacher's DDIM-{n}: {val['rmse_to_teacher']:.4g} "
                f"(the teacher's latents: RMS {val['teacher_rms']:.4g}), {val['prompts']} prompts at w = {w}, "
@@ -327,7 +335,7 @@ an image in one UNet call.
 |---|---|
 | teacher | `{teacher}`, {g.prediction} prediction |
 | guidance scale | {guidance} |
-| training | {meta['steps']} steps, batch {meta['batch_size']} per process, AdamW lr {meta['lr']}, {meta['dtype']}, EMA {meta['ema'] or 'none'}, seed {meta['seed']} |
+| training | {training} |
 | grid | {n} steps: the student's fixed point is the teacher's DDIM-{n} (trailing timesteps) |
 | resolution | {meta['resolution']} x {meta['resolution']} pixels |
 | validation | {figures} |
@@ -448,8 +456,9 @@ def train(args, prompts):
                 ddim = boot.ddim_sample(guided, val_eps, schedule=schedule, steps=args.bootstrap_steps, cond=val_cond)
                 reference.extend([ddim.float(), decode(sd.vae, ddim)])
             mine = boot.sample_student(student_fn(model_now, schedule, prediction, val_w), val_eps, val_cond)
-        figures.update(step=step, prompts=len(val_texts), rmse_to_teacher=(mine - reference[0]).pow(2).mean().sqrt().item(),
-                       teacher_rms=reference[0].pow(2).mean().sqrt().item())
+        rms = lambda x: x.pow(2).mean().sqrt().item()
+        figures.update(step=step, prompts=len(val_texts), rmse_to_teacher=rms(mine - reference[0]),
+                       teacher_rms=rms(reference[0]))
         (out / "validation").mkdir(exist_ok=True)
         with open(out / "validation" / "log.jsonl", "a") as f:
             f.write(json.dumps(figures) + "\n")
