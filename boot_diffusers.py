@@ -1,25 +1,92 @@
-"""boot_diffusers.py: boot.py's bridge to diffusers: the teacher a scheduler config describes, read exactly.
+"""boot_diffusers.py: boot's bridge to diffusers: a student in diffusers' own pipelines, a teacher read exactly.
 
-A diffusers teacher is a network plus a scheduler config. read_scheduler turns the config into what boot.py
-needs (a Schedule, the prediction type, the clipping of x0) with the scheduler's own class, so its defaults
-are the ones diffusers applies, and refuses, in one line, what boot cannot distil exactly: schedules of
-another family (variance-exploding, flow matching, EDM/Karras sigmas), beta schedules diffusers does not
-know, and eps-prediction at zero terminal SNR. Conventions, stated here once:
-- Sampling is DDIM with "trailing" spacing and set_alpha_to_one (boot.Schedule.discrete), eta 0.
-- clip_sample / thresholding apply to the (guided) x0 of each step, and the step's eps is recomputed from
-  that x0: diffusers' DDIMScheduler.step with use_clipped_model_output=True. Its default (False) keeps the
-  unclipped eps, which adds the clipped-off part to every step whatever its size: no ODE step, and not a
-  trajectory a student can learn independently of the step count.
+1. BootOneStepScheduler draws with a train_sd.py student inside StableDiffusionPipeline, in one UNet call. That
+   part needs torch and diffusers only, not boot.py: the run's student folder and this file are all you need.
+
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from boot_diffusers import BootOneStepScheduler
+
+    student = "runs/sd/student"  # the student folder of a train_sd.py run (UNet, scheduler config, model card)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5", unet=UNet2DConditionModel.from_pretrained(student),
+        scheduler=BootOneStepScheduler.from_pretrained(student))
+    images = pipe(["a lighthouse on a cliff at dawn"], guidance_scale=7.5, num_inference_steps=1).images
+
+2. read_scheduler turns a teacher's scheduler config into what boot.py needs (a Schedule, the prediction type,
+   the clipping of x0) with the scheduler's own class, so its defaults are the ones diffusers applies, and
+   refuses, in one line, what boot cannot distil exactly: schedules of another family (variance-exploding, flow
+   matching, EDM/Karras sigmas), beta schedules diffusers does not know, eps-prediction at zero terminal SNR.
+   Conventions, stated here once:
+   - Sampling is DDIM with "trailing" spacing and set_alpha_to_one (boot.Schedule.discrete), eta 0.
+   - clip_sample / thresholding apply to the (guided) x0 of each step, and the step's eps is recomputed from
+     that x0: diffusers' DDIMScheduler.step with use_clipped_model_output=True. Its default (False) keeps the
+     unclipped eps, which adds the clipped-off part to every step whatever its size: no ODE step, and not a
+     trajectory a student can learn independently of the step count.
 """
+from __future__ import annotations
+
 import dataclasses
 import inspect
+import logging
 import math
 from typing import Callable, Optional
 
 import torch
+from diffusers import ConfigMixin, SchedulerMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
-import boot
-from runtime import UsageError
+PREDICTIONS = ("epsilon", "v_prediction", "sample")  # diffusers' names, as in boot.py
+
+
+class BootOneStepScheduler(SchedulerMixin, ConfigMixin):
+    """One step from noise to the image latents with a BOOT student (train_sd.py's, boot.TeacherStudent).
+
+    The student g(eps, t, c) = to_x0(unet(eps, t n - 1, c), x_t = eps, alpha_T, sigma_T) is drawn at t = 0:
+    - the pipeline's latents are the noise eps itself (init_noise_sigma 1, no input scaling);
+    - the UNet reads them at timestep -1, the time input of t = 0 (boot.Schedule.network_time: t n - 1);
+    - its prediction becomes the sample at the FIXED alpha_T, sigma_T of t = T (not at t = 0), in float32:
+      epsilon: (eps - sigma_T pred) / alpha_T;  v_prediction: alpha_T eps - sigma_T pred;  sample: pred.
+    Guidance reaches the student through its own input (time_cond_proj_dim): StableDiffusionPipeline then
+    embeds w - 1 for it and runs no classifier-free guidance, so the UNet is called once whatever w is.
+    One step whatever num_inference_steps asks for (pass 1 to keep the progress bar honest)."""
+
+    order = 1
+    init_noise_sigma = 1.0
+
+    @register_to_config
+    def __init__(self, prediction_type: str, alpha_T: float, sigma_T: float):
+        if prediction_type not in PREDICTIONS:
+            raise ValueError(f"unknown prediction type {prediction_type!r}; expected one of {PREDICTIONS}")
+        if prediction_type == "epsilon" and not alpha_T > 0:
+            raise ValueError(f"an eps-prediction student needs alpha_T > 0, got {alpha_T}")
+        self.timesteps = torch.tensor([-1])
+
+    def set_timesteps(self, num_inference_steps=None, device=None):
+        """The one timestep, -1, on device; num_inference_steps is ignored: the student needs one call."""
+        self.timesteps = torch.tensor([-1], device=device)
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        return sample
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
+        """The image latents from the UNet's prediction at the noise `sample`, in sample's dtype."""
+        alpha, sigma, pred, eps = self.config.alpha_T, self.config.sigma_T, model_output.float(), sample.float()
+        kind = self.config.prediction_type
+        # boot.to_x0 at x_t = eps, written out (same operations, same Python-float coefficients: same bits).
+        if kind == "epsilon":
+            x0 = (eps - sigma * pred) / alpha
+        elif kind == "v_prediction":
+            x0 = alpha * eps - sigma * pred
+        else:
+            x0 = pred
+        x0 = x0.to(sample.dtype)
+        return SchedulerOutput(prev_sample=x0) if return_dict else (x0,)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading a teacher.
 
 # Schedules that change the sampler's noise levels away from the training betas: not the teacher DDIM runs.
 _OTHER_SIGMAS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas")
@@ -28,12 +95,12 @@ _OTHER_SIGMAS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas
 @dataclasses.dataclass(frozen=True)
 class TeacherSchedule:
     """What a diffusers scheduler config says about its teacher, in boot's terms."""
-    schedule: boot.Schedule
+    schedule: "boot.Schedule"
     prediction: str                                      # epsilon | v_prediction | sample
     clip: Optional[Callable[[torch.Tensor], torch.Tensor]]  # x0 -> clipped x0 (clip_sample, thresholding), or None
     scheduler: object                                    # the diffusers scheduler the config built
 
-    def finish(self, teacher: boot.Teacher) -> boot.Teacher:
+    def finish(self, teacher):
         """The teacher as diffusers steps it: its (guided) x0, clipped where the config says so."""
         if self.clip is None:
             return teacher
@@ -52,16 +119,19 @@ def read_scheduler(source, *, subfolder: Optional[str] = None, what: str = "the 
     """The scheduler config of `source` (hub id or folder) read with its own diffusers class; UsageError
     (one line naming `what` and the problem) for anything boot would get wrong."""
     import diffusers
+    from runtime import UsageError
     try:
         config = diffusers.DDPMScheduler.load_config(source, subfolder=subfolder)
     except Exception as e:  # missing file, bad JSON, offline hub
-        raise UsageError(f"{what}: no scheduler config loads ({(str(e).splitlines() or [type(e).__name__])[0][:200]})") from None
+        raise UsageError(f"{what}: its scheduler config does not load ({(str(e).splitlines() or [type(e).__name__])[0][:200]})") from None
     return scheduler_from_config(dict(config), what=what)
 
 
 def scheduler_from_config(config: dict, *, what: str = "the teacher") -> TeacherSchedule:
     """read_scheduler on a config dict already in hand."""
     import diffusers
+    import boot  # here, not at the top: the scheduler above must load without boot.py
+    from runtime import UsageError
     name = config.get("_class_name", "DDPMScheduler")
     cls = getattr(diffusers, str(name), None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
@@ -73,12 +143,16 @@ def scheduler_from_config(config: dict, *, what: str = "the teacher") -> Teacher
     if config.get("timestep_type", "discrete") != "discrete":
         raise UsageError(f"{what}: {name} with timestep_type={config['timestep_type']!r} is not a discrete-time "
                          "teacher; boot reads discrete variance-preserving schedules only")
+    log, level = logging.getLogger("diffusers"), logging.getLogger("diffusers").level
+    log.setLevel(logging.ERROR)  # no warning about another class's keys: what matters is refused below, in one line
     try:
         scheduler = cls.from_config(config)
     except NotImplementedError as e:  # diffusers' word for an unknown beta_schedule
         raise UsageError(f"{what}: {name}: {e}") from None
     except Exception as e:
         raise UsageError(f"{what}: {name} does not build from its config ({str(e).splitlines()[0][:200]})") from None
+    finally:
+        log.setLevel(level)
     alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
     if alphas_cumprod is None:
         raise UsageError(f"{what}: {name} is not a variance-preserving discrete-time schedule (variance-exploding, "
@@ -109,6 +183,7 @@ def _clip(config: dict) -> Optional[Callable]:
     if config.get("clip_sample"):
         r = config.get("clip_sample_range", 1.0)
         if not (isinstance(r, (int, float)) and math.isfinite(r) and r > 0):
+            from runtime import UsageError
             raise UsageError(f"the scheduler's clip_sample_range must be a positive number, got {r!r}")
         return lambda x0: x0.clamp(-r, r)
     return None

@@ -133,3 +133,18 @@ def test_bad_scheduler_config_from_the_command_line_is_one_line_and_exit_2(tmp_p
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().count("\n") == 0 and "ScoreSdeVeScheduler is not a variance-preserving" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_train_sd_refuses_a_flow_matching_teacher_in_one_line(tmp_path):
+    import test_train_sd
+    root = tmp_path / "sd"
+    test_train_sd.make_tiny_sd(root)
+    path = root / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "_class_name": "FlowMatchEulerDiscreteScheduler"}))
+    (tmp_path / "prompts.txt").write_text("a cat\n")
+    done = subprocess.run([sys.executable, str(HERE / "train_sd.py"), "--teacher", str(root), "--prompts",
+                           str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "run"), "--device", "cpu"], cwd=HERE,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "FlowMatchEulerDiscreteScheduler is not a variance-preserving" in done.stderr
+    assert not (tmp_path / "run").exists()

@@ -9,6 +9,7 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach the hub
 os.environ["OMP_NUM_THREADS"] = "1"  # tiny models: threads only contend with each other on a shared machine
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -21,32 +22,39 @@ HERE = Path(__file__).resolve().parent
 RES = 16  # pixels; the tiny VAE halves it, so the latents are 8 x 8
 
 
-@pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory) -> str:
-    """A random SD-shaped pipeline saved in diffusers format, with a tokenizer from a hand-written vocabulary."""
-    from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, UNet2DConditionModel
+def make_tiny_sd(root: Path) -> str:
+    """A random SD-shaped pipeline saved in diffusers format (StableDiffusionPipeline.from_pretrained loads it),
+    with a tokenizer from a hand-written vocabulary, and an AutoencoderTiny in root/taesd."""
+    from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-    root = tmp_path_factory.mktemp("tiny-sd")
+    root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     letters = list(string.ascii_lowercase)
     vocab = {t: i for i, t in enumerate(["<|startoftext|>", "<|endoftext|>"] + letters + [c + "</w>" for c in letters])}
     (root / "vocab.json").write_text(json.dumps(vocab))
     (root / "merges.txt").write_text("#version: 0.2\n")  # no merges: one token per letter
     tokenizer = CLIPTokenizer(vocab=str(root / "vocab.json"), merges=str(root / "merges.txt"), model_max_length=16)
-    tokenizer.save_pretrained(root / "tokenizer")
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                 num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-                                 pad_token_id=1)).save_pretrained(root / "text_encoder")
-    UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
-                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), attention_head_dim=8,
-                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).save_pretrained(root / "unet")
-    AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2, latent_channels=4,
-                  up_block_types=("UpDecoderBlock2D",) * 2, sample_size=RES).save_pretrained(root / "vae")
-    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                  set_alpha_to_one=False).save_pretrained(root / "scheduler")  # SD 1.x's schedule
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
+                                                num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
+                                                bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), attention_head_dim=8,
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2, latent_channels=4,
+                        up_block_types=("UpDecoderBlock2D",) * 2, sample_size=RES)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)  # SD 1.x's schedule
+    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                            safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(root)
     AutoencoderTiny(encoder_block_out_channels=(32, 32), decoder_block_out_channels=(32, 32), num_encoder_blocks=(1, 1),
                     num_decoder_blocks=(1, 1)).save_pretrained(root / "taesd")
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> str:
+    return make_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
 
 
 @pytest.fixture(scope="session")
@@ -62,8 +70,9 @@ def prompts(tmp_path) -> str:
 
 
 def train_args(teacher, prompts, out, *extra):
-    return ["--teacher", teacher, "--prompts", prompts, "--out", str(out), "--device", "cpu", "--resolution", str(RES),
+    args = ["--teacher", teacher, "--prompts", prompts, "--out", out, "--device", "cpu", "--resolution", RES,
             "--batch-size", "2", "--bootstrap-steps", "4", "--steps", "2", *extra]
+    return [str(a) for a in args]
 
 
 def run_cli(*args):
@@ -79,17 +88,46 @@ def run_cli(*args):
 
 def test_prompts_skip_blank_and_comment_lines(tmp_path):
     path = tmp_path / "p.txt"
-    path.write_bytes("\ufeffun chat\r\n\r\n# skipped\r\n   \r\n  deux chiens  \r\n".encode())
-    assert train_sd.read_prompts(path) == ["un chat", "deux chiens"]
+    path.write_bytes("\ufeffun chat\r\n\r\n# skipped\r\n   \r\n  deux chiens \u00e0 Paris \r\n".encode())
+    prompts = train_sd.read_prompts(path)
+    assert prompts.read(range(len(prompts))) == ["un chat", "deux chiens \u00e0 Paris"]
+    assert prompts.read([1, 0, 1]) == ["deux chiens \u00e0 Paris", "un chat", "deux chiens \u00e0 Paris"]
+    assert list(prompts.lines) == [1, 5]
+
+
+def test_prompts_file_is_held_as_offsets_not_text(tmp_path):
+    """A million prompts cost 16 bytes each (offset and line number), whatever their length."""
+    path = tmp_path / "many.txt"
+    path.write_text("".join(f"prompt number {i} about {'many things ' * 10}\n" for i in range(100_000)))
+    prompts = train_sd.read_prompts(path)
+    assert len(prompts) == 100_000 and prompts.read([99_999])[0].startswith("prompt number 99999 about")
+    held = sum(a.buffer_info()[1] * a.itemsize for a in (prompts.offsets, prompts.lines))
+    assert held == 16 * 100_000 and set(vars(prompts)) == {"path", "offsets", "lines"}
 
 
 def test_long_prompts_are_truncated_with_one_warning(sd, capsys):
-    d = train_sd.runtime.Dist(0, 1, torch.device("cpu"))
-    prompts = ["a cat", "a very long prompt about many things", "another prompt far too long for it"]
-    embeddings, null = train_sd.encode(sd, prompts, d)
-    assert embeddings.shape == (3, 16, 32) and null.shape == (1, 16, 32)
+    encode = train_sd.PromptEncoder(sd, torch.device("cpu"), warn=True)
+    assert encode(["a cat", "a very long prompt about many things"]).shape == (2, 16, 32)
+    assert encode(["another prompt far too long for it"]).shape == (1, 16, 32)
     warnings = capsys.readouterr().err.strip().splitlines()
-    assert len(warnings) == 1 and "2 prompt(s)" in warnings[0] and "truncated" in warnings[0]
+    assert len(warnings) == 1 and "truncated" in warnings[0] and "a very long prompt" in warnings[0]
+
+
+def test_training_encodes_each_steps_own_batch_only(tiny_sd, prompts, tmp_path, monkeypatch):
+    """No embedding is kept: the text encoder sees the empty prompt and the validation prompts once, then each
+    step's batch, so memory does not grow with the prompts file."""
+    from transformers import CLIPTextModel
+    batches, forward = [], CLIPTextModel.forward
+    spy = lambda self, ids, **kwargs: batches.append(len(ids)) or forward(self, ids, **kwargs)
+    monkeypatch.setattr(CLIPTextModel, "forward", spy)
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--steps", "3", "--validate-every", "1000"))
+    assert batches == [1, 3, 2, 2, 2]  # null, the 3 validation prompts, 3 steps of 2
+
+
+def test_shipped_prompts_file():
+    prompts = train_sd.read_prompts(HERE / "prompts.txt")
+    texts = prompts.read(range(len(prompts)))
+    assert len(texts) >= 200 and len(set(texts)) == len(texts)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -100,7 +138,7 @@ def test_long_prompts_are_truncated_with_one_warning(sd, capsys):
 def test_student_starts_as_the_teacher_at_T(tiny_sd, sd, prediction):
     """The boundary: at initialisation g(eps, T, c) = f(eps, T, c), for any w fed to the student."""
     schedule = boot.Schedule.discrete(sd.scheduler.alphas_cumprod)
-    student = train_sd.make_student(tiny_sd, guidance=True)
+    student = train_sd.make_student(tiny_sd)
     eps, cond, T = torch.randn(3, 4, 8, 8), torch.randn(3, 16, 32), torch.ones(3)
     g = train_sd.student_fn(student, schedule, prediction, torch.tensor([1.0, 4.0, 9.0]))
     f = train_sd.teacher_fn(sd.unet, schedule, prediction)
@@ -109,16 +147,17 @@ def test_student_starts_as_the_teacher_at_T(tiny_sd, sd, prediction):
         assert not torch.allclose(g(eps, T / 2, cond), f(eps, T, cond))  # the time input matters
 
 
-def test_guidance_embedding_is_lcms_embedding_of_w_itself():
+def test_guidance_embedding_is_lcms_embedding_of_w_minus_1():
+    """diffusers' convention: LCM's and StableDiffusionPipeline's guidance input embeds w - 1."""
     from diffusers import LatentConsistencyModelPipeline
-    w = torch.tensor([0.0, 1.0, 2.5, 7.5])
-    lcm = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w, embedding_dim=train_sd.GUIDANCE_DIM)
-    torch.testing.assert_close(train_sd.guidance_embedding(w, train_sd.GUIDANCE_DIM), lcm, atol=2e-3, rtol=0)
+    w = torch.tensor([1.0, 2.5, 7.5, 12.0])
+    lcm = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w - 1, embedding_dim=train_sd.GUIDANCE_DIM)
+    torch.testing.assert_close(train_sd.guidance_embedding(w, train_sd.GUIDANCE_DIM), lcm, atol=0, rtol=0)
 
 
 def test_student_reads_w(tiny_sd, sd):
     schedule = boot.Schedule.discrete(sd.scheduler.alphas_cumprod)
-    student = train_sd.make_student(tiny_sd, guidance=True)
+    student = train_sd.make_student(tiny_sd)
     torch.nn.init.normal_(student.time_embedding.cond_proj.weight)  # as after some training
     seen = []
     student.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["timestep_cond"]), with_kwargs=True)
@@ -145,8 +184,8 @@ def test_each_examples_w_guides_its_target_and_enters_the_student(tiny_sd, promp
     monkeypatch.setattr(boot, "guided", spy_guided)
     monkeypatch.setattr(train_sd, "student_fn", spy_student_fn)
     train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--guidance-range", "1,4", "--validate-every", "1000"))
-    assert len(teacher_w) == len(student_w) == 2  # one loss per step, no validation
-    for t_w, s_w in zip(teacher_w, student_w):
+    assert (teacher_w[2] == 2.5).all()  # after one loss per step, the final picture at the validation w
+    for t_w, s_w in zip(teacher_w[:2], student_w[:2]):
         assert s_w is t_w and s_w.shape == (2,) and ((1 <= s_w) & (s_w <= 4)).all() and s_w[0] != s_w[1]
 
 
@@ -166,6 +205,8 @@ def test_train_writes_a_student_that_reloads_and_resumes_exactly(tiny_sd, prompt
     assert validation.size == (3 * RES, 2 * RES)  # 3 prompts; the teacher's row and the student's
     meta = json.loads((run / "boot_sd.json").read_text())
     assert meta["guidance_range"] == [1, 4] and meta["guidance_scale"] == 2.5 and meta["steps"] == 2
+    assert meta["resolution"] == RES and meta["validation"]["step"] == 2 and meta["validation"]["prompts"] == 3
+    assert 0 < meta["validation"]["rmse_to_teacher"] < float("inf")
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 2 and torch.isfinite(torch.tensor(records[-1]["loss"]))
 
@@ -179,16 +220,182 @@ def test_train_writes_a_student_that_reloads_and_resumes_exactly(tiny_sd, prompt
 
 
 def test_sample_draws_each_batch_in_one_unet_call(tiny_sd, prompts, tmp_path, monkeypatch):
+    """Named for the prompt's line; the student's weights stay float32, its UNet runs under --dtype's autocast."""
     from diffusers import UNet2DConditionModel
     train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--guidance-range", "1,4", "--validate-every", "1000"))
     calls, forward = [], UNet2DConditionModel.forward
-    monkeypatch.setattr(UNet2DConditionModel, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+
+    def spy(self, *args, **kwargs):
+        calls.append((self.dtype, torch.is_autocast_enabled("cpu"), self.training))
+        return forward(self, *args, **kwargs)
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
     train_sd.main(["--sample", str(tmp_path / "run"), "--prompts", prompts, "--out", str(tmp_path / "images"),
-                   "--device", "cpu", "--batch-size", "2", "--guidance-scale", "3",
+                   "--device", "cpu", "--batch-size", "2", "--guidance-scale", "3", "--dtype", "bf16",
                    "--tiny-vae", str(Path(tiny_sd) / "taesd")])
     images = sorted((tmp_path / "images").glob("*.png"))
-    assert [p.name for p in images] == ["00000.png", "00001.png", "00002.png"] and len(calls) == 2  # batches of 2, 1
+    assert [p.name for p in images] == ["00000-line00001.png", "00001-line00004.png", "00002-line00005.png"]
+    assert calls == [(torch.float32, True, False)] * 2  # batches of 2 and 1
     assert all(Image.open(p).size == (RES, RES) for p in images)
+
+
+def test_student_trains_in_train_mode_and_is_drawn_in_eval_mode(tiny_sd, prompts, tmp_path, monkeypatch):
+    from diffusers import UNet2DConditionModel
+    calls, forward, sample_student = [], UNet2DConditionModel.forward, boot.sample_student
+    drawing = []
+
+    def spy(self, *args, **kwargs):
+        if self.config.time_cond_proj_dim:  # the student (the teacher has no guidance input)
+            calls.append((bool(drawing), self.training, torch.is_grad_enabled()))
+        return forward(self, *args, **kwargs)
+
+    def spy_sample(*args, **kwargs):
+        drawing.append(1)
+        try:
+            return sample_student(*args, **kwargs)
+        finally:
+            drawing.pop()
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    monkeypatch.setattr(boot, "sample_student", spy_sample)
+    for run, extra in (("plain", []), ("ema", ["--ema", "0.9"])):
+        calls.clear()
+        train_sd.main(train_args(tiny_sd, prompts, tmp_path / run, "--validate-every", "1", *extra))
+        training, validation = [c for c in calls if not c[0]], [c for c in calls if c[0]]
+        assert training and all(c[1] for c in training) and any(c[2] for c in training)
+        assert len(validation) == 2 and not any(c[1] or c[2] for c in validation)
+
+
+def test_every_run_ends_with_a_picture_of_its_final_student(tiny_sd, prompts, tmp_path):
+    chosen = tmp_path / "chosen.txt"
+    chosen.write_text("a green frog\nan old map\n")
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--steps", "3", "--validate-every", "2",
+                             "--validation-prompts", chosen))
+    pictures = sorted(p.name for p in (tmp_path / "run" / "validation").glob("*.png"))
+    assert pictures == ["step-00000002.png", "step-00000003.png"]
+    assert Image.open(tmp_path / "run" / "validation" / pictures[-1]).size == (2 * RES, 2 * RES)  # the 2 chosen
+    figures = [json.loads(line) for line in (tmp_path / "run" / "validation" / "log.jsonl").read_text().splitlines()]
+    assert [f["step"] for f in figures] == [2, 3] and all(f["prompts"] == 2 for f in figures)
+
+
+def test_resolution_defaults_to_the_teachers(tiny_sd, prompts, tmp_path):
+    args = train_args(tiny_sd, prompts, tmp_path / "run", "--steps", "1", "--validate-every", "1000")
+    i = args.index("--resolution")
+    train_sd.main(args[:i] + args[i + 2:])
+    assert json.loads((tmp_path / "run" / "boot_sd.json").read_text())["resolution"] == RES  # sample_size 8 x 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# The student inside diffusers: StableDiffusionPipeline draws what --sample draws; the model card.
+
+
+def student_with_trained_guidance(run: Path):
+    """Give the run's student a non-zero guidance projection (as after a long run): a wrong w convention then shows."""
+    from diffusers import UNet2DConditionModel
+    student = UNet2DConditionModel.from_pretrained(run / "student")
+    torch.manual_seed(1)
+    torch.nn.init.normal_(student.time_embedding.cond_proj.weight, std=0.1)
+    student.save_pretrained(run / "student")
+
+
+@pytest.mark.parametrize("guidance, vae", [(["--guidance-range", "1,4"], "full"), (["--guidance-scale", "3"], "tiny")])
+def test_stable_diffusion_pipeline_draws_what_sample_draws(guidance, vae, tiny_sd, tmp_path, monkeypatch):
+    """Same prompts, same noise (the seed), w = 3, fp32: the pipeline's images and latents are --sample's."""
+    from diffusers import AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionModel
+    from boot_diffusers import BootOneStepScheduler
+    texts = ["a red cat", "blue sky", "a dog on a hill"]
+    (tmp_path / "p.txt").write_text("\n".join(texts) + "\n")
+    run = tmp_path / "run"
+    train_sd.main(train_args(tiny_sd, tmp_path / "p.txt", run, *guidance, "--validate-every", "1000",
+                             "--dtype", "fp32"))
+    student_with_trained_guidance(run)
+    tiny_vae = ["--tiny-vae", str(Path(tiny_sd) / "taesd")] if vae == "tiny" else []
+    train_sd.main(["--sample", str(run), "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "images"),
+                   "--device", "cpu", "--batch-size", "3", "--guidance-scale", "3", "--dtype", "fp32",
+                   "--seed", "5", *tiny_vae])
+    sampled = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "images").glob("*.png"))])
+
+    calls, forward = [], UNet2DConditionModel.forward
+    spy = lambda *a, **k: calls.append(k["timestep_cond"]) or forward(*a, **k)
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    extra = {"vae": AutoencoderTiny.from_pretrained(Path(tiny_sd) / "taesd")} if vae == "tiny" else {}
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, unet=UNet2DConditionModel.from_pretrained(run / "student"),
+                                                   scheduler=BootOneStepScheduler.from_pretrained(run / "student"),
+                                                   **extra)
+    draw = lambda output_type: pipe(texts, guidance_scale=3.0, generator=torch.Generator().manual_seed(5),
+                                    output_type=output_type).images
+    images, latents = draw("np"), draw("latent")
+    assert len(calls) == 2 and calls[0].shape == (3, train_sd.GUIDANCE_DIM)  # one UNet call per draw, no CFG
+    torch.testing.assert_close(calls[0], train_sd.guidance_embedding(torch.full((3,), 3.0), train_sd.GUIDANCE_DIM),
+                               rtol=0, atol=0)
+    assert np.abs(images * 255 - sampled).max() <= 0.5 + 1e-3  # --sample rounds to uint8
+
+    sd = train_sd.load_teacher(tiny_sd, torch.float32, torch.device("cpu"), unet=False)
+    schedule = boot.Schedule.discrete(sd.scheduler.alphas_cumprod)
+    eps = torch.randn(latents.shape, generator=torch.Generator().manual_seed(5))
+    g = train_sd.student_fn(pipe.unet, schedule, "epsilon", torch.full((3,), 3.0))
+    cond = train_sd.PromptEncoder(sd, torch.device("cpu"), warn=False)(texts)
+    torch.testing.assert_close(latents, boot.sample_student(g, eps, cond), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("w", [1.0, 7.5])
+def test_guided_teacher_ddim_is_stable_diffusion_pipelines(w, prediction, tiny_sd, sd):
+    """The oracle: train_sd's guided teacher under boot.ddim_sample (N steps) is StableDiffusionPipeline with
+    DDIMScheduler (trailing timesteps, alpha 1 at the end, eta 0), from the same latents, prompts (one truncated)
+    and w, with an empty negative prompt: it pins prompt encoding, the null branch, CFG, the timestep map and the
+    latent scale. N divides the 1000 timesteps: diffusers' DDIM steps from t to t - 1000 // N, the next grid time
+    only then."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    texts, steps = ["a red cat", "a very long prompt about many things"], 4
+    schedule = boot.Schedule.discrete(sd.scheduler.alphas_cumprod)
+    encode = train_sd.PromptEncoder(sd, torch.device("cpu"), warn=False)
+    teacher = boot.guided(train_sd.teacher_fn(sd.unet, schedule, prediction), scale=torch.full((2,), w),
+                          null_cond=encode([""]))
+    eps = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ours = boot.ddim_sample(teacher, eps, schedule=schedule, steps=steps, cond=encode(texts))
+    ddim = DDIMScheduler.from_pretrained(tiny_sd, subfolder="scheduler", timestep_spacing="trailing",
+                                         set_alpha_to_one=True, clip_sample=False, prediction_type=prediction)
+    pipe = StableDiffusionPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
+                                   scheduler=ddim, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    theirs = pipe(texts, guidance_scale=w, num_inference_steps=steps, latents=eps, eta=0.0, output_type="latent").images
+    # fp32 rounding alone: CFG on x0 (boot.guided) rather than on the prediction; the random UNet's latents reach
+    # about 50, where one ulp is 4e-6.
+    assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
+def test_scheduler_is_boots_conversion_at_t_T():
+    """BootOneStepScheduler.step is boot.TeacherStudent's to_x0 at the fixed alpha_T, sigma_T, bit for bit."""
+    from boot_diffusers import BootOneStepScheduler
+    schedule = boot.Schedule.discrete(torch.linspace(0.99, 0.01, 1000))
+    pred, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    for kind in boot.PREDICTIONS:
+        g = boot.TeacherStudent(lambda x, time, cond: pred, schedule, prediction=kind)
+        scheduler = BootOneStepScheduler(prediction_type=kind, alpha_T=g.alpha_T, sigma_T=g.sigma_T)
+        scheduler.set_timesteps(50)
+        assert scheduler.timesteps.tolist() == [-1] == schedule.network_time(torch.zeros(1)).tolist()
+        y = scheduler.step(pred.half(), scheduler.timesteps[0], eps.half()).prev_sample
+        assert y.dtype == torch.float16
+        torch.testing.assert_close(scheduler.step(pred, -1, eps).prev_sample, g(eps, torch.zeros(2)), rtol=0, atol=0)
+
+
+def test_model_card(tiny_sd, prompts, tmp_path):
+    """student/README.md: a model card whose YAML header the hub reads, and whose snippet runs as written."""
+    from huggingface_hub import ModelCard
+    run = tmp_path / "run"
+    train_sd.main(train_args(tiny_sd, prompts, run, "--guidance-scale", "3", "--validate-every", "1000"))
+    card = ModelCard.load(run / "student" / "README.md")
+    assert card.data.library_name == "diffusers" and "boot" in card.data.tags
+    assert card.data.base_model is None  # a local teacher folder is no hub id
+    assert tiny_sd in card.text and "w = 3.0 only" in card.text and "DDIM-4" in card.text
+    snippet = card.text.split("```python\n")[1].split("```")[0]
+    assert snippet == train_sd.diffusers_snippet(tiny_sd, str(run / "student"), 3.0, RES)
+    scope = {}
+    exec(snippet, scope)
+    assert len(scope["images"]) == 1 and scope["images"][0].size == (RES, RES)
+    meta = json.loads((run / "boot_sd.json").read_text())
+    g = train_sd.student_fn(scope["pipe"].unet, boot.Schedule.discrete([0.9, 0.5]), "epsilon")
+    hub = ModelCard(train_sd.model_card({**meta, "teacher": "org/model"}, "student", g))
+    assert hub.data.base_model == "org/model"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -227,7 +434,8 @@ def test_bad_prompts_file(case, tmp_path):
 
 @pytest.mark.parametrize("flags, expected", [(["--steps", "0"], "--steps"),
                                              (["--guidance-range", "5,2"], "--guidance-range"),
-                                             (["--guidance-scale", "9", "--guidance-range", "1,4"], "outside")])
+                                             (["--guidance-scale", "9", "--guidance-range", "1,4"], "outside"),
+                                             (["--dtype", "fp16"], "--dtype fp16 trains without loss scaling")])
 def test_out_of_range_flags(flags, expected, prompts, tmp_path):
     status, err = run_cli("--prompts", prompts, "--out", tmp_path / "run", *flags)
     check_failure(status, err, expected, tmp_path / "run")
@@ -273,3 +481,39 @@ def test_bench_runs_and_reports_every_part():
     parts = result["teacher_ms"] + result["student_call_ms"] + result["student_train_ms"]
     assert result["sum_ms"] == pytest.approx(parts)
     assert result["step_ms"] > 0 and result["peak_gib"] is None and "| whole BOOT step |" in bench_sd.table(result)
+
+
+def test_unet_that_needs_more_than_text_is_refused_before_anything_loads(tiny_sd, prompts, tmp_path, capsys):
+    """SDXL's UNet (addition_embed_type) is refused from its config: here no weights or text encoder exist at all."""
+    import shutil
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_sd, teacher, ignore=shutil.ignore_patterns("*.safetensors", "text_encoder"))
+    config = json.loads((teacher / "unet" / "config.json").read_text())
+    (teacher / "unet" / "config.json").write_text(json.dumps({**config, "addition_embed_type": "text_time"}))
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(train_args(str(teacher), prompts, tmp_path / "run"))
+    check_failure(stop.value.code, capsys.readouterr().err, "addition_embed_type='text_time'", tmp_path / "run")
+
+
+@pytest.mark.parametrize("trained, w", [(["--guidance-range", "1,4"], "4.5"), (["--guidance-scale", "3"], "4")])
+def test_sample_refuses_a_w_outside_the_trained_range(trained, w, tiny_sd, prompts, tmp_path, capsys):
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", *trained, "--steps", "1", "--validate-every", "1000"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(["--sample", str(tmp_path / "run"), "--prompts", prompts, "--out", str(tmp_path / "images"),
+                       "--device", "cpu", "--guidance-scale", w])
+    check_failure(stop.value.code, capsys.readouterr().err, f"--guidance-scale {float(w)}", tmp_path / "images")
+
+
+def test_transformers_4_without_set_tqdm_hook(tiny_sd, monkeypatch):
+    from transformers.utils import logging as transformers_logging
+    monkeypatch.delattr(transformers_logging, "set_tqdm_hook", raising=False)
+    assert train_sd.load_teacher(tiny_sd, torch.float32, torch.device("cpu"), unet=False).vae is not None
+
+
+def test_too_many_validation_prompts(prompts, tmp_path, capsys):
+    many = tmp_path / "many.txt"
+    many.write_text("".join(f"prompt {i}\n" for i in range(train_sd.MAX_VALIDATION_IMAGES + 1)))
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(["--prompts", prompts, "--validation-prompts", str(many), "--out", str(tmp_path / "run")])
+    check_failure(stop.value.code, capsys.readouterr().err, "at most 16", tmp_path / "run")

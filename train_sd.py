@@ -10,17 +10,26 @@ x_t and trains in the VAE's latent space (BOOT.md section 4). Conventions, state
 - Time: boot.Schedule.discrete(alphas_cumprod), t = (i + 1) / n is the teacher's timestep i, t = 0 the
   clean latent. The student reads the timestep t n - 1 unrounded (-1 at t = 0; Schedule.network_time).
 - Student output (boot.TeacherStudent): y = to_x0(unet(eps, t n - 1, c), x_t = eps) with the teacher's
-  prediction type at the FIXED alpha_T, sigma_T of t = T. Starting as the teacher, g(eps, T, c) = f(eps, T, c).
-- Guidance: diffusers' w (w = 1 is the conditional teacher). With --guidance-range every example draws its
-  own w, which guides its teacher target and enters the student as LCM's guidance embedding of w itself
-  (time_cond_proj_dim = 256, projection zero-initialised: the student starts as the teacher for every w).
+  prediction type at the FIXED alpha_T, sigma_T of t = T, in float32. Starting as the teacher, g(eps, T, c) =
+  f(eps, T, c).
+- Guidance: diffusers' w (w = 1 is the conditional teacher). Every student has a guidance input (LCM's
+  time_cond_proj_dim = 256, projection zero-initialised: it starts as the teacher for every w) that reads
+  StableDiffusionPipeline's embedding of w - 1. With --guidance-range every example draws its own w, which
+  guides its teacher target and enters the student; without, w is the one --guidance-scale.
+- diffusers: the run's student/ folder holds the UNet, a BootOneStepScheduler config (boot_diffusers.py) and
+  a model card; StableDiffusionPipeline with these two draws the same images as --sample, in one UNet call.
+- Prompts are read from the file when a batch needs them and encoded per batch: memory does not grow with
+  the file (a million prompts cost 16 MB of offsets).
 diffusers and transformers are imported where they are used: they take seconds, and bad input should not.
 """
 import argparse
+import codecs
+import contextlib
 import json
 import math
 import os
 import sys
+from array import array
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,6 +38,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 import boot
 import runtime
@@ -38,29 +48,60 @@ DEFAULT_TEACHER = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GUIDANCE_DIM = 256  # width of the student's guidance embedding, as in LCM
 RUN_OUTPUTS = ("checkpoints", "validation", "student", "boot_sd.json", "log.jsonl")  # what --overwrite clears
-VALIDATION_IMAGES = 4
+VALIDATION_IMAGES = 4  # prompts of the validation picture by default (the first training prompts)
+MAX_VALIDATION_IMAGES = 16  # a --validation-prompts file may hold up to this many
+UNSUPPORTED_UNET = ("addition_embed_type", "class_embed_type")  # conditioning beyond text embeddings (SDXL's)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Input: prompts and the teacher.
 
 
-def read_prompts(path) -> list:
-    """One prompt a line, UTF-8 (a byte-order mark is fine); blank lines and # lines are skipped."""
+class Prompts:
+    """The prompts of a text file, read from it when needed: held as each one's byte offset and line number
+    (16 bytes a prompt), not as text, so that a file of millions of prompts costs megabytes."""
+
+    def __init__(self, path: Path, offsets: array, lines: array):
+        self.path, self.offsets, self.lines = path, offsets, lines
+
+    def __len__(self):
+        return len(self.offsets)
+
+    def read(self, indices) -> list:
+        """The prompts at these indices, in that order."""
+        with open(self.path, "rb") as f:
+            texts = []
+            for i in indices:
+                f.seek(self.offsets[i])
+                texts.append(f.readline().decode("utf-8").strip())
+            return texts
+
+
+def read_prompts(path, flag: str = "--prompts") -> Prompts:
+    """One prompt a line, UTF-8 (a byte-order mark is fine); blank lines and # lines are skipped. The file is
+    read once, here, to check it and to note where each prompt starts."""
+    offsets, lines, position, blank = array("q"), array("q"), 0, True
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                skip = len(codecs.BOM_UTF8) if number == 1 and raw.startswith(codecs.BOM_UTF8) else 0
+                try:
+                    prompt = raw[skip:].decode("utf-8").strip()
+                except UnicodeDecodeError as e:
+                    at, byte = position + skip + e.start, raw[skip + e.start]
+                    raise UsageError(f"{flag} {path}: not UTF-8 text (byte {at} is {byte:#x})") from None
+                if prompt and not prompt.startswith("#"):
+                    offsets.append(position + skip)
+                    lines.append(number)
+                blank, position = blank and not prompt, position + len(raw)
     except FileNotFoundError:
-        raise UsageError(f"--prompts {path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise UsageError(f"--prompts {path}: not UTF-8 text (byte {e.start} is {e.object[e.start]:#x})") from None
+        raise UsageError(f"{flag} {path}: no such file") from None
     except OSError as e:  # a folder, no permission, an I/O error
-        raise UsageError(f"--prompts {path}: cannot be read ({e.strerror or e})") from None
-    prompts = [line.strip() for line in text.splitlines()]
-    prompts = [p for p in prompts if p and not p.startswith("#")]
-    if not prompts:
-        raise UsageError(f"--prompts {path}: " + ("the file is empty" if not text.strip()
-                                                  else "no prompt in it, only blank or # lines"))
-    return prompts
+        raise UsageError(f"{flag} {path}: cannot be read ({e.strerror or e})") from None
+    if not offsets:
+        raise UsageError(f"{flag} {path}: " + ("the file is empty" if blank
+                                               else "no prompt in it, only blank or # lines"))
+    return Prompts(Path(path), offsets, lines)
 
 
 def loaded(what: str, load):
@@ -72,21 +113,40 @@ def loaded(what: str, load):
         raise UsageError(f"{what} does not load ({reason})") from None
 
 
+def check_unet_config(name: str):
+    """Refuse, from its config alone (before any weights load), a UNet that needs more than text embeddings:
+    this script gives the teacher and the student nothing else (SDXL's added time ids and pooled text)."""
+    from diffusers import UNet2DConditionModel
+    config = loaded(f"--teacher {name}: its unet", lambda: UNet2DConditionModel.load_config(name, subfolder="unet"))
+    needs = [f"{key}={config[key]!r}" for key in UNSUPPORTED_UNET if config.get(key)]
+    if needs:
+        raise UsageError(f"--teacher {name}: its UNet needs more than text embeddings ({', '.join(needs)}, as SDXL's); "
+                         "train_sd.py supports teachers conditioned on text alone (SD 1.x, SD 2.x)")
+
+
 def load_teacher(name: str, dtype, device, *, unet: bool = True):
-    """The frozen parts of a diffusers Stable Diffusion (hub id or folder), the UNet only if asked for; the
-    scheduler gives the schedule (DDPMScheduler reads any SD scheduler config) and the prediction type."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    """The frozen parts of a diffusers Stable Diffusion (hub id or folder), the UNet only if asked for (its config
+    checked first). The scheduler config is read first, with its own class (boot_diffusers.read_scheduler: the
+    schedule, the prediction type, x0 clipping; other families refused): sd.teacher, and sd.scheduler."""
+    import boot_diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
     from transformers.utils import logging as transformers_logging
+    read = boot_diffusers.read_scheduler(name, subfolder="scheduler", what=f"--teacher {name}")
+    if unet:
+        check_unet_config(name)
     # No "Loading weights" bar per model (noise before a one-line error); the hub's download bars stay.
-    transformers_logging.set_tqdm_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True}))
-    classes = dict(scheduler=DDPMScheduler, tokenizer=CLIPTokenizer, text_encoder=CLIPTextModel, vae=AutoencoderKL)
+    # transformers 4.x has no such hook and shows no such bar.
+    set_tqdm_hook = getattr(transformers_logging, "set_tqdm_hook", None)
+    if set_tqdm_hook is not None:
+        set_tqdm_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True}))
+    classes = dict(tokenizer=CLIPTokenizer, text_encoder=CLIPTextModel, vae=AutoencoderKL)
     if unet:
         classes["unet"] = UNet2DConditionModel
-    sd = SimpleNamespace()
+    sd = SimpleNamespace(teacher=read, scheduler=read.scheduler)
     for part, cls in classes.items():
         # Weights from safetensors only: a pickled .bin can run arbitrary code.
-        kwargs = {} if part in ("scheduler", "tokenizer") else {"torch_dtype": dtype, "use_safetensors": True}
+        kwargs = {} if part == "tokenizer" else {"torch_dtype": dtype, "use_safetensors": True}
         value = loaded(f"--teacher {name}: its {part}", lambda: cls.from_pretrained(name, subfolder=part, **kwargs))
         if isinstance(value, torch.nn.Module):
             value = value.to(device).eval().requires_grad_(False)
@@ -98,30 +158,40 @@ def load_teacher(name: str, dtype, device, *, unet: bool = True):
     return sd
 
 
+def vae_scale(vae) -> int:
+    """Pixels per latent, as diffusers' pipelines compute it."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def latent_shape(vae, unet, resolution: int) -> tuple:
     """(channels, size, size) of the latents of a resolution x resolution image."""
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = vae_scale(vae)
     multiple = factor * 2 ** (len(unet.config.block_out_channels) - 1)  # the UNet halves the latents per level
     if resolution % multiple:
         raise UsageError(f"--resolution {resolution} must be a multiple of {multiple} for this teacher")
     return unet.config.in_channels, resolution // factor, resolution // factor
 
 
-@torch.no_grad()
-def encode(sd, prompts: list, d: runtime.Dist, batch: int = 64):
-    """(embeddings (P, L, D) kept on the CPU, the empty prompt's (1, L, D) on the device for the null branch)."""
-    tok, length = sd.tokenizer, sd.tokenizer.model_max_length
-    ids = tok(prompts, truncation=True, max_length=length + 1).input_ids  # one token more than fits: over-long
-    over = [p for p, p_ids in zip(prompts, ids) if len(p_ids) > length]
-    if over and d.main:
-        print(f"warning: {len(over)} prompt(s) longer than the tokenizer's {length} tokens were truncated, "
-              f"first: {over[0][:60]!r}", file=sys.stderr)
-    texts, chunks = prompts + [""], []
-    for i in range(0, len(texts), batch):
-        ids = tok(texts[i:i + batch], padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-        chunks.append(sd.text_encoder(ids.input_ids.to(d.device)).last_hidden_state.cpu())
-    embeddings = torch.cat(chunks)
-    return embeddings[:-1], embeddings[-1:].to(d.device)
+class PromptEncoder:
+    """Prompts -> text embeddings (B, L, D) on the device, batch by batch, as StableDiffusionPipeline encodes them.
+    Nothing is kept: memory does not grow with the prompts file. The first over-long prompt met is reported
+    (once, when warn): the tokenizer truncates it."""
+
+    def __init__(self, sd, device, *, warn: bool):
+        self.tokenizer, self.text_encoder, self.device, self.warn = sd.tokenizer, sd.text_encoder, device, warn
+
+    @torch.no_grad()
+    def __call__(self, prompts: list) -> torch.Tensor:
+        tok, length = self.tokenizer, self.tokenizer.model_max_length
+        if self.warn:
+            ids = tok(prompts, truncation=True, max_length=length + 1).input_ids  # one token more than fits: over-long
+            over = [p for p, p_ids in zip(prompts, ids) if len(p_ids) > length]
+            if over:
+                tqdm.write(f"warning: prompts longer than the tokenizer's {length} tokens are truncated "
+                           f"(reported once), first: {over[0][:60]!r}", file=sys.stderr)
+                self.warn = False
+        ids = tok(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.device)).last_hidden_state
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -137,13 +207,19 @@ def teacher_fn(unet, schedule: boot.Schedule, prediction: str) -> boot.Teacher:
 
 
 def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
-    """LCM's get_guidance_scale_embedding, applied to diffusers' w itself (LCM's pipeline embeds w - 1)."""
-    from diffusers.models.embeddings import get_timestep_embedding
-    return get_timestep_embedding(1000 * w, dim, flip_sin_to_cos=False, downscale_freq_shift=1)
+    """What StableDiffusionPipeline feeds a UNet with a guidance input: LCM's sinusoidal embedding of 1000 (w - 1),
+    computed as its get_guidance_scale_embedding computes it (float32, on the CPU, the same operations), so the
+    student trains on the very input the pipeline gives it. Written out: importing the pipeline would pull in
+    transformers' image processors."""
+    half = dim // 2
+    scaled = (w - 1).float().cpu() * 1000.0
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+    emb = scaled[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(emb), torch.cos(emb)], dim=1).to(w.device)  # dim is even (GUIDANCE_DIM)
 
 
 def student_fn(model, schedule: boot.Schedule, prediction: str, w=None) -> boot.TeacherStudent:
-    """g(eps, t, c): boot.TeacherStudent over the student UNet, to_x0(unet(eps, t n - 1, c, emb(w)), x_t = eps)
+    """g(eps, t, c): boot.TeacherStudent over the student UNet, to_x0(unet(eps, t n - 1, c, emb(w - 1)), x_t = eps)
     at the fixed alpha_T, sigma_T. model: the UNet or its DistributedDataParallel wrapper; w (B,) is fed when
     the UNet has a guidance input (time_cond_proj_dim)."""
     unet = getattr(model, "module", model)
@@ -156,16 +232,30 @@ def student_fn(model, schedule: boot.Schedule, prediction: str, w=None) -> boot.
     return boot.TeacherStudent(net, schedule, prediction=prediction)
 
 
-def make_student(teacher: str, *, guidance: bool):
-    """The teacher's UNet in float32 (the master weights); with guidance, plus a zero-initialised w input."""
+def make_student(teacher: str):
+    """The teacher's UNet in float32 (the master weights), in train mode, plus a zero-initialised guidance input:
+    with it StableDiffusionPipeline feeds the student w and runs no guidance of its own, whether the student
+    learns one w or a range."""
     from diffusers import UNet2DConditionModel
-    unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet", torch_dtype=torch.float32, use_safetensors=True)
-    if not guidance or unet.config.time_cond_proj_dim:  # a teacher with a guidance input keeps its own
-        return unet
+    unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet", torch_dtype=torch.float32,
+                                                use_safetensors=True)
+    if unet.config.time_cond_proj_dim:  # a teacher with a guidance input keeps its own
+        return unet.train()
     student = UNet2DConditionModel.from_config({**unet.config, "time_cond_proj_dim": GUIDANCE_DIM})
     for name in student.load_state_dict(unet.state_dict(), strict=False).missing_keys:  # time_embedding.cond_proj
         torch.nn.init.zeros_(student.get_parameter(name))
-    return student
+    return student.train()
+
+
+@contextlib.contextmanager
+def evaluating(module):
+    """module in eval mode inside the block, then back in the mode it was in (the live student goes on training)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def autocast(device, dtype):
@@ -173,10 +263,12 @@ def autocast(device, dtype):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
-def boot_sd_loss(model, teacher, *, eps, cond, w, k, schedule, grid, prediction, null_cond, dtype):
-    """One BOOT loss under autocast: each example's w guides its teacher target and enters the student."""
+def boot_sd_loss(model, teacher, *, eps, cond, w, k, schedule, grid, prediction, null_cond, dtype, finish=None):
+    """One BOOT loss under autocast: each example's w guides its teacher target and enters the student.
+    finish: the teacher's x0 clipping, applied to the guided x0 as diffusers does (TeacherSchedule.finish)."""
     with autocast(eps.device, dtype):
         student, guided = student_fn(model, schedule, prediction, w), boot.guided(teacher, scale=w, null_cond=null_cond)
+        guided = guided if finish is None else finish(guided)
         return boot.boot_loss(student, guided, eps, schedule=schedule, grid=grid, cond=cond, k=k)
 
 
@@ -191,6 +283,88 @@ def decode(vae, latents) -> np.ndarray:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def save_for_diffusers(folder: Path, g: boot.TeacherStudent):
+    """Next to the UNet in folder: the BootOneStepScheduler config that turns its prediction into the image
+    at the student's own alpha_T, sigma_T (the very floats boot.TeacherStudent uses)."""
+    from boot_diffusers import BootOneStepScheduler
+    BootOneStepScheduler(prediction_type=g.prediction, alpha_T=g.alpha_T, sigma_T=g.sigma_T).save_pretrained(folder)
+
+
+def diffusers_snippet(teacher: str, student: str, w: float, resolution: int) -> str:
+    """Python that draws images with the student through StableDiffusionPipeline (README and model card)."""
+    return f'''import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from boot_diffusers import BootOneStepScheduler  # one small file of the boot repository
+
+student = "{student}"  # the run's student folder, or its hub id
+pipe = StableDiffusionPipeline.from_pretrained(
+    "{teacher}", unet=UNet2DConditionModel.from_pretrained(student),
+    scheduler=BootOneStepScheduler.from_pretrained(student))
+# On a GPU: torch_dtype=torch.float16 in both from_pretrained calls, then pipe.to("cuda").
+images = pipe(["a lighthouse on a cliff at dawn"], guidance_scale={w}, num_inference_steps=1,
+              height={resolution}, width={resolution}, generator=torch.Generator().manual_seed(0)).images
+'''
+
+
+def model_card(meta: dict, student: str, g: boot.TeacherStudent) -> str:
+    """student/README.md: a Hugging Face model card (YAML header, then what the student is and how to use it)."""
+    teacher, w, rng, n = meta["teacher"], meta["guidance_scale"], meta["guidance_range"], meta["bootstrap_steps"]
+    base = "" if Path(teacher).is_dir() else f"base_model: {teacher}\n"  # the hub wants an id, not a local folder
+    guidance = f"any w in [{rng[0]}, {rng[1]}] (the snippet uses {w})" if rng else f"w = {w} only (guidance_scale={w})"
+    training = (f"{meta['steps']} steps, batch {meta['batch_size']} per process, AdamW lr {meta['lr']}, {meta['dtype']}, "
+                f"EMA {meta['ema'] or 'none'}, seed {meta['seed']}")
+    val = meta.get("validation")
+    figures = (f"latent RMSE of the student's one call to the teacher's DDIM-{n}: {val['rmse_to_teacher']:.4g} "
+               f"(the teacher's latents: RMS {val['teacher_rms']:.4g}), {val['prompts']} prompts at w = {w}, "
+               f"step {val['step']}; picture `validation/step-{val['step']:08d}.png` of the run (teacher above, "
+               "student below)") if val else "none measured"
+    return f"""---
+library_name: diffusers
+{base}tags:
+- boot
+- distillation
+- one-step
+- text-to-image
+- stable-diffusion
+pipeline_tag: text-to-image
+---
+
+# One-step BOOT student of {Path(teacher).name}
+
+A UNet distilled from `{teacher}` with BOOT (Gu et al., "BOOT: Data-free Distillation of Denoising Diffusion
+Models with Bootstrapping", arXiv 2306.05544) by boot's `train_sd.py`, from prompts alone (no images). It draws
+an image in one UNet call.
+
+| | |
+|---|---|
+| teacher | `{teacher}`, {g.prediction} prediction |
+| guidance scale | {guidance} |
+| training | {training} |
+| grid | {n} steps: the student's fixed point is the teacher's DDIM-{n} (trailing timesteps) |
+| resolution | {meta['resolution']} x {meta['resolution']} pixels |
+| validation | {figures} |
+
+## Use
+
+With diffusers and `boot_diffusers.py` (one small file of the boot repository):
+
+```python
+{diffusers_snippet(teacher, student, w, meta['resolution'])}```
+
+Or `python train_sd.py --sample RUN --prompts FILE` in the boot repository (the same images from the same noise).
+
+## Conventions (what BootOneStepScheduler encodes)
+
+- The pipeline's latents are the noise eps itself (standard normal, `init_noise_sigma = 1`).
+- The UNet reads eps at timestep -1: the student's time t = 0, where the teacher's timestep i is t = (i + 1) / n.
+- Its {g.prediction} prediction becomes the image latents at the FIXED coefficients of t = T, in float32:
+  `y = to_x0(pred, x_t = eps, alpha_T = {g.alpha_T!r}, sigma_T = {g.sigma_T!r})`.
+- Guidance: the UNet's guidance input (`time_cond_proj_dim`) reads StableDiffusionPipeline's embedding of w - 1;
+  the pipeline then runs no classifier-free guidance of its own and calls the UNet once.
+- The latents decode with the teacher's VAE, or an AutoencoderTiny (`madebyollin/taesd` for SD 1.x and 2.x).
+"""
+
+
 # ----------------------------------------------------------------------------------------------------
 # Training and sampling.
 
@@ -201,28 +375,39 @@ def train(args, prompts):
               hint="pass --resume to continue the run there, or --overwrite to replace it")
     if args.ema is not None and args.ema >= 1:
         raise UsageError(f"--ema {args.ema}: the decay must be below 1 (e.g. 0.999)")
+    if args.dtype == "fp16":  # runtime.Trainer has no loss scaling: fp16 gradients would underflow unseen
+        raise UsageError("--dtype fp16 trains without loss scaling here; train in bf16 or fp32 "
+                         "(fp16 is fine for --sample)")
     w_val = args.guidance_scale  # the w of the validation pictures, and sampling's default
     if w_val is None:
         w_val = sum(args.guidance_range) / 2 if args.guidance_range else 7.5
     lo, hi = args.guidance_range or (w_val, w_val)
     if not lo <= w_val <= hi:
         raise UsageError(f"--guidance-scale {w_val} is outside --guidance-range {lo},{hi}")
+    val_prompts = prompts
+    if args.validation_prompts:
+        val_prompts = read_prompts(args.validation_prompts, "--validation-prompts")
+        if len(val_prompts) > MAX_VALIDATION_IMAGES:
+            raise UsageError(f"--validation-prompts {args.validation_prompts}: {len(val_prompts)} prompts; "
+                             f"the validation picture takes at most {MAX_VALIDATION_IMAGES}")
     d = runtime.setup(args.device)
     dtype, teacher_name = DTYPES[args.dtype], args.teacher or DEFAULT_TEACHER
     if Path(teacher_name).is_dir():  # recorded for sampling and resuming, wherever they run from
         teacher_name = str(Path(teacher_name).resolve())
     sd = load_teacher(teacher_name, dtype, d.device)
-    schedule, prediction = boot.Schedule.discrete(sd.scheduler.alphas_cumprod), sd.scheduler.config.prediction_type
+    schedule, prediction = sd.teacher.schedule, sd.teacher.prediction
     try:
         grid = boot.time_grid(schedule, args.bootstrap_steps)
     except ValueError as e:
         raise UsageError(f"--bootstrap-steps {args.bootstrap_steps}: {e}") from None
-    shape = latent_shape(sd.vae, sd.unet, args.resolution)
-    embeddings, null = encode(sd, prompts, d)
+    resolution = args.resolution or sd.unet.config.sample_size * vae_scale(sd.vae)  # the teacher's own, as diffusers'
+    shape = latent_shape(sd.vae, sd.unet, resolution)
+    encode = PromptEncoder(sd, d.device, warn=d.main)
+    null = encode([""])  # the null branch of guidance: the empty prompt
     if args.overwrite and d.main:
         runtime.clear(out, RUN_OUTPUTS)
 
-    student = make_student(teacher_name, guidance=args.guidance_range is not None).to(d.device)
+    student = make_student(teacher_name).to(d.device)
     if args.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     model = student
@@ -232,8 +417,8 @@ def train(args, prompts):
     ema = None
     if args.ema:
         average = torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
-        ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=average)
-    config = dict(teacher=teacher_name, resolution=args.resolution, guidance_range=args.guidance_range, ema=args.ema,
+        ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=average).eval()  # never trained itself
+    config = dict(teacher=teacher_name, resolution=resolution, guidance_range=args.guidance_range, ema=args.ema,
                   bootstrap_steps=args.bootstrap_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                   dtype=args.dtype, prediction=prediction)
     trainer = runtime.Trainer(out=out, model=model, optimizer=torch.optim.AdamW(student.parameters(), lr=args.lr),
@@ -252,40 +437,55 @@ def train(args, prompts):
         which = torch.randint(len(prompts), (b,), generator=gen, device=device)
         k = torch.randint(1, len(grid), (b,), generator=gen, device=device)
         w = lo + (hi - lo) * torch.rand(b, generator=gen, device=device)
-        cond = embeddings[which.cpu()].to(device)
+        cond = encode(prompts.read(which.tolist()))  # this rank's own batch, nothing else
         return boot_sd_loss(model, teacher, eps=eps, cond=cond, w=w, k=k, schedule=schedule, grid=grid,
-                            prediction=prediction, null_cond=null, dtype=dtype)
+                            prediction=prediction, null_cond=null, dtype=dtype, finish=sd.teacher.finish)
 
-    # Validation: the student (one call) below the teacher's DDIM-N, on fixed prompts and noise.
-    n_val = min(VALIDATION_IMAGES, len(prompts))
-    val_eps = torch.randn(n_val, *shape, generator=torch.Generator(d.device).manual_seed(args.seed), device=d.device)
-    val_cond, val_w = embeddings[:n_val].to(d.device), torch.full((n_val,), w_val, device=d.device)
-    reference = []  # the teacher's row, drawn once
+    # Validation (rank 0): the student (one call) below the teacher's DDIM-N, on fixed prompts and noise.
+    figures = {}  # of the latest validation: what boot_sd.json and the model card report
+    if d.main:
+        val_texts = val_prompts.read(range(len(val_prompts) if args.validation_prompts else
+                                           min(len(prompts), VALIDATION_IMAGES)))
+        val_eps = torch.randn(len(val_texts), *shape, generator=torch.Generator(d.device).manual_seed(args.seed),
+                              device=d.device)
+        val_cond, val_w = encode(val_texts), torch.full((len(val_texts),), w_val, device=d.device)
+    reference = []  # the teacher's latents and row of images, drawn once
 
     def validate(step):
         if not d.main:
             return
-        with autocast(d.device, dtype):
+        with autocast(d.device, dtype), evaluating(exported()) as model_now:
             if not reference:
-                guided = boot.guided(teacher, scale=val_w, null_cond=null)
+                guided = sd.teacher.finish(boot.guided(teacher, scale=val_w, null_cond=null))
                 ddim = boot.ddim_sample(guided, val_eps, schedule=schedule, steps=args.bootstrap_steps, cond=val_cond)
-                reference.append(decode(sd.vae, ddim))
-            g = student_fn(exported(), schedule, prediction, val_w)
-            mine = decode(sd.vae, boot.sample_student(g, val_eps, val_cond))
+                reference.extend([ddim.float(), decode(sd.vae, ddim)])
+            mine = boot.sample_student(student_fn(model_now, schedule, prediction, val_w), val_eps, val_cond)
+        rms = lambda x: x.pow(2).mean().sqrt().item()
+        figures.update(step=step, prompts=len(val_texts), rmse_to_teacher=rms(mine - reference[0]),
+                       teacher_rms=rms(reference[0]))
         (out / "validation").mkdir(exist_ok=True)
-        grid_image = np.concatenate([np.concatenate(list(row), axis=1) for row in (reference[0], mine)], axis=0)
+        with open(out / "validation" / "log.jsonl", "a") as f:
+            f.write(json.dumps(figures) + "\n")
+        grid_image = np.concatenate([np.concatenate(list(row), axis=1) for row in (reference[1], decode(sd.vae, mine))])
         Image.fromarray(grid_image).save(out / "validation" / f"step-{step:08d}.png")
 
     trainer.fit(args.steps, loss_fn, desc="boot-sd", every=(args.validate_every, validate))
     if d.main:
+        if figures.get("step") != trainer.step:  # every run ends with a picture of its final student
+            validate(trainer.step)
+        g = student_fn(exported(), schedule, prediction)
         exported().save_pretrained(out / "student")  # diffusers format, safetensors
-        meta = {**config, "guidance_scale": w_val, "steps": trainer.step}
+        save_for_diffusers(out / "student", g)
+        meta = {**config, "guidance_scale": w_val, "steps": trainer.step, "validation": figures}
         (out / "boot_sd.json").write_text(json.dumps(meta, indent=1))
-        d.say(f"student in {out / 'student'}; draw images with: python train_sd.py --sample {out} --prompts FILE")
+        (out / "student" / "README.md").write_text(model_card(meta, str(out / "student"), g))
+        d.say(f"student in {out / 'student'}; draw images with: python train_sd.py --sample {out} --prompts FILE, "
+              f"or with diffusers' StableDiffusionPipeline ({out / 'student' / 'README.md'})")
 
 
 def sample(args, prompts):
-    """One image per prompt, out/00000.png on, in prompt order: one student UNet call per batch."""
+    """One image per prompt, in prompt order, named for its index and its line in the prompts file
+    (00000-line00001.png): one student UNet call per batch."""
     run = Path(args.sample)
     try:
         meta = json.loads((run / "boot_sd.json").read_text())
@@ -298,29 +498,36 @@ def sample(args, prompts):
     if meta["guidance_range"] is None and w != meta["guidance_scale"]:
         raise UsageError(f"--guidance-scale {w}: this student was trained at w = {meta['guidance_scale']} only; "
                          "train with --guidance-range to choose w when sampling")
+    if meta["guidance_range"] is not None and not meta["guidance_range"][0] <= w <= meta["guidance_range"][1]:
+        lo, hi = meta["guidance_range"]
+        raise UsageError(f"--guidance-scale {w} is outside the range this student was trained on, {lo},{hi}")
     d = runtime.setup(args.device)
     dtype, teacher_name = DTYPES[args.dtype], args.teacher or meta["teacher"]
     sd = load_teacher(teacher_name, dtype, d.device, unet=False)
     from diffusers import AutoencoderTiny, UNet2DConditionModel
-    load = UNet2DConditionModel.from_pretrained
-    student = loaded(f"--sample {run}: its student", lambda: load(run / "student", torch_dtype=dtype, use_safetensors=True)).to(d.device)
+    load = UNet2DConditionModel.from_pretrained  # float32 weights; --dtype is the autocast the UNet runs under
+    student = loaded(f"--sample {run}: its student", lambda: load(run / "student", torch_dtype=torch.float32,
+                                                                  use_safetensors=True)).to(d.device).eval()
     decoder = sd.vae
     if args.tiny_vae:  # the full SD decoder costs four times the student's call (BOOT.md section 7)
         load = AutoencoderTiny.from_pretrained
         decoder = loaded(f"--tiny-vae {args.tiny_vae}", lambda: load(args.tiny_vae, torch_dtype=dtype, use_safetensors=True)).to(d.device)
-    schedule = boot.Schedule.discrete(sd.scheduler.alphas_cumprod)
+    schedule = sd.teacher.schedule
     shape = latent_shape(sd.vae, student, meta["resolution"])
-    embeddings, _ = encode(sd, prompts, d)
+    encode = PromptEncoder(sd, d.device, warn=True)
     if args.overwrite:
         runtime.clear(out, ("*.png",))
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator(d.device).manual_seed(args.seed)
-    for i in range(0, len(prompts), args.batch_size):
-        cond = embeddings[i:i + args.batch_size].to(d.device)
-        eps = torch.randn(len(cond), *shape, generator=gen, device=d.device)
-        g = student_fn(student, schedule, meta["prediction"], torch.full((len(cond),), w, device=d.device))
-        for j, image in enumerate(decode(decoder, boot.sample_student(g, eps, cond)), start=i):
-            Image.fromarray(image).save(out / f"{j:05d}.png")
+    for start in range(0, len(prompts), args.batch_size):
+        batch = range(start, min(start + args.batch_size, len(prompts)))
+        cond = encode(prompts.read(batch))
+        eps = torch.randn(len(batch), *shape, generator=gen, device=d.device)
+        with autocast(d.device, dtype):  # the conversion to the image stays in fp32 (student_fn)
+            g = student_fn(student, schedule, meta["prediction"], torch.full((len(batch),), w, device=d.device))
+            latents = boot.sample_student(g, eps, cond)
+        for i, image in zip(batch, decode(decoder, latents)):
+            Image.fromarray(image).save(out / f"{i:05d}-line{prompts.lines[i]:05d}.png")
     d.say(f"{len(prompts)} images at w = {w} in {out}")
 
 
@@ -346,13 +553,14 @@ def guidance_scales(count: int):
 def parser():
     positive, p = runtime.positive, runtime.ArgumentParser(
         description="BOOT: distil Stable Diffusion into a one-call student from a prompts file alone.")
-    p.add_argument("--prompts", required=True, help="text file, one prompt a line (UTF-8; blank and # lines skipped)")
+    p.add_argument("--prompts", required=True, help="text file, one prompt a line (UTF-8; blank and # lines skipped); "
+                                                    "read as batches need it, so it may hold millions")
     p.add_argument("--teacher", help=f"diffusers Stable Diffusion, hub id or folder (default {DEFAULT_TEACHER}; "
-                                     "with --sample, the run's teacher)")
+                                     "with --sample, the run's)")
     p.add_argument("--out", help="output folder (default runs/sd; with --sample, RUN/samples)")
     p.add_argument("--dtype", choices=DTYPES, default="bf16",
-                   help="precision of the frozen teacher and of the student's autocast; the student's master weights "
-                        "stay fp32 (fp16 has no loss scaling: prefer bf16)")
+                   help="precision of the frozen teacher and of the student's autocast; the student's weights stay "
+                        "fp32. fp16 only with --sample (training has no loss scaling)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
     p.add_argument("--steps", type=positive(), default=10_000,
                    help="training steps in all (a resumed run counts its earlier ones)")
@@ -363,16 +571,22 @@ def parser():
                    help="N of the time grid: the student's fixed point is the teacher's DDIM-N (N <= its timesteps)")
     p.add_argument("--guidance-scale", type=guidance_scales(1),
                    help="w of classifier-free guidance, diffusers' convention, 1 = none (default 7.5, or the middle "
-                        "of --guidance-range, which it must lie in; with --sample, the run's)")
+                        "of --guidance-range, which it must lie in; with --sample, the run's, within its range)")
     p.add_argument("--guidance-range", type=guidance_scales(2), metavar="WMIN,WMAX",
                    help="draw w per example from this range and feed it to the student: one student for every w in it")
-    p.add_argument("--resolution", type=positive(), default=512, help="image size in pixels (SD latents: 8 times less)")
+    p.add_argument("--resolution", type=positive(),
+                   help="image size in pixels (default: the teacher's own, its UNet's sample_size times the VAE's "
+                        "scale factor: 512 for SD 1.5, 768 for SD 2.x 768-v)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute the student's activations in backward: less memory, slower")
     p.add_argument("--clip", type=positive(float), default=1.0, help="gradient norm clipping")
     p.add_argument("--ema", type=positive(float), help="EMA decay, e.g. 0.999; the student written is then the average")
     p.add_argument("--validate-every", type=positive(), default=500,
-                   help="write out/validation/step-N.png every this many steps: teacher DDIM-N above, student below")
+                   help="write out/validation/step-N.png every this many steps, and at the end: teacher DDIM-N "
+                        "above, student below")
+    p.add_argument("--validation-prompts", metavar="FILE",
+                   help=f"the prompts of the validation picture, up to {MAX_VALIDATION_IMAGES} "
+                        f"(default: the first {VALIDATION_IMAGES} of --prompts)")
     p.add_argument("--ckpt-every", type=positive(), default=1000,
                    help="checkpoint every this many steps (and on SIGINT/SIGTERM)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise, prompts, times and w of every step")
@@ -380,7 +594,8 @@ def parser():
     again.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     again.add_argument("--overwrite", action="store_true", help="replace what an earlier run wrote in --out")
     p.add_argument("--sample", metavar="RUN", help="sampling mode: one image per prompt from the student of RUN "
-                                                   "(a training --out), one student call per batch")
+                                                   "(a training --out), one student call per batch; files "
+                                                   "IIIII-lineLLLLL.png, L the prompt's line in --prompts")
     p.add_argument("--tiny-vae", metavar="ID_OR_DIR",
                    help="with --sample: decode with this AutoencoderTiny (e.g. madebyollin/taesd)")
     return p
@@ -389,6 +604,8 @@ def parser():
 @runtime.cli
 def main(argv=None):
     args = parser().parse_args(argv)
+    if args.sample and args.validation_prompts:
+        raise UsageError("--validation-prompts is a training option; --sample draws one image per --prompts line")
     if args.tiny_vae and not args.sample:
         raise UsageError("--tiny-vae is a sampling option; use it with --sample")
     prompts = read_prompts(args.prompts)

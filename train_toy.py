@@ -23,7 +23,6 @@ from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 
 import boot
-import boot_diffusers
 import exact
 import metrics
 import runtime
@@ -108,6 +107,7 @@ class DiffusersNet(torch.nn.Module):
 def load_pixel_teacher(source: str, device):
     """(UNet2DModel, boot_diffusers.TeacherSchedule) from a hub id or folder: the pipeline layout (unet/,
     scheduler/) or the flat one of google/ddpm-cifar10-32 (config.json and scheduler_config.json side by side)."""
+    import boot_diffusers  # imports diffusers: seconds, which the exact teachers need not wait
     from diffusers import UNet2DModel
     errors, log = [], logging.getLogger("diffusers")
     level = log.level
@@ -127,8 +127,9 @@ def load_pixel_teacher(source: str, device):
     return unet.to(device).eval().requires_grad_(False), teacher
 
 
-def pixel_teacher(unet, read: boot_diffusers.TeacherSchedule) -> boot.Teacher:
-    """f(x_t, t) -> x0 as diffusers' DDIM computes it from this UNet and scheduler config (clipping included)."""
+def pixel_teacher(unet, read) -> boot.Teacher:
+    """f(x_t, t) -> x0 as diffusers' DDIM computes it from this UNet and its boot_diffusers.TeacherSchedule
+    (clipping included)."""
     return read.finish(boot.denoiser(DiffusersNet(unet), read.schedule, prediction=read.prediction))
 
 
