@@ -238,6 +238,31 @@ def test_sample_draws_each_batch_in_one_unet_call(tiny_sd, prompts, tmp_path, mo
     assert all(Image.open(p).size == (RES, RES) for p in images)
 
 
+def test_sample_with_teacher_steps_is_one_student_call_then_j_guided_teacher_calls(tiny_sd, prompts, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from diffusers import UNet2DConditionModel
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--validate-every", "1000"))  # N = 4
+    calls, forward = [], UNet2DConditionModel.forward
+
+    def spy(self, sample, *args, **kwargs):
+        calls.append(("student" if self.config.time_cond_proj_dim else "teacher", len(sample)))
+        return forward(self, sample, *args, **kwargs)
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    sample = ["--sample", str(tmp_path / "run"), "--prompts", prompts, "--device", "cpu", "--batch-size", "3"]
+    train_sd.main(sample + ["--out", str(tmp_path / "j2"), "--teacher-steps", "2"])
+    assert calls == [("student", 3), ("teacher", 6), ("teacher", 6)], "guided: both branches in one call"
+    calls.clear()
+    train_sd.main(sample + ["--out", str(tmp_path / "j0")])
+    assert calls == [("student", 3)]
+    differ = [Image.open(a).tobytes() != Image.open(b).tobytes() for a, b in
+              zip(sorted((tmp_path / "j2").glob("*.png")), sorted((tmp_path / "j0").glob("*.png")))]
+    assert len(differ) == 3 and any(differ)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(sample + ["--out", str(tmp_path / "j4"), "--teacher-steps", "4"])
+    check_failure(stop.value.code, capsys.readouterr().err, "--teacher-steps 4: must be in [0, 3]", tmp_path / "j4")
+
+
 def test_student_trains_in_train_mode_and_is_drawn_in_eval_mode(tiny_sd, prompts, tmp_path, monkeypatch):
     from diffusers import UNet2DConditionModel
     calls, forward, sample_student = [], UNet2DConditionModel.forward, boot.sample_student

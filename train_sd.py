@@ -485,7 +485,8 @@ def train(args, prompts):
 
 def sample(args, prompts):
     """One image per prompt, in prompt order, named for its index and its line in the prompts file
-    (00000-line00001.png): one student UNet call per batch."""
+    (00000-line00001.png): one student UNet call per batch, plus --teacher-steps J guided teacher calls
+    (boot.sample_any_t: the student to the grid time t_J, then J teacher DDIM steps on the run's grid)."""
     run = Path(args.sample)
     try:
         meta = json.loads((run / "boot_sd.json").read_text())
@@ -501,9 +502,12 @@ def sample(args, prompts):
     if meta["guidance_range"] is not None and not meta["guidance_range"][0] <= w <= meta["guidance_range"][1]:
         lo, hi = meta["guidance_range"]
         raise UsageError(f"--guidance-scale {w} is outside the range this student was trained on, {lo},{hi}")
+    if not 0 <= args.teacher_steps < meta["bootstrap_steps"]:
+        raise UsageError(f"--teacher-steps {args.teacher_steps}: must be in [0, {meta['bootstrap_steps'] - 1}], "
+                         f"below the run's --bootstrap-steps")
     d = runtime.setup(args.device)
     dtype, teacher_name = DTYPES[args.dtype], args.teacher or meta["teacher"]
-    sd = load_teacher(teacher_name, dtype, d.device, unet=False)
+    sd = load_teacher(teacher_name, dtype, d.device, unet=args.teacher_steps > 0)
     from diffusers import AutoencoderTiny, UNet2DConditionModel
     load = UNet2DConditionModel.from_pretrained  # float32 weights; --dtype is the autocast the UNet runs under
     student = loaded(f"--sample {run}: its student", lambda: load(run / "student", torch_dtype=torch.float32,
@@ -513,8 +517,10 @@ def sample(args, prompts):
         load = AutoencoderTiny.from_pretrained
         decoder = loaded(f"--tiny-vae {args.tiny_vae}", lambda: load(args.tiny_vae, torch_dtype=dtype, use_safetensors=True)).to(d.device)
     schedule = sd.teacher.schedule
+    grid = boot.time_grid(schedule, meta["bootstrap_steps"]).to(d.device)
     shape = latent_shape(sd.vae, student, meta["resolution"])
     encode = PromptEncoder(sd, d.device, warn=True)
+    null = encode([""]) if args.teacher_steps else None  # the null branch of the teacher's guidance
     if args.overwrite:
         runtime.clear(out, ("*.png",))
     out.mkdir(parents=True, exist_ok=True)
@@ -524,11 +530,18 @@ def sample(args, prompts):
         cond = encode(prompts.read(batch))
         eps = torch.randn(len(batch), *shape, generator=gen, device=d.device)
         with autocast(d.device, dtype):  # the conversion to the image stays in fp32 (student_fn)
-            g = student_fn(student, schedule, meta["prediction"], torch.full((len(batch),), w, device=d.device))
-            latents = boot.sample_student(g, eps, cond)
+            w_batch = torch.full((len(batch),), w, device=d.device)
+            g = student_fn(student, schedule, meta["prediction"], w_batch)
+            if args.teacher_steps:
+                guided = sd.teacher.finish(boot.guided(teacher_fn(sd.unet, schedule, meta["prediction"]), scale=w_batch,
+                                                       null_cond=null))
+                latents = boot.sample_any_t(g, guided, eps, schedule=schedule, grid=grid, j=args.teacher_steps, cond=cond)
+            else:
+                latents = boot.sample_student(g, eps, cond)
         for i, image in zip(batch, decode(decoder, latents)):
             Image.fromarray(image).save(out / f"{i:05d}-line{prompts.lines[i]:05d}.png")
-    d.say(f"{len(prompts)} images at w = {w} in {out}")
+    calls = f"1 student + {args.teacher_steps} guided teacher calls" if args.teacher_steps else "one UNet call"
+    d.say(f"{len(prompts)} images at w = {w} in {out}, {calls} each")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -596,6 +609,9 @@ def parser():
     p.add_argument("--sample", metavar="RUN", help="sampling mode: one image per prompt from the student of RUN "
                                                    "(a training --out), one student call per batch; files "
                                                    "IIIII-lineLLLLL.png, L the prompt's line in --prompts")
+    p.add_argument("--teacher-steps", type=int, default=0, metavar="J",
+                   help="with --sample: one student call to the grid time t_J, then J teacher DDIM steps (BOOT's any-t "
+                        "sampling: more calls, closer to the teacher); 0 = one call")
     p.add_argument("--tiny-vae", metavar="ID_OR_DIR",
                    help="with --sample: decode with this AutoencoderTiny (e.g. madebyollin/taesd)")
     return p
@@ -606,8 +622,8 @@ def main(argv=None):
     args = parser().parse_args(argv)
     if args.sample and args.validation_prompts:
         raise UsageError("--validation-prompts is a training option; --sample draws one image per --prompts line")
-    if args.tiny_vae and not args.sample:
-        raise UsageError("--tiny-vae is a sampling option; use it with --sample")
+    if (args.tiny_vae or args.teacher_steps) and not args.sample:
+        raise UsageError(f"{'--tiny-vae' if args.tiny_vae else '--teacher-steps'} is a sampling option; use it with --sample")
     prompts = read_prompts(args.prompts)
     (sample if args.sample else train)(args, prompts)
 
