@@ -36,7 +36,7 @@ def old_student(net, schedule):
     """boot.TeacherStudent before the fix: the conversion in whatever dtype the network returned."""
     student = boot.TeacherStudent(net, schedule, prediction="epsilon")
     return lambda eps, t, c: boot.to_x0(net(eps, schedule.network_time(t), c), kind="epsilon", x_t=eps,
-                                        alpha=student.alpha_T, sigma=student.sigma_T)
+                                        alpha=student.alpha_a, sigma=student.sigma_a)
 
 
 @torch.no_grad()

@@ -568,7 +568,7 @@ def test_student_started_from_the_teacher_is_the_teacher_at_T(prediction):
     eps, ones = torch.randn(8, 3), torch.ones(8)
     assert _close(student(eps, ones), teacher(eps, ones, None))
     assert not _close(student(eps, ones / 2), teacher(eps, ones / 2, None)), "the teacher reads x_t, the student eps"
-    with pytest.raises(ValueError, match="alpha_T"):
+    with pytest.raises(ValueError, match="alpha = 0.0 at t = 1.0"):
         boot.TeacherStudent(net, boot.Schedule.cosine(), prediction="epsilon")
 
 
@@ -581,7 +581,7 @@ def test_student_conversion_runs_in_float32_under_autocast():
         y = student(eps, t)
         pred = net(eps, schedule.network_time(t))
     assert y.dtype == torch.float32 and pred.dtype == torch.bfloat16
-    alpha_T, sigma_T = student.alpha_T, student.sigma_T
+    alpha_T, sigma_T = student.alpha_a, student.sigma_a
     assert torch.equal(y, (eps - sigma_T * pred.float()) / alpha_T), "bf16 output, but an fp32 conversion"
 
 

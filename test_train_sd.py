@@ -395,7 +395,7 @@ def test_scheduler_is_boots_conversion_at_t_T():
     pred, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     for kind in boot.PREDICTIONS:
         g = boot.TeacherStudent(lambda x, time, cond: pred, schedule, prediction=kind)
-        scheduler = BootOneStepScheduler(prediction_type=kind, alpha_T=g.alpha_T, sigma_T=g.sigma_T)
+        scheduler = BootOneStepScheduler(prediction_type=kind, alpha_T=g.alpha_a, sigma_T=g.sigma_a)
         scheduler.set_timesteps(50)
         assert scheduler.timesteps.tolist() == [-1] == schedule.network_time(torch.zeros(1)).tolist()
         y = scheduler.step(pred.half(), scheduler.timesteps[0], eps.half()).prev_sample

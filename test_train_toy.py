@@ -146,3 +146,25 @@ def test_pixel_teacher_is_called_at_its_training_timesteps_with_its_own_conversi
     v = unet(x, torch.tensor([49, 99])).sample
     expected = alpha.view(2, 1, 1, 1) * x - sigma.view(2, 1, 1, 1) * v
     assert torch.allclose(teacher(x, t, None), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_student_from_the_teacher_starts_as_the_teacher_read_at_lambda_zero_for_every_t(tmp_path, prediction):
+    _tiny_ddpm(tmp_path / "ddpm", prediction, flat=False)
+    args = train_toy.parse_args(["--teacher", str(tmp_path / "ddpm"), "--init-from-teacher", "--out", str(tmp_path / "r")])
+    teacher, schedule, student, shape, _ = train_toy.build(args, "cpu")
+    anchor = student.net.timestep.item()
+    t_a = torch.tensor([(anchor + 1) / schedule.train_steps] * 4)
+    alpha, sigma, lam = schedule.coefficients(t_a.double())
+    assert abs(lam[0].item()) < 0.05 and abs(sigma[0] / alpha[0] - 1) < 0.05, "the conversion's gain is 1"
+    eps = torch.randn(4, *shape)
+    unet, _ = train_toy.load_pixel_teacher(str(tmp_path / "ddpm"), "cpu")
+    raw = boot.denoiser(train_toy.DiffusersNet(unet), schedule, prediction=prediction)  # the teacher, unclipped
+    with torch.no_grad():
+        expected = raw(eps, t_a, None)
+        for t in (0.0, 0.3, 0.9):
+            assert torch.allclose(student(eps, torch.full((4,), t)), expected, atol=1e-5)
+    loss, _ = boot.boot_loss(student, teacher, eps, schedule=schedule, grid=boot.time_grid(schedule, 4))
+    loss.backward()
+    embedding = student.net.unet.class_embedding.linear_2.weight
+    assert embedding.grad.abs().sum() > 0, "the student's time reaches it through the zero-initialised embedding"

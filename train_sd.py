@@ -287,7 +287,7 @@ def save_for_diffusers(folder: Path, g: boot.TeacherStudent):
     """Next to the UNet in folder: the BootOneStepScheduler config that turns its prediction into the image
     at the student's own alpha_T, sigma_T (the very floats boot.TeacherStudent uses)."""
     from boot_diffusers import BootOneStepScheduler
-    BootOneStepScheduler(prediction_type=g.prediction, alpha_T=g.alpha_T, sigma_T=g.sigma_T).save_pretrained(folder)
+    BootOneStepScheduler(prediction_type=g.prediction, alpha_T=g.alpha_a, sigma_T=g.sigma_a).save_pretrained(folder)
 
 
 def diffusers_snippet(teacher: str, student: str, w: float, resolution: int) -> str:
@@ -358,7 +358,7 @@ Or `python train_sd.py --sample RUN --prompts FILE` in the boot repository (the 
 - The pipeline's latents are the noise eps itself (standard normal, `init_noise_sigma = 1`).
 - The UNet reads eps at timestep -1: the student's time t = 0, where the teacher's timestep i is t = (i + 1) / n.
 - Its {g.prediction} prediction becomes the image latents at the FIXED coefficients of t = T, in float32:
-  `y = to_x0(pred, x_t = eps, alpha_T = {g.alpha_T!r}, sigma_T = {g.sigma_T!r})`.
+  `y = to_x0(pred, x_t = eps, alpha_T = {g.alpha_a!r}, sigma_T = {g.sigma_a!r})`.
 - Guidance: the UNet's guidance input (`time_cond_proj_dim`) reads StableDiffusionPipeline's embedding of w - 1;
   the pipeline then runs no classifier-free guidance of its own and calls the UNet once.
 - The latents decode with the teacher's VAE, or an AutoencoderTiny (`madebyollin/taesd` for SD 1.x and 2.x).

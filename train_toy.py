@@ -8,7 +8,6 @@ Writes into --out: metrics.json, samples.npz (exact teachers), samples.png, stud
 checkpoints/ (resume with --resume) and log.jsonl. torchrun --nproc_per_node N train_toy.py ... runs DDP.
 """
 import contextlib
-import copy
 import json
 import logging
 import math
@@ -45,7 +44,8 @@ def parse_args(argv=None):
                                                       "(scikit-learn's 1,797 real 8x8 digits)")
     p.add_argument("--teacher", help="diffusers unconditional pixel model (hub id or folder, UNet2DModel + scheduler), "
                                      "e.g. google/ddpm-cifar10-32; replaces --data")
-    p.add_argument("--init-from-teacher", action="store_true", help="pixel teachers: start the student as a copy of the teacher")
+    p.add_argument("--init-from-teacher", action="store_true", help="pixel teachers: start the student as a copy of the "
+                   "teacher read at lambda = 0 (boot.TeacherStudent with an anchor), the student's time in a new zero-initialised embedding")
     p.add_argument("--out", help="output folder (default: runs/toy-DATA or runs/NAME-OF-TEACHER)")
     p.add_argument("--steps", type=pos, help="training steps (default per teacher kind: 2-D 4000, digits 3000, pixels 20000)")
     p.add_argument("--batch-size", type=pos, help="noises per step and process, torchrun: N times as many in all (default 2-D 1024, digits 256, pixels 64)")
@@ -104,6 +104,27 @@ class DiffusersNet(torch.nn.Module):
         return self.unet(x, timestep.expand(len(x))).sample
 
 
+class AnchoredNet(torch.nn.Module):
+    """The student side of boot.TeacherStudent(anchor=t_a): a copy of the teacher's UNet2DModel that always reads
+    its input at the timestep of t_a, and the student's time through a new time embedding (diffusers'
+    class_embed_type "timestep") whose last layer starts at zero, so that it starts as the teacher read at t_a."""
+
+    def __init__(self, unet, schedule: boot.Schedule, anchor: float):
+        super().__init__()
+        from diffusers import UNet2DModel
+        if unet.config.class_embed_type is not None or unet.config.num_class_embeds:
+            raise runtime.UsageError("--init-from-teacher: a class-conditional UNet2DModel cannot take the student's "
+                                     "time embedding")
+        self.unet = UNet2DModel.from_config({**unet.config, "class_embed_type": "timestep"}).to(unet.device, unet.dtype)
+        self.unet.load_state_dict(unet.state_dict(), strict=False)  # all but the new class_embedding
+        torch.nn.init.zeros_(self.unet.class_embedding.linear_2.weight)
+        torch.nn.init.zeros_(self.unet.class_embedding.linear_2.bias)
+        self.register_buffer("timestep", schedule.teacher_time(torch.tensor([anchor])), persistent=False)
+
+    def forward(self, x, time, cond=None):
+        return self.unet(x, self.timestep.expand(len(x)), class_labels=time.expand(len(x))).sample
+
+
 def load_pixel_teacher(source: str, device):
     """(UNet2DModel, boot_diffusers.TeacherSchedule) from a hub id or folder: the pipeline layout (unet/,
     scheduler/) or the flat one of google/ddpm-cifar10-32 (config.json and scheduler_config.json side by side)."""
@@ -146,9 +167,10 @@ def build(args, device):
     schedule, prediction = read.schedule, read.prediction
     teacher = pixel_teacher(unet, read)
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    if args.init_from_teacher:
-        student = boot.TeacherStudent(DiffusersNet(copy.deepcopy(unet).requires_grad_(True).train()), schedule,
-                                      prediction=prediction)
+    if args.init_from_teacher:  # read at lambda = 0, where the conversion has gain 1 (boot.TeacherStudent)
+        anchor = schedule.snap(schedule.time_of(0.0)).item()
+        student = boot.TeacherStudent(AnchoredNet(unet, schedule, anchor).requires_grad_(True).train(), schedule,
+                                      prediction=prediction, anchor=anchor)
     else:
         student = boot.UNetStudent(channels=shape[0], base=args.width)
     return teacher, schedule, student.to(device), shape, None
