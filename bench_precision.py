@@ -42,7 +42,7 @@ def old_student(net, schedule):
 @torch.no_grad()
 def main():
     print("| teacher | sigma_T / alpha_T | RMS of g(eps, 0) in fp32 | bf16 error, conversion in the net's dtype (before) "
-          "| bf16 error, fp32 conversion (now) |\n|---|---|---|---|---|")
+          "| bf16 error, fp32 conversion (now) | read at lambda = 0 (anchor): RMS of g, bf16 error |\n|---|---|---|---|---|---|")
     for name, net, eps, cond, schedule in nets():
         t0 = torch.zeros(len(eps))
         alpha_T, sigma_T, _ = schedule.coefficients(torch.ones(1, dtype=torch.float64))
@@ -55,7 +55,14 @@ def main():
                 y = student(eps, t0, cond).float()
             error = (y - reference).pow(2).mean().sqrt().item()
             errors.append(f"{error:.3f} ({error / scale:.2%})")
-        print(f"| {name} | {(sigma_T / alpha_T).item():.1f} | {scale:.2f} | {errors[0]} | {errors[1]} |")
+        anchor = schedule.snap(schedule.time_of(0.0)).item()  # train_toy --init-from-teacher's student
+        at_anchor = lambda x, time, c: net(x, schedule.teacher_time(torch.full((len(x),), anchor)), c)
+        anchored = boot.TeacherStudent(at_anchor, schedule, prediction="epsilon", anchor=anchor)
+        reference = anchored(eps, t0, cond)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            error = (anchored(eps, t0, cond).float() - reference).pow(2).mean().sqrt().item()
+        print(f"| {name} | {(sigma_T / alpha_T).item():.1f} | {scale:.2f} | {errors[0]} | {errors[1]} "
+              f"| {reference.pow(2).mean().sqrt().item():.2f}, {error:.3f} |")
 
 
 if __name__ == "__main__":
