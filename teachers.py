@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 import boot
+import boot_diffusers
 import metrics
 import runtime
 
@@ -41,7 +42,7 @@ def parse_args(argv=None):
     pos = runtime.positive(int)
     p.add_argument("--out", default="teachers/mnist16", help="teacher folder to write")
     p.add_argument("--only", choices=STAGES, help="run one stage (figures needs the other two done); default: all three")
-    p.add_argument("--steps", type=pos, default=4000, help="teacher training steps")
+    p.add_argument("--steps", type=pos, default=3500, help="teacher training steps")
     p.add_argument("--batch-size", type=pos, default=64, help="teacher batch size")
     p.add_argument("--lr", type=runtime.positive(float), default=1e-3, help="teacher AdamW learning rate (constant)")
     p.add_argument("--ema", type=float, default=0.998, help="EMA decay of the teacher's weights; the EMA is saved")
@@ -157,13 +158,13 @@ def train_teacher(args, d, images):
 
 
 def load_teacher(folder, device):
-    """(boot teacher, schedule) of a saved pipeline: the DDPM as boot's x0-denoiser."""
-    from diffusers import DDPMScheduler, UNet2DModel
+    """(boot teacher, schedule) of a saved pipeline: the DDPM as train_toy.py distils it, x0 clipped as diffusers'
+    DDIM clips it (boot_diffusers)."""
+    from diffusers import UNet2DModel
     unet = UNet2DModel.from_pretrained(folder, subfolder="unet", use_safetensors=True).to(device).eval()
-    scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
-    schedule = boot.Schedule.discrete(scheduler.alphas_cumprod)
+    read = boot_diffusers.read_scheduler(folder, subfolder="scheduler", what=f"the teacher in {folder}")
     net = lambda x, timestep, cond: unet(x, timestep.expand(len(x))).sample
-    return boot.denoiser(net, schedule, prediction=scheduler.config.prediction_type), schedule
+    return read.finish(boot.denoiser(net, read.schedule, prediction=read.prediction)), read.schedule
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
     python train_toy.py --data checkerboard     # other exact teachers: unequal, checkerboard, spiral, digits
     python train_toy.py --teacher google/ddpm-cifar10-32 --device cuda    # a diffusers pixel model
 
-Writes into --out: metrics.json, samples.npz (exact teachers), samples.png, student.safetensors,
+Writes into --out: metrics.json, samples.npz, samples.png, student.safetensors,
 checkpoints/ (resume with --resume) and log.jsonl. torchrun --nproc_per_node N train_toy.py ... runs DDP.
 """
 import contextlib
