@@ -1,4 +1,6 @@
 """Tests of train_toy.py, offline on the CPU: tiny runs of every teacher kind, its outputs, and bad input."""
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -37,13 +39,14 @@ def mixture_run(tmp_path_factory):
 
 def test_2d_run_writes_metrics_samples_pictures_and_student(mixture_run):
     m = json.loads((mixture_run / "metrics.json").read_text())
-    assert set(m["teacher_ddim_rmse"]) == {"1", "2", "4", "8", "16", "32", "64"}
+    assert set(m["teacher_ddim_rmse"]) == {"1", "2", "4", "8", "16", "32"}, "k below the reference's 64 steps"
     assert m["student_rmse"] > 0 and m["effective_nfe"] > 0 and m["samples_per_s"]["student"] > 0
     curve = {int(k): v for k, v in m["teacher_ddim_rmse"].items()}
-    assert curve[64] < curve[8] < curve[1], "the teacher's own DDIM converges to its reference"
+    assert curve[32] < curve[8] < curve[1], "the teacher's own DDIM converges to its reference"
     assert 0 <= m["within_3_std"]["data"] <= 1 and len(m["mode_share"]["student"]) == 8
     arrays = np.load(mixture_run / "samples.npz")
-    assert {k: arrays[k].shape for k in arrays} == {k: (128, 2) for k in ("noise", "student", "teacher", "data")}
+    keys = ("noise", "student", "teacher", "data", *(f"ddim_{k}" for k in (1, 2, 4, 8, 16, 32)))
+    assert {k: arrays[k].shape for k in arrays} == {k: (128, 2) for k in keys}
     # The stored samples are the student's one call and the teacher's DDIM from the stored noise.
     student = boot.MLPStudent(dim=2, width=32, depth=2)
     student.load_state_dict(load_file(mixture_run / "student.safetensors"))
@@ -85,6 +88,8 @@ def test_every_exact_teacher_runs(tmp_path, data):
     (["--jump", "9", "--bootstrap-steps", "8"], "--jump: at most --bootstrap-steps"),
     (["--ema", "1.5"], "--ema: must be in [0, 1)"),
     (["--device", "cuda:0"], "no CUDA device"),
+    (["--reference-steps", "2"], "--reference-steps: at least 3"),
+    (["--judge", "somewhere"], "--judge: needs a pixel --teacher"),
 ])
 def test_bad_flags_get_one_line_and_write_nothing(tmp_path, args, message):
     if "cuda" in args and torch.cuda.is_available():
@@ -105,12 +110,12 @@ def test_a_folder_that_is_not_a_diffusers_model_is_refused(tmp_path):
 # --- diffusers pixel teachers --------------------------------------------------------------------------
 
 
-def _tiny_ddpm(folder: Path, prediction: str, flat: bool):
+def _tiny_ddpm(folder: Path, prediction: str, flat: bool, channels=3, size=8):
     """A random UNet2DModel and its scheduler: the pipeline layout (unet/, scheduler/), or the flat one of
     google/ddpm-cifar10-32 (config.json beside scheduler_config.json)."""
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+    unet = UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(16, 32), layers_per_block=1,
                        norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"),
                        up_block_types=("UpBlock2D", "UpBlock2D"))
     scheduler = DDPMScheduler(num_train_timesteps=100, prediction_type=prediction)
@@ -133,7 +138,7 @@ def test_pixel_teacher_from_a_diffusers_folder(tmp_path, prediction, flat, init)
     assert m["rmse"] == "per-pixel" and m["reference"] == "teacher DDIM-64 from the same noise"
     from PIL import Image
     grid = Image.open(out / "samples.png")
-    assert grid.size == (8 * 8 * 4, 4 * 8 * 4), "8 noises; rows: student, teacher DDIM-1, 4, 16; enlarged 4x"
+    assert grid.size == (8 * 8 * 4, 5 * 8 * 4), "8 noises; rows: student, teacher DDIM-1, 4, 16, reference; enlarged 4x"
 
 
 def test_pixel_teacher_is_called_at_its_training_timesteps_with_its_own_conversion(tmp_path):
@@ -168,3 +173,100 @@ def test_student_from_the_teacher_starts_as_the_teacher_read_at_lambda_zero_for_
     loss.backward()
     embedding = student.net.unet.class_embedding.linear_2.weight
     assert embedding.grad.abs().sum() > 0, "the student's time reaches it through the zero-initialised embedding"
+
+
+# --- evaluation of pixel teachers: judge, samples, curve, sizes, progress ------------------------------
+
+
+def _judge(folder: Path, size=16):
+    """A random judge, saved as teachers.py saves one, with the feature statistics of random images."""
+    import metrics
+    import teachers
+    torch.manual_seed(1)
+    judge = metrics.Judge(size=size, width=4, features=8).eval()
+    teachers.save_judge(folder, judge, torch.rand(64, 1, size, size) * 2 - 1, torch.arange(64) % 10)
+
+
+@pytest.fixture(scope="module")
+def judged_run(tmp_path_factory):
+    """A 1x16x16 teacher whose folder holds a judge/, evaluated on 300 noises against its DDIM-8."""
+    root = tmp_path_factory.mktemp("judged")
+    _tiny_ddpm(root / "ddpm", "epsilon", flat=False, channels=1, size=16)
+    _judge(root / "ddpm" / "judge")
+    out, printed, progress = root / "run", io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(progress):
+        train_toy.main(["--teacher", str(root / "ddpm"), "--out", str(out), *TINY, "--width", "16", "--steps", "2",
+                        "--batch-size", "4", "--eval-samples", "300", "--reference-steps", "8", "--bootstrap-steps", "10"])
+    return root, out, printed.getvalue(), progress.getvalue()
+
+
+def test_a_judge_scores_the_student_the_reference_and_each_ddim_k_on_the_same_noise(judged_run):
+    import metrics
+    root, out, printed, _ = judged_run
+    m = json.loads((out / "metrics.json").read_text())
+    names = {"student", "reference", "teacher_ddim_1", "teacher_ddim_2", "teacher_ddim_4"}
+    assert set(m["judge"]["fd"]) == set(m["judge"]["class_share"]) == names
+    assert all(len(s) == 10 and abs(sum(s) - 1) < 1e-9 for s in m["judge"]["class_share"].values())
+    judge, mean, cov = metrics.load_judge(root / "ddpm" / "judge")
+    arrays = np.load(out / "samples.npz")
+    for name, key in (("student", "student"), ("reference", "teacher"), ("teacher_ddim_2", "ddim_2")):
+        x = torch.from_numpy(arrays[key])
+        assert m["judge"]["fd"][name] == pytest.approx(metrics.judge_fd(judge, x, mean, cov), rel=1e-6)
+    assert "FD to held-out digits" in printed and "teacher DDIM-8 (the reference)" in printed
+    assert "student's class shares" in printed
+
+
+def test_pixel_runs_write_samples_npz_of_every_sampler_from_the_stored_noise(judged_run):
+    import teachers
+    root, out, _, _ = judged_run
+    arrays = np.load(out / "samples.npz")
+    assert {k: arrays[k].shape for k in arrays} == {k: (300, 1, 16, 16) for k in
+                                                    ("noise", "student", "teacher", "ddim_1", "ddim_2", "ddim_4")}
+    teacher, schedule = teachers.load_teacher(root / "ddpm", "cpu")
+    noise = torch.from_numpy(arrays["noise"][-4:])  # rows of the last evaluation batch
+    for k, key in ((8, "teacher"), (4, "ddim_4")):
+        with torch.no_grad():
+            x = boot.ddim_sample(teacher, noise, schedule=schedule, steps=k)
+        assert torch.allclose(x, torch.from_numpy(arrays[key][-4:]), atol=1e-4)
+
+
+def test_eval_samples_are_honoured_for_pixel_teachers_and_the_curve_stops_below_the_reference(judged_run):
+    _, out, printed, _ = judged_run
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["eval_samples"] == 300 and m["reference"] == "teacher DDIM-8 from the same noise"
+    assert set(m["teacher_ddim_rmse"]) == {"1", "2", "4"}
+    assert {k for k in m["samples_per_s"] if k.startswith("teacher")} == {"teacher_ddim_1", "teacher_ddim_2", "teacher_ddim_4"}
+    assert "evaluation on cpu: 300 noises, reference DDIM-8, DDIM-k curve k = 1 ... 4" in printed
+
+
+def test_the_evaluation_shows_its_progress_in_teacher_calls(judged_run):
+    _, _, _, progress = judged_run
+    five_batches = 5  # 300 noises in batches of 64
+    assert "reference DDIM-8: 100%" in progress and f"{five_batches * 8}/{five_batches * 8}" in progress
+    assert "DDIM-k curve: 100%" in progress and f"{five_batches * 7}/{five_batches * 7}" in progress
+
+
+def test_default_evaluation_is_sized_to_the_device():
+    from types import SimpleNamespace
+    unset, cpu, cuda = SimpleNamespace(eval_samples=None, reference_steps=None), torch.device("cpu"), torch.device("cuda")
+    thousand = boot.Schedule.discrete(torch.linspace(0.999, 0.01, 1000))
+    assert train_toy.eval_sizes(unset, cpu, thousand) == (256, 64, 64)
+    assert train_toy.eval_sizes(unset, cuda, thousand) == (1000, 1000, 250), "CUDA: the teacher's own steps"
+    asked = SimpleNamespace(eval_samples=512, reference_steps=2000)
+    assert train_toy.eval_sizes(asked, cpu, thousand) == (512, 1000, 64)
+    exact_defaults = train_toy.parse_args(["--data", "digits", "--out", "unused"])
+    assert (exact_defaults.eval_samples, exact_defaults.reference_steps) == (4096, 4096), "formulas: any device"
+
+
+def test_a_judge_is_found_in_the_teacher_folder_or_named_and_checked_before_anything_is_written(tmp_path):
+    _tiny_ddpm(tmp_path / "rgb8", "epsilon", flat=False)
+    _judge(tmp_path / "judge16")
+    args = train_toy.parse_args(["--teacher", str(tmp_path / "rgb8")])
+    assert train_toy.find_judge(args, (3, 8, 8), "cpu") is None, "no judge/ in the teacher folder, no --judge"
+    args = train_toy.parse_args(["--teacher", str(tmp_path / "rgb8"), "--judge", str(tmp_path / "judge16")])
+    assert train_toy.find_judge(args, (1, 16, 16), "cpu")[0].config["size"] == 16
+    for judge, message in ((tmp_path / "judge16", "reads 1x16x16 images; the teacher makes 3x8x8"),
+                           (tmp_path, "is not a judge folder that teachers.py wrote")):
+        code, _, err = run_cli("--teacher", tmp_path / "rgb8", "--judge", judge, "--out", tmp_path / "run", *TINY)
+        assert code == 2 and message in err and err.strip().count("\n") == 0 and "Traceback" not in err
+        assert not (tmp_path / "run").exists()

@@ -4,7 +4,7 @@
     python train_toy.py --data checkerboard     # other exact teachers: unequal, checkerboard, spiral, digits
     python train_toy.py --teacher google/ddpm-cifar10-32 --device cuda    # a diffusers pixel model
 
-Writes into --out: metrics.json, samples.npz (exact teachers), samples.png, student.safetensors,
+Writes into --out: metrics.json, samples.npz, samples.png, student.safetensors,
 checkpoints/ (resume with --resume) and log.jsonl. torchrun --nproc_per_node N train_toy.py ... runs DDP.
 """
 import contextlib
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 import boot
 import exact
@@ -34,7 +35,7 @@ KINDS = {
 }
 RUN_OUTPUTS = ("checkpoints", "metrics.json", "samples.npz", "samples.png", "student.safetensors", "log.jsonl")
 # What a resumed run may change; everything else must match the checkpoint.
-RESUMABLE = {"steps", "out", "resume", "overwrite", "device", "ckpt_every", "eval_samples", "reference_steps"}
+RESUMABLE = {"steps", "out", "resume", "overwrite", "device", "ckpt_every", "eval_samples", "reference_steps", "judge"}
 
 
 def parse_args(argv=None):
@@ -68,8 +69,13 @@ def parse_args(argv=None):
     p.add_argument("--ckpt-every", type=pos, default=1000, help="checkpoint every this many steps (and on SIGINT/SIGTERM)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that already holds a run")
-    p.add_argument("--eval-samples", type=pos, default=4096, help="fixed noises for the figures (2-D); pixels: 256")
-    p.add_argument("--reference-steps", type=pos, default=4096, help="DDIM steps of the converged reference")
+    p.add_argument("--eval-samples", type=pos, help="fixed noises for the figures (default: exact teachers 4096; "
+                                                    "pixel teachers 1000 on CUDA, 256 on the CPU)")
+    p.add_argument("--reference-steps", type=pos, help="DDIM steps of the converged reference, at least 3; the DDIM-k "
+                                                       "curve stops below it (default: exact teachers 4096; pixel "
+                                                       "teachers their own steps on CUDA, 64 on the CPU)")
+    p.add_argument("--judge", help="pixel teachers: a judge folder (teachers.py's judge/) for the FD to its held-out "
+                                   "digits and the class shares (default: the teacher folder's judge/ when it has one)")
     args = p.parse_args(argv)
     if args.warmup < 0:
         p.error(f"argument --warmup: must be 0 or more, got {args.warmup}")
@@ -81,6 +87,13 @@ def parse_args(argv=None):
     for key, value in KINDS[kind].items():  # what the user left unset
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if kind != "pixels":  # a formula is cheap to evaluate anywhere; a pixel teacher's evaluation is sized per device
+        args.eval_samples, args.reference_steps = args.eval_samples or 4096, args.reference_steps or 4096
+    if args.reference_steps is not None and args.reference_steps < 3:
+        p.error(f"argument --reference-steps: at least 3 (the DDIM-k curve, k = 1, 2, ..., stops below it), "
+                f"got {args.reference_steps}")
+    if args.judge and not args.teacher:
+        p.error("argument --judge: needs a pixel --teacher")
     if args.jump > args.bootstrap_steps:
         p.error(f"argument --jump: at most --bootstrap-steps ({args.bootstrap_steps}), got {args.jump}")
     if args.out is None:
@@ -218,16 +231,53 @@ def train(args, d: runtime.Dist, teacher, schedule, student, shape):
 # Figures.
 
 
-def evaluate(args, teacher, schedule, student, shape, device, toy):
+def eval_sizes(args, device, schedule):
+    """(noises, reference DDIM steps, batch) of a pixel teacher's evaluation: the flags, or defaults sized to the
+    device, since each step is a network call: on CUDA 1,000 noises and the teacher's own steps (the full
+    figures), on the CPU 256 noises and DDIM-64 (minutes on a real teacher, seconds on a tiny one)."""
+    cuda = device.type == "cuda"
+    n, steps = args.eval_samples or (1000 if cuda else 256), args.reference_steps or (4096 if cuda else 64)
+    return n, min(steps, schedule.train_steps or steps), 250 if cuda else 64  # a discrete teacher has n steps at most
+
+
+def ticking(teacher, bar):
+    """The teacher, advancing a progress bar once per call."""
+    def call(x_t, t, cond=None):
+        bar.update(1)
+        return teacher(x_t, t, cond)
+    return call
+
+
+def judged(judge, sets: dict) -> dict:
+    """The judge's FD to its reference (held-out digits) and class shares, for each named set of images."""
+    model, ref_mean, ref_cov = judge
+    classes = model.config["classes"]
+    return {"fd": {name: metrics.judge_fd(model, x, ref_mean, ref_cov) for name, x in sets.items()},
+            "class_share": {name: metrics.mode_shares(metrics.judge_classes(model, x), classes) for name, x in sets.items()}}
+
+
+def evaluate(args, teacher, schedule, student, shape, device, toy, judge=None):
     """Fidelity on fixed noise: the student's one call against the teacher's converged DDIM from the same
-    noise, the teacher's own DDIM-k curve, effective NFE, speed; for exact teachers, distance to the data."""
-    n = args.eval_samples if toy is not None else min(args.eval_samples, 256)
+    noise, the teacher's own DDIM-k curve (k below the reference's steps), effective NFE, speed; for exact
+    teachers, distance to the data; with a judge (load_judge), FD and class shares of each sampler."""
+    if toy is None:
+        n, ref_steps, batch = eval_sizes(args, device, schedule)
+    else:  # set by parse_args; the exact teacher is one batch
+        n, ref_steps, batch = args.eval_samples, args.reference_steps, None
+    ks = [k for k in metrics.DDIM_KS if k < ref_steps]  # DDIM-ref_steps is the reference itself: error 0
+    print(f"evaluation on {device.type}: {n} noises{' (default)' if args.eval_samples is None else ''}, reference "
+          f"DDIM-{ref_steps}{' (default)' if args.reference_steps is None else ''}, DDIM-k curve k = 1 ... {ks[-1]} "
+          "(--eval-samples, --reference-steps)")
     eps = torch.randn(n, *shape, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
-    per_pixel, batch = shape != (2,), None if toy is not None else 64
-    ref_steps = min(args.reference_steps, schedule.train_steps or args.reference_steps)  # a discrete teacher has n
-    reference = metrics.batched(lambda e: boot.ddim_sample(teacher, e, schedule=schedule, steps=ref_steps), eps, batch)
+    per_pixel, chunks = shape != (2,), 1 if batch is None else math.ceil(n / batch)
+    sample = lambda k, bar: metrics.batched(lambda e: boot.ddim_sample(ticking(teacher, bar), e, schedule=schedule,
+                                                                         steps=k), eps, batch)
+    with tqdm(total=chunks * ref_steps, desc=f"reference DDIM-{ref_steps}", unit="call", dynamic_ncols=True) as bar:
+        reference = sample(ref_steps, bar)
+    with tqdm(total=chunks * sum(ks), desc="DDIM-k curve", unit="call", dynamic_ncols=True) as bar:
+        ddim = {k: sample(k, bar) for k in ks}
     student_x = metrics.batched(lambda e: boot.sample_student(student, e), eps, batch)
-    curve = metrics.ddim_curve(teacher, eps, reference, schedule=schedule, per_pixel=per_pixel, batch=batch)
+    curve = {k: metrics.rmse(x, reference, per_pixel) for k, x in ddim.items()}
     student_rmse = metrics.rmse(student_x, reference, per_pixel)
     speed_eps = eps[:batch or n]
     out = {
@@ -237,11 +287,15 @@ def evaluate(args, teacher, schedule, student, shape, device, toy):
         "samples_per_s": {"student": metrics.samples_per_second(lambda e: boot.sample_student(student, e), speed_eps),
                           **{f"teacher_ddim_{k}": metrics.samples_per_second(
                               lambda e: boot.ddim_sample(teacher, e, schedule=schedule, steps=k), speed_eps, repeats=1)
-                             for k in metrics.DDIM_KS}},
+                             for k in ks}},
+        "eval_samples": n,
         "reference": f"teacher DDIM-{ref_steps} from the same noise",
         "rmse": "per-pixel" if per_pixel else "per-sample (Euclidean)",
     }
-    arrays = {"noise": eps, "student": student_x, "teacher": reference}
+    if judge is not None:
+        sets = {"student": student_x, "reference": reference, **{f"teacher_ddim_{k}": x for k, x in ddim.items()}}
+        out["judge"] = judged(judge, sets)
+    arrays = {"noise": eps, "student": student_x, "teacher": reference, **{f"ddim_{k}": x for k, x in ddim.items()}}
     if toy is not None:
         data, data_labels = toy.sample(n, generator=torch.Generator().manual_seed(args.seed + 2))
         arrays["data"] = data
@@ -254,7 +308,7 @@ def evaluate(args, teacher, schedule, student, shape, device, toy):
         if toy.finite:  # a finite set: the share of samples that end on the very point the teacher's trajectory ends on
             teacher_end = toy.nearest(reference)
             ends_on = lambda x: toy.nearest(x).eq(teacher_end).double().mean().item()
-            ddim_8 = boot.ddim_sample(teacher, eps, schedule=schedule, steps=8)
+            ddim_8 = ddim[8] if 8 in ddim else boot.ddim_sample(teacher, eps, schedule=schedule, steps=8)
             out["same_point"] = {"student": ends_on(student_x), "teacher_ddim_8": ends_on(ddim_8)}
         if (toy.stds > 0).all():  # mixtures: the share of samples within 3 std of a mode
             near = lambda x: (torch.cdist(x.double().cpu(), toy.means) / toy.stds).min(1).values.le(3).double().mean().item()
@@ -263,11 +317,23 @@ def evaluate(args, teacher, schedule, student, shape, device, toy):
 
 
 def print_table(m: dict):
-    rows = [("student, 1 call", m["student_rmse"], m["samples_per_s"]["student"])]
-    rows += [(f"teacher DDIM-{k}", v, m["samples_per_s"][f"teacher_ddim_{k}"]) for k, v in m["teacher_ddim_rmse"].items()]
-    print(f"\n| sampler | RMSE to converged teacher ({m['rmse']}) | samples/s |\n|---|---|---|")
-    for name, err, speed in rows:
-        print(f"| {name} | {err:.4f} | {speed:,.0f} |")
+    rows = [("student, 1 call", m["student_rmse"], m["samples_per_s"]["student"], "student")]
+    rows += [(f"teacher DDIM-{k}", v, m["samples_per_s"][f"teacher_ddim_{k}"], f"teacher_ddim_{k}")
+             for k, v in m["teacher_ddim_rmse"].items()]
+    head = f"| sampler | RMSE to converged teacher ({m['rmse']}) | samples/s |"
+    judge = m.get("judge")
+    if judge:  # FD to the judge's held-out digits, and the least and most frequent class (uniform: 1 / classes)
+        rows.append((m["reference"].split(" from")[0] + " (the reference)", 0.0, None, "reference"))
+        head += " FD to held-out digits | class shares, min - max |"
+    print(f"\n{head}\n|{'---|' * head.count(' | ')}---|")
+    for name, err, speed, key in rows:
+        line = f"| {name} | {err:.4f} | {'-' if speed is None else f'{speed:,.0f}'} |"
+        if judge:
+            shares = judge["class_share"][key]
+            line += f" {judge['fd'][key]:.2f} | {min(shares):.3f} - {max(shares):.3f} |"
+        print(line)
+    if judge:
+        print("student's class shares: " + " ".join(f"{s:.3f}" for s in judge["class_share"]["student"]))
     print(f"\neffective NFE of the one-call student: {m['effective_nfe']:.1f}")
     if "energy_distance" in m:
         ed = m["energy_distance"]
@@ -283,6 +349,23 @@ def print_table(m: dict):
     if "within_3_std" in m:
         print(f"samples within 3 std of a mode: student {m['within_3_std']['student']:.3f}, "
               f"teacher {m['within_3_std']['teacher']:.3f}, data {m['within_3_std']['data']:.3f}")
+
+
+def find_judge(args, shape, device):
+    """(judge, reference mean, reference covariance) from --judge or the teacher folder's judge/; None without."""
+    folder = args.judge or (args.teacher and Path(args.teacher, "judge").is_dir() and str(Path(args.teacher, "judge")))
+    if not folder:
+        return None
+    try:
+        judge = metrics.load_judge(folder, device)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # missing file, bad JSON or weights
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise runtime.UsageError(f"--judge {folder} is not a judge folder that teachers.py wrote ({reason})") from None
+    size = judge[0].config["size"]
+    if tuple(shape) != (1, size, size):
+        raise runtime.UsageError(f"--judge {folder} reads 1x{size}x{size} images; the teacher makes "
+                                 f"{'x'.join(map(str, shape))}")
+    return judge
 
 
 def plot_2d(path, arrays, student, fixed_point, grid):
@@ -326,11 +409,11 @@ def save_grid(path, images, rows):
     image.resize((image.width * zoom, image.height * zoom), Image.NEAREST).save(path)
 
 
-def write_pixel_grids(out, teacher, schedule, student, eps):
-    """samples.png: rows of the student (one call), then teacher DDIM-1, 4, 16 and the converged reference."""
-    eps = eps[:8]
-    rows = [boot.sample_student(student, eps)] + [boot.ddim_sample(teacher, eps, schedule=schedule, steps=k) for k in (1, 4, 16)]
-    save_grid(out / "samples.png", torch.cat(rows), rows=len(rows))
+def write_pixel_grids(out, arrays):
+    """samples.png: rows of the student (one call), the teacher's DDIM-1, 4, 16 (those below the reference's
+    steps) and the converged reference, from the same 8 noises."""
+    keys = ["student"] + [f"ddim_{k}" for k in (1, 4, 16) if f"ddim_{k}" in arrays] + ["teacher"]
+    save_grid(out / "samples.png", torch.cat([arrays[key][:8] for key in keys]), rows=len(keys))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -343,6 +426,7 @@ def main(argv=None):
     runtime.check_out(out, allowed=args.resume or args.overwrite, hint="add --resume to continue it, or --overwrite")
     d = runtime.setup(args.device)
     teacher, schedule, student, shape, toy = build(args, d.device)  # fails before anything is written
+    judge = find_judge(args, shape, d.device)
     if args.overwrite and d.main:
         runtime.clear(out, RUN_OUTPUTS)
     if d.main:
@@ -353,24 +437,22 @@ def main(argv=None):
     if not d.main:
         return
     save_file({k: v.contiguous() for k, v in evaluated.state_dict().items()}, out / "student.safetensors")
-    m, arrays = evaluate(args, teacher, schedule, evaluated, shape, d.device, toy)
+    m, arrays = evaluate(args, teacher, schedule, evaluated, shape, d.device, toy, judge)
     m["config"] = vars(args)
     (out / "metrics.json").write_text(json.dumps(m, indent=2))
-    if toy is not None:
-        np.savez(out / "samples.npz", **{k: v.numpy() for k, v in arrays.items()})
-        if shape == (2,):
-            grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing)
-            noise = arrays["noise"][:12].to(d.device)
-            ys = boot.fixed_point(teacher, noise, schedule=schedule, grid=grid.to(d.device), order=args.order)
-            plot_2d(out / "samples.png", arrays, evaluated, ys.cpu(), grid)
-        else:  # digits: rows of data, teacher (converged DDIM) and student (one call)
-            rows = [arrays[key][:16].reshape(16, *toy.shape) for key in ("data", "teacher", "student")]
-            save_grid(out / "samples.png", torch.cat(rows), rows=3)
-    else:
-        write_pixel_grids(out, teacher, schedule, evaluated, arrays["noise"].to(d.device))
+    np.savez(out / "samples.npz", **{k: v.numpy() for k, v in arrays.items()})
+    if toy is None:
+        write_pixel_grids(out, arrays)
+    elif shape == (2,):
+        grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing)
+        noise = arrays["noise"][:12].to(d.device)
+        ys = boot.fixed_point(teacher, noise, schedule=schedule, grid=grid.to(d.device), order=args.order)
+        plot_2d(out / "samples.png", arrays, evaluated, ys.cpu(), grid)
+    else:  # digits: rows of data, teacher (converged DDIM) and student (one call)
+        rows = [arrays[key][:16].reshape(16, *toy.shape) for key in ("data", "teacher", "student")]
+        save_grid(out / "samples.png", torch.cat(rows), rows=3)
     print_table(m)
-    print(f"\nwrote {out}/: metrics.json, samples.png, {'samples.npz, ' if toy is not None else ''}student.safetensors, checkpoints/")
-
+    print(f"\nwrote {out}/: metrics.json, samples.png, samples.npz, student.safetensors, checkpoints/")
 
 if __name__ == "__main__":
     main()
