@@ -484,19 +484,23 @@ def ddim_sample(teacher: Teacher, eps, *, schedule: Schedule, steps: int, cond=N
 
 
 @torch.no_grad()
-def sample_any_t(student, teacher: Teacher, eps, *, schedule: Schedule, grid, j: int, cond=None):
-    """BOOT's own knob, 1 + j calls: one student call to the grid time t_j, x = alpha_j g(eps, t_j) + sigma_j eps,
-    then j teacher DDIM steps down the grid to x_0. j = 0 is sample_student; j = N the teacher's DDIM on the grid
-    (y_T is exact); a perfect student gives the teacher's N-step sampler for every j."""
+def sample_any_t(student, teacher: Teacher, eps, *, schedule: Schedule, grid, j: int, cond=None, order: int = 1):
+    """BOOT's own knob: one student call to the grid time t_j, then j teacher steps of the Signal-ODE down the grid
+    (DDIM, or Heun with order 2): 1 + order j calls. j = 0 is sample_student; at j = N the start is the exact y_T.
+    A perfect student gives the teacher's N-step sampler (fixed_point) for every j."""
     if not 0 <= j < len(grid):
         raise ValueError(f"j must be a grid index in [0, {len(grid) - 1}], got {j}")
-    if j == 0:
-        return sample_student(student, eps, cond)
-    x = eps
-    if j < len(grid) - 1:
-        alpha, sigma, _ = (c[j].to(eps.dtype) for c in schedule.coefficients(grid))
-        x = alpha * student(eps, grid[j].float().expand(eps.shape[0]), cond).to(eps.dtype) + sigma * eps
-    return _ddim_steps(teacher, x, cond, schedule=schedule, grid=grid, k=j)
+    grid, b = grid.to(eps.device), eps.shape[0]
+    table = schedule.coefficients(grid)
+    if j == len(grid) - 1:
+        y = start_signal(eps, alpha_T=table[0][-1].to(eps.dtype), sigma_T=table[1][-1].to(eps.dtype))
+    else:
+        y = student(eps, grid[j].float().expand(b), cond).to(eps.dtype)
+    for k in range(j, 0, -1):
+        at_t, at_s = ([c[i].expand(b) for c in table] for i in (k, k - 1))
+        y = _teacher_step(teacher, y, eps, cond, t=grid[k].expand(b), s=grid[k - 1].expand(b), at_t=at_t, at_s=at_s,
+                          order=order)
+    return y
 
 
 def _ddim_steps(teacher, x, cond, *, schedule, grid, k):

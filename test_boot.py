@@ -657,3 +657,8 @@ def test_any_t_sampling_of_a_perfect_student_is_the_teachers_grid_sampler_for_ev
     assert not _close(boot.sample_any_t(student, teacher, eps, schedule=schedule, grid=grid, j=3), ddim_8, 1e-3)
     with pytest.raises(ValueError, match="grid index"):
         boot.sample_any_t(student, teacher, eps, schedule=schedule, grid=grid, j=9)
+    heun = boot.fixed_point(teacher, eps, schedule=schedule, grid=grid, order=2)
+    perfect = lambda e, t, c=None: heun[(grid[:, None] - t[None].double()).abs().argmin(0)[0]]
+    for j in (1, 5, 8):
+        x = boot.sample_any_t(perfect, teacher, eps, schedule=schedule, grid=grid, j=j, order=2)
+        assert _close(x, heun[0], 1e-9), j

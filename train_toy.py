@@ -279,11 +279,20 @@ def evaluate(args, teacher, schedule, student, shape, device, toy, judge=None):
     student_x = metrics.batched(lambda e: boot.sample_student(student, e), eps, batch)
     curve = {k: metrics.rmse(x, reference, per_pixel) for k, x in ddim.items()}
     student_rmse = metrics.rmse(student_x, reference, per_pixel)
+    # BOOT's any-t sampling: the student to the grid time t_j, then j teacher steps of the training's order.
+    grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing).to(device)
+    js = [j for j in (1, 2, 4, 8, 16, 32) if j < args.bootstrap_steps]
+    with tqdm(total=chunks * args.order * sum(js), desc="any-t sampling", unit="call", dynamic_ncols=True) as bar:
+        any_t = {j: metrics.batched(lambda e: boot.sample_any_t(student, ticking(teacher, bar), e, schedule=schedule,
+                                                                grid=grid, j=j, order=args.order), eps, batch) for j in js}
     speed_eps = eps[:batch or n]
     out = {
         "student_rmse": student_rmse,
         "teacher_ddim_rmse": {str(k): v for k, v in curve.items()},
         "effective_nfe": metrics.effective_nfe(student_rmse, curve),
+        "any_t": [dict(teacher_steps=j, calls=1 + args.order * j, rmse=metrics.rmse(x, reference, per_pixel),
+                       effective_nfe=metrics.effective_nfe(metrics.rmse(x, reference, per_pixel), curve))
+                  for j, x in any_t.items()],
         "samples_per_s": {"student": metrics.samples_per_second(lambda e: boot.sample_student(student, e), speed_eps),
                           **{f"teacher_ddim_{k}": metrics.samples_per_second(
                               lambda e: boot.ddim_sample(teacher, e, schedule=schedule, steps=k), speed_eps, repeats=1)
@@ -335,6 +344,9 @@ def print_table(m: dict):
     if judge:
         print("student's class shares: " + " ".join(f"{s:.3f}" for s in judge["class_share"]["student"]))
     print(f"\neffective NFE of the one-call student: {m['effective_nfe']:.1f}")
+    if m["any_t"]:
+        print("any-t sampling (one student call to t_j, then j teacher steps): " + ", ".join(
+            f"{r['calls']} calls RMSE {r['rmse']:.4f} (NFE {r['effective_nfe']:.1f})" for r in m["any_t"]))
     if "energy_distance" in m:
         ed = m["energy_distance"]
         print(f"energy distance to fresh data: student {ed['student']:.5f}, teacher {ed['teacher']:.5f} "
