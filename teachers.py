@@ -198,6 +198,8 @@ def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
     runtime.check_out(out, allowed=args.resume or args.only is not None, hint="add --resume to continue it")
+    if args.only == "figures" and not ((out / "judge" / "config.json").exists() and (out / "unet").is_dir()):
+        raise runtime.UsageError(f"--only figures: {out} holds no judge/ and unet/ yet; run the other stages first")
     d = runtime.setup(args.device)
     images, labels = load_digits()
     train, held_out = split(args.seed)
