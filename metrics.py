@@ -17,20 +17,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-import boot
-
 DDIM_KS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def rmse(x, ref, per_pixel=False) -> float:
     err = (x.double() - ref.double()).flatten(1).pow(2).sum(1).mean()
     return math.sqrt(err.item() / (x[0].numel() if per_pixel else 1))
-
-
-def ddim_curve(teacher, eps, reference, *, schedule, ks=DDIM_KS, cond=None, per_pixel=False, batch=None):
-    """{k: rmse of the teacher's DDIM-k to the reference}, for the same noise."""
-    return {k: rmse(batched(lambda e: boot.ddim_sample(teacher, e, schedule=schedule, steps=k, cond=cond), eps, batch),
-                    reference, per_pixel) for k in ks}
 
 
 def batched(fn, x, batch=None):

