@@ -469,18 +469,20 @@ def fixed_point(teacher: Teacher, eps, *, schedule: Schedule, grid, cond=None, o
     """What a perfect student returns on the grid: y_T, then one teacher step per grid step down to y_0 (the
     teacher's N-step sampler in signal space). Shape (N + 1, *eps.shape); row k is the signal at t_k."""
     table = schedule.coefficients(grid)
-    ys = [start_signal(eps, alpha_T=table[0][-1].to(eps.dtype), sigma_T=table[1][-1].to(eps.dtype))]
-    for k in range(len(grid) - 1, 0, -1):
-        t, s = grid[k].expand(eps.shape[0]), grid[k - 1].expand(eps.shape[0])
-        at_t, at_s = ([c[i].expand(eps.shape[0]) for c in table] for i in (k, k - 1))
-        ys.append(_teacher_step(teacher, ys[-1], eps, cond, t=t, s=s, at_t=at_t, at_s=at_s, order=order))
-    return torch.stack(ys[::-1])
+    y_T = start_signal(eps, alpha_T=table[0][-1].to(eps.dtype), sigma_T=table[1][-1].to(eps.dtype))
+    return torch.stack(_down_the_grid(teacher, y_T, eps, cond, grid=grid, table=table, k=len(grid) - 1, order=order)[::-1])
 
 
 @torch.no_grad()
 def ddim_sample(teacher: Teacher, eps, *, schedule: Schedule, steps: int, cond=None, spacing="t"):
     """The teacher's reference sampler in x-space: `steps` DDIM steps from x_T = eps down to x_0."""
-    return _ddim_steps(teacher, eps, cond, schedule=schedule, grid=time_grid(schedule, steps, spacing=spacing), k=steps)
+    grid = time_grid(schedule, steps, spacing=spacing).to(eps.device)
+    alpha, sigma, _ = (c.to(eps.dtype) for c in schedule.coefficients(grid))
+    x = eps
+    for k in range(steps, 0, -1):
+        x0 = teacher(x, grid[k].float().expand(eps.shape[0]), cond)
+        x = ddim_step(x_t=x, x0=x0, alpha_t=alpha[k], sigma_t=sigma[k], alpha_s=alpha[k - 1], sigma_s=sigma[k - 1])
+    return x
 
 
 @torch.no_grad()
@@ -490,24 +492,20 @@ def sample_any_t(student, teacher: Teacher, eps, *, schedule: Schedule, grid, j:
     A perfect student gives the teacher's N-step sampler (fixed_point) for every j."""
     if not 0 <= j < len(grid):
         raise ValueError(f"j must be a grid index in [0, {len(grid) - 1}], got {j}")
-    grid, b = grid.to(eps.device), eps.shape[0]
+    grid = grid.to(eps.device)
     table = schedule.coefficients(grid)
     if j == len(grid) - 1:
         y = start_signal(eps, alpha_T=table[0][-1].to(eps.dtype), sigma_T=table[1][-1].to(eps.dtype))
     else:
-        y = student(eps, grid[j].float().expand(b), cond).to(eps.dtype)
-    for k in range(j, 0, -1):
-        at_t, at_s = ([c[i].expand(b) for c in table] for i in (k, k - 1))
-        y = _teacher_step(teacher, y, eps, cond, t=grid[k].expand(b), s=grid[k - 1].expand(b), at_t=at_t, at_s=at_s,
-                          order=order)
-    return y
+        y = student(eps, grid[j].float().expand(eps.shape[0]), cond).to(eps.dtype)
+    return _down_the_grid(teacher, y, eps, cond, grid=grid, table=table, k=j, order=order)[-1]
 
 
-def _ddim_steps(teacher, x, cond, *, schedule, grid, k):
-    """DDIM from x at grid time t_k down to t_0 = 0, one teacher call per step."""
-    grid = grid.to(x.device)
-    alpha, sigma, _ = (c.to(x.dtype) for c in schedule.coefficients(grid))
+def _down_the_grid(teacher, y, eps, cond, *, grid, table, k, order):
+    """[y at t_k, then after each teacher step down the grid, ..., y at t_0]."""
+    b, ys = eps.shape[0], [y]
     for i in range(k, 0, -1):
-        x0 = teacher(x, grid[i].float().expand(x.shape[0]), cond)
-        x = ddim_step(x_t=x, x0=x0, alpha_t=alpha[i], sigma_t=sigma[i], alpha_s=alpha[i - 1], sigma_s=sigma[i - 1])
-    return x
+        at_t, at_s = ([c[m].expand(b) for c in table] for m in (i, i - 1))
+        ys.append(_teacher_step(teacher, ys[-1], eps, cond, t=grid[i].expand(b), s=grid[i - 1].expand(b), at_t=at_t,
+                                at_s=at_s, order=order))
+    return ys
