@@ -128,7 +128,7 @@ class AnchoredNet(torch.nn.Module):
         if unet.config.class_embed_type is not None or unet.config.num_class_embeds:
             raise runtime.UsageError("--init-from-teacher: a class-conditional UNet2DModel cannot take the student's "
                                      "time embedding")
-        self.unet = UNet2DModel.from_config({**unet.config, "class_embed_type": "timestep"}).to(unet.device, unet.dtype)
+        self.unet = UNet2DModel.from_config({**unet.config, "class_embed_type": "timestep"}).to(unet.device)
         self.unet.load_state_dict(unet.state_dict(), strict=False)  # all but the new class_embedding
         torch.nn.init.zeros_(self.unet.class_embedding.linear_2.weight)
         torch.nn.init.zeros_(self.unet.class_embedding.linear_2.bias)
