@@ -95,7 +95,7 @@ _OTHER_SIGMAS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas
 @dataclasses.dataclass(frozen=True)
 class TeacherSchedule:
     """What a diffusers scheduler config says about its teacher, in boot's terms."""
-    schedule: "boot.Schedule"
+    schedule: boot.Schedule  # a string under `from __future__ import annotations`: boot is not imported here
     prediction: str                                      # epsilon | v_prediction | sample
     clip: Optional[Callable[[torch.Tensor], torch.Tensor]]  # x0 -> clipped x0 (clip_sample, thresholding), or None
     scheduler: object                                    # the diffusers scheduler the config built
@@ -143,7 +143,8 @@ def scheduler_from_config(config: dict, *, what: str = "the teacher") -> Teacher
     if config.get("timestep_type", "discrete") != "discrete":
         raise UsageError(f"{what}: {name} with timestep_type={config['timestep_type']!r} is not a discrete-time "
                          "teacher; boot reads discrete variance-preserving schedules only")
-    log, level = logging.getLogger("diffusers"), logging.getLogger("diffusers").level
+    log = logging.getLogger("diffusers")
+    level = log.level
     log.setLevel(logging.ERROR)  # no warning about another class's keys: what matters is refused below, in one line
     try:
         scheduler = cls.from_config(config)
