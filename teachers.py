@@ -26,7 +26,6 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 import boot
-import boot_diffusers
 import metrics
 import runtime
 
@@ -158,13 +157,11 @@ def train_teacher(args, d, images):
 
 
 def load_teacher(folder, device):
-    """(boot teacher, schedule) of a saved pipeline: the DDPM as train_toy.py distils it, x0 clipped as diffusers'
-    DDIM clips it (boot_diffusers)."""
-    from diffusers import UNet2DModel
-    unet = UNet2DModel.from_pretrained(folder, subfolder="unet", use_safetensors=True).to(device).eval()
-    read = boot_diffusers.read_scheduler(folder, subfolder="scheduler", what=f"the teacher in {folder}")
-    net = lambda x, timestep, cond: unet(x, timestep.expand(len(x))).sample
-    return read.finish(boot.denoiser(net, read.schedule, prediction=read.prediction)), read.schedule
+    """(boot teacher, schedule) of a saved pipeline: the DDPM exactly as train_toy.py distils it (x0 clipped as
+    diffusers' DDIM clips it)."""
+    import train_toy
+    unet, read = train_toy.load_pixel_teacher(str(folder), device)
+    return train_toy.pixel_teacher(unet, read), read.schedule
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -290,9 +290,8 @@ def evaluate(args, teacher, schedule, student, shape, device, toy, judge=None):
         "student_rmse": student_rmse,
         "teacher_ddim_rmse": {str(k): v for k, v in curve.items()},
         "effective_nfe": metrics.effective_nfe(student_rmse, curve),
-        "any_t": [dict(teacher_steps=j, calls=1 + args.order * j, rmse=metrics.rmse(x, reference, per_pixel),
-                       effective_nfe=metrics.effective_nfe(metrics.rmse(x, reference, per_pixel), curve))
-                  for j, x in any_t.items()],
+        "any_t": [dict(teacher_steps=j, calls=1 + args.order * j, rmse=err, effective_nfe=metrics.effective_nfe(err, curve))
+                  for j, err in ((j, metrics.rmse(x, reference, per_pixel)) for j, x in any_t.items())],
         "samples_per_s": {"student": metrics.samples_per_second(lambda e: boot.sample_student(student, e), speed_eps),
                           **{f"teacher_ddim_{k}": metrics.samples_per_second(
                               lambda e: boot.ddim_sample(teacher, e, schedule=schedule, steps=k), speed_eps, repeats=1)
