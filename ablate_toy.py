@@ -2,9 +2,11 @@
 
     python ablate_toy.py                  # the 2-D mixture: about 15 minutes on 2 CPU cores; the README's table
     python ablate_toy.py --data digits    # the real-digits teacher: about 30 minutes
+    python ablate_toy.py --data mnist16   # the learned MNIST teacher (teachers/mnist16), 600 steps a row: 45 minutes
 
-Each row is `python train_toy.py --data DATA` with the default flags but for the change it names, written to
-runs/ablate-DATA/<row>; the table reads their metrics.json. Runs go two at a time, one thread each.
+Each row is `python train_toy.py --data DATA` (mnist16: `--teacher teachers/mnist16`) with the default flags but
+for the change it names, written to runs/ablate-DATA/<row>; the table reads their metrics.json. Runs go two at a
+time, one thread each.
 """
 import argparse
 import json
@@ -41,8 +43,19 @@ ROWS_DIGITS = {
     "learning rate 1e-3": ["--lr", "1e-3"],
     "wider, shallower MLP (--width 1024 --depth 4)": ["--width", "1024", "--depth", "4"],
 }
+# The learned teacher: a tenth of the recipe's steps a row (a network teacher costs what it costs), figures on
+# train_toy's CPU defaults (256 noises, DDIM-64) with the teacher's judge.
+ROWS_MNIST = {
+    "default": [],
+    "no target network (--ema 0)": ["--ema", "0"],
+    "first-order teacher step (--order 1)": ["--order", "1"],
+    "uniform grid (--spacing t)": ["--spacing", "t"],
+    "N = 8 (--bootstrap-steps 8)": ["--bootstrap-steps", "8"],
+    "learning rate 5e-4": ["--lr", "5e-4"],
+}
 # Digits: the finite-set teacher costs batch x 1,797 images a call, so its figures use fewer noises.
-DATA = {"mixture": (ROWS_2D, []), "digits": (ROWS_DIGITS, ["--eval-samples", "512", "--reference-steps", "1024"])}
+DATA = {"mixture": (ROWS_2D, []), "digits": (ROWS_DIGITS, ["--eval-samples", "512", "--reference-steps", "1024"]),
+        "mnist16": (ROWS_MNIST, ["--steps", "600"])}
 
 
 def main():
@@ -58,7 +71,8 @@ def main():
         started = {}
         for name, flags in pair:
             out = root / str(list(rows).index(name))
-            cmd = [sys.executable, "train_toy.py", "--data", data, "--out", str(out), "--overwrite", *extra, *flags]
+            teacher = ["--teacher", f"teachers/{data}"] if data == "mnist16" else ["--data", data]
+            cmd = [sys.executable, "train_toy.py", *teacher, "--out", str(out), "--overwrite", *extra, *flags]
             started[name] = (subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
                              time.perf_counter(), out)
         for name, (proc, start, out) in started.items():
@@ -66,12 +80,25 @@ def main():
                 sys.exit(f"error: the run '{name}' failed; rerun it by hand to see why")
             results[name] = (json.loads((out / "metrics.json").read_text()), time.perf_counter() - start)
             print(f"done: {name}", file=sys.stderr)
+    if data == "mnist16":
+        return print_learned(results)
     print("| change from the default | student RMSE | effective NFE | energy distance (student / teacher) | run time |")
     print("|---|---|---|---|---|")
     for name, (m, seconds) in results.items():
         ed = m["energy_distance"]
         print(f"| {name} | {m['student_rmse']:.4f} | {m['effective_nfe']:.1f} | "
               f"{ed['student']:.4f} / {ed['teacher']:.4f} | {seconds:.0f} s |")
+
+
+def print_learned(results):
+    """A learned teacher's table: fidelity to its DDIM-64, and the judge's FD and class shares."""
+    print("| change from the default | student RMSE | effective NFE | FD (student / teacher DDIM-8) | class shares, "
+          "min - max | run time |")
+    print("|---|---|---|---|---|---|")
+    for name, (m, seconds) in results.items():
+        fd, shares = m["judge"]["fd"], m["judge"]["class_share"]["student"]
+        print(f"| {name} | {m['student_rmse']:.4f} | {m['effective_nfe']:.1f} | {fd['student']:.1f} / "
+              f"{fd['teacher_ddim_8']:.1f} | {min(shares):.3f} - {max(shares):.3f} | {seconds:.0f} s |")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench.py                                    # every exact teacher on the CPU (about 20 minutes on 2 cores)
     python bench.py --quick --teachers mixture digits  # smoke run, under a minute
+    python bench.py --teachers mnist16 --json bench_results_learned.json  # the learned MNIST teacher (about 20 minutes)
     python bench.py --device cuda                      # on a GPU, plus the Stable-Diffusion-1.5-shaped step
 
 Prints markdown tables, also written to bench_results.md beside the JSON of all figures (--json). BOOT students
@@ -10,7 +11,9 @@ are trained by train_toy.py's own parse_args/build/train/evaluate, with its defa
    effective NFE on the teacher's DDIM-k curve, mode coverage (digits: classes of the nearest training images).
 2. The baseline BOOT replaces, knowledge distillation (Luhman & Luhman 2021): P offline (noise, teacher DDIM-k)
    pairs, then the same student regressed at t = 0, same optimizer, schedule, steps and batch. Fidelity against
-   teacher calls, counted for both in per-sample teacher evaluations (one call on one sample).
+   teacher calls, counted for both in per-sample teacher evaluations (one call on one sample), and against seconds
+   of this machine (BOOT's training; KD's pairs and training). Learned teachers (networks, teachers.py): also the
+   judge's FD to held-out digits and its class shares.
 3. Speed: one student call against DDIM-k of a teacher network of the student's architecture (an exact teacher
    is a formula: its cost says nothing of distillation); a training step against the sum of its parts.
 4. CUDA only: bench_sd.run, a BOOT step at Stable-Diffusion-1.5 shape, with and without gradient checkpointing.
@@ -42,7 +45,9 @@ import metrics
 import runtime
 import train_toy
 
-TEACHERS = exact.TOYS + ("digits",)
+LEARNED = {"mnist16": "teachers/mnist16"}  # committed network teachers (teachers.py): name -> folder
+EXACT = exact.TOYS + ("digits",)
+TEACHERS = EXACT + tuple(LEARNED)
 FRACTIONS = (16, 4, 1)              # BOOT budgets: the recipe's steps divided by these, a run each
 KD_PAIRS = ((1024, 8), (8192, 64))  # the baseline's (P pairs, teacher DDIM-k): a cheap one, a faithful one
 # CPU budgets, caps on train_toy's defaults (the tables print the flags; a GPU runs the defaults). An exact
@@ -52,10 +57,16 @@ CPU_EVAL = {"--eval-samples": 1024, "--reference-steps": 1024}
 CPU_CAPS = {"mixture": CPU_EVAL, "unequal": CPU_EVAL,
             "checkerboard": CPU_EVAL | {"--steps": 2000, "--batch-size": 256, "--eval-samples": 512},
             "spiral": CPU_EVAL | {"--steps": 2000, "--batch-size": 256, "--eval-samples": 512},
-            "digits": CPU_EVAL | {"--eval-samples": 512}}
+            "digits": CPU_EVAL | {"--eval-samples": 512},
+            # A network teacher: a call costs what it costs (a tenth of a second a batch here); train_toy sizes its
+            # evaluation to the device (256 noises, DDIM-64 on the CPU).
+            "mnist16": {"--steps": 600}}
+LEARNED_KD = ((1024, 8), (2048, 32))  # learned teachers: a call costs what it costs (2,048 DDIM-32: 2 CPU minutes)
 QUICK = ["--steps", "24", "--batch-size", "64", "--eval-samples", "64", "--reference-steps", "256"]
 QUICK_KD = ((64, 2), (128, 4))
-TARGETS = {"effective_nfe_2d": 16, "effective_nfe_digits": 8, "step_over_floor": 1.1, "speedup_over_k": 0.9}
+QUICK_LEARNED = ["--steps", "16", "--batch-size", "8", "--eval-samples", "16", "--reference-steps", "8"]
+TARGETS = {"effective_nfe_2d": 16, "effective_nfe_digits": 8, "effective_nfe_learned": 8, "step_over_floor": 1.1,
+           "speedup_over_k": 0.9}
 CALLS = ("per-sample teacher evaluations (one teacher call on one sample): a BOOT step costs "
          "batch x jump x order (+ batch with --boundary loss), a KD baseline P x k")
 
@@ -68,8 +79,9 @@ def parse_args(argv):
     p = runtime.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny budgets: checks the pieces in under a minute, not the figures")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
-    p.add_argument("--teachers", nargs="+", choices=TEACHERS, default=list(TEACHERS), metavar="NAME",
-                   help=f"exact teachers to measure, any of: {' '.join(TEACHERS)}")
+    p.add_argument("--teachers", nargs="+", choices=TEACHERS, default=list(EXACT), metavar="NAME",
+                   help=f"teachers to measure, any of: {' '.join(TEACHERS)} (default: the exact ones, "
+                        f"{' '.join(EXACT)})")
     p.add_argument("--json", default="bench_results.json", help="where the figures go; the markdown goes beside it (.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run: initial weights, noises, pairs")
     return p.parse_args(argv)
@@ -77,9 +89,10 @@ def parse_args(argv):
 
 def recipe_flags(name, opts, device) -> list:
     """train_toy flags for one teacher: its defaults, within the budget of this kind of run."""
-    flags = ["--data", name, "--seed", str(opts.seed), "--device", str(device)]
+    source = ["--teacher", LEARNED[name]] if name in LEARNED else ["--data", name]
+    flags = source + ["--seed", str(opts.seed), "--device", str(device)]
     if opts.quick:
-        return flags + QUICK
+        return flags + (QUICK_LEARNED if name in LEARNED else QUICK)
     if device.type != "cpu":
         return flags
     defaults = vars(train_toy.parse_args(flags + ["--out", "unused"]))
@@ -114,8 +127,19 @@ def train_kd(args, d, student, noise, target, out):
     return (ema.module if ema is not None else student).eval()
 
 
+def scored(student, noise, reference, curve, per_pixel, judge) -> dict:
+    """RMSE and effective NFE of a one-call student on the evaluation's noise; with a judge, FD and class shares."""
+    x = metrics.batched(lambda e: boot.sample_student(student, e), noise, 256)
+    err = metrics.rmse(x, reference, per_pixel)
+    row = dict(rmse=err, effective_nfe=metrics.effective_nfe(err, curve))
+    if judge is not None:
+        row |= {key: value["student"] for key, value in train_toy.judged(judge, {"student": x}).items()}
+    return row
+
+
 def fidelity(name, opts, d, tmp):
-    """BOOT at a few budgets, KD at a few (P, k), all scored on the noise and reference of the full BOOT run."""
+    """BOOT at a few budgets, KD at a few (P, k), all scored on the noise and reference of the full BOOT run;
+    each with the seconds it took here (KD: its pairs and its training)."""
     flags = recipe_flags(name, opts, d.device)
     full = train_toy.parse_args(flags + ["--out", f"{tmp}/unused"])
     boot_rows, kd_rows = [], []
@@ -123,26 +147,29 @@ def fidelity(name, opts, d, tmp):
         say(f"{name}: BOOT, {steps} steps")
         args = train_toy.parse_args(flags + ["--steps", str(steps), "--out", f"{tmp}/{name}-boot-{steps}"])
         teacher, schedule, student, shape, toy = train_toy.build(args, d.device)
+        start = time.perf_counter()
         student = train_toy.train(args, d, teacher, schedule, student, shape)
+        seconds = time.perf_counter() - start
         if steps == full.steps:
             say(f"{name}: evaluating (converged reference, DDIM-k curve)")
-            final, arrays = train_toy.evaluate(args, teacher, schedule, student, shape, d.device, toy)
+            judge = train_toy.find_judge(args, shape, d.device) if toy is None else None
+            final, arrays = train_toy.evaluate(args, teacher, schedule, student, shape, d.device, toy, judge)
             noise, reference = arrays["noise"].to(d.device), arrays["teacher"].to(d.device)
             curve = {int(k): v for k, v in final["teacher_ddim_rmse"].items()}
             per_pixel = shape != (2,)  # as evaluate: images per pixel, 2-D points per sample
-        err = metrics.rmse(boot.sample_student(student, noise), reference, per_pixel)
-        boot_rows.append(dict(steps=steps, teacher_calls=boot_teacher_calls(args), rmse=err,
-                              effective_nfe=metrics.effective_nfe(err, curve)))
+        boot_rows.append(dict(steps=steps, teacher_calls=boot_teacher_calls(args), seconds=seconds,
+                              **scored(student, noise, reference, curve, per_pixel, judge)))
     gen = torch.Generator().manual_seed(opts.seed + 100)  # pair noises apart from the evaluation's (seed + 1)
-    for pairs, k in QUICK_KD if opts.quick else KD_PAIRS:
+    for pairs, k in QUICK_KD if opts.quick else LEARNED_KD if name in LEARNED else KD_PAIRS:
         say(f"{name}: KD, {pairs} pairs of teacher DDIM-{k}")
+        start = time.perf_counter()
         x = torch.randn(pairs, *shape, generator=gen).to(d.device)
-        target = metrics.batched(lambda e: boot.ddim_sample(teacher, e, schedule=schedule, steps=k), x, 1024)
+        target = metrics.batched(lambda e: boot.ddim_sample(teacher, e, schedule=schedule, steps=k), x,
+                                 1024 if toy is not None else train_toy.eval_sizes(full, d.device, schedule)[2])
         student = train_toy.build(full, d.device)[2]  # seeded by --seed: the initial weights of BOOT's student
         student = train_kd(full, d, student, x, target, f"{tmp}/{name}-kd-{pairs}x{k}")
-        err = metrics.rmse(boot.sample_student(student, noise), reference, per_pixel)
-        kd_rows.append(dict(pairs=pairs, k=k, teacher_calls=pairs * k, rmse=err,
-                            effective_nfe=metrics.effective_nfe(err, curve)))
+        kd_rows.append(dict(pairs=pairs, k=k, teacher_calls=pairs * k, seconds=time.perf_counter() - start,
+                            **scored(student, noise, reference, curve, per_pixel, judge)))
     return dict(recipe=vars(full) | {"out": None}, flags=flags, final=final, boot=boot_rows, kd=kd_rows,
                 verdict=verdict(boot_rows, kd_rows))
 
@@ -223,14 +250,15 @@ def step_cost(flags, opts, d, tmp) -> dict:
         boot.boot_loss(student, recorder, eps, schedule=schedule, grid=grid, config=config, k=k)
     rows = 2 if args.boundary == "loss" else 1  # the loss boundary runs the student on both halves at once
     optimizer, _, ema = train_toy.optimization(args, student)
-    target = torch.randn_like(eps.repeat(rows, 1))
+    both = lambda x: x.repeat(rows, *[1] * (x.dim() - 1))  # the batch, once or twice
+    target = torch.randn_like(both(eps))
 
     def teacher_calls():
         for x, t_ in captured:
             teacher(x, t_)
 
     def student_train():  # as runtime.Trainer: forward, backward, clip, Adam, and the EMA's update when on
-        loss = (student(eps.repeat(rows, 1), s.repeat(rows)) - target).pow(2).mean()
+        loss = (student(both(eps), s.repeat(rows)) - target).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -290,6 +318,29 @@ def table(head: str, rows) -> list:
     return [f"| {head} |", "|" + "---|" * (head.count("|") + 1)] + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def learned_section(fid) -> list:
+    """Learned teachers: the one-call student against the teacher's own DDIM-k, by the judge and the clock."""
+    if not fid:
+        return []
+    out = ["\n### Learned teachers (networks that teachers.py trained): judged, and timed as they run\n",
+           "FD: the judge's Frechet distance to its held-out digits; class shares: the judge's classes (uniform: 0.100). "
+           "Samples/s: one student call and the teacher's own DDIM-k, the same batch on this machine.\n"]
+    rows = []
+    for name, f in fid.items():
+        a, m = f["recipe"], f["final"]
+        fd, shares, speed = m["judge"]["fd"], m["judge"]["class_share"], m["samples_per_s"]
+        samplers = [("student, 1 call", "student", m["student_rmse"], mark(m["effective_nfe"], TARGETS["effective_nfe_learned"], "{:.1f}"))]
+        samplers += [(f"teacher DDIM-{k}", f"teacher_ddim_{k}", v, "") for k, v in m["teacher_ddim_rmse"].items()]
+        for label, key, err, nfe in samplers:
+            rows.append([name if key == "student" else "", f"{a['steps']} x {a['batch_size']}, N {a['bootstrap_steps']}"
+                         if key == "student" else "", label, f"{err:.4f}", nfe, f"{fd[key]:.1f}",
+                         f"{min(shares[key]):.3f} - {max(shares[key]):.3f}", f"{speed[key]:,.0f}"])
+        rows.append(["", "", m["reference"], "0", "", f"{fd['reference']:.1f}",
+                     f"{min(shares['reference']):.3f} - {max(shares['reference']):.3f}", ""])
+    return out + table("teacher | steps x batch, N | sampler | RMSE | effective NFE | FD | class shares, min - max | "
+                       "samples/s", rows)
+
+
 def report(r) -> str:
     fid = r["fidelity"]
     out = [f"# BOOT benchmark{' (QUICK smoke run: budgets far too small for meaningful figures)' if r['quick'] else ''}\n",
@@ -299,17 +350,19 @@ def report(r) -> str:
            "; ".join(f"{n}: `{' '.join(f['flags'][2:])}`" for n, f in fid.items()),
            "\n## Fidelity of the one-call student (RMSE to the teacher's converged DDIM, same noise)\n",
            "Effective NFE: the k at which the teacher's own DDIM-k curve reaches the student's RMSE "
-           "(log-interpolated). Mode: the label of the nearest mixture mean or training point.\n"]
-    rows = []
-    for name, f in fid.items():
+           "(log-interpolated).\n"]
+    rows, exact_fid = [], {n: f for n, f in fid.items() if n not in LEARNED}
+    for name, f in exact_fid.items():
         a, m, share = f["recipe"], f["final"], f["final"]["mode_share"]
         target = TARGETS["effective_nfe_digits" if name == "digits" else "effective_nfe_2d"]
         rows.append([name, f"{a['steps']} x {a['batch_size']}, {a['bootstrap_steps']}, {a['jump']}, {a['order']}",
                      f"{m['student_rmse']:.4f}", f"{m['teacher_ddim_rmse']['8']:.4f} / {m['teacher_ddim_rmse']['16']:.4f}",
                      mark(m["effective_nfe"], target, "{:.1f}"),
                      f"{min(s / p for s, p in zip(share['student'], share['data']) if p > 0):.2f}"])
-    out += table("teacher | steps x batch, N, jump, order | student RMSE | DDIM-8 / DDIM-16 RMSE | effective NFE | "
-                 "least-covered mode (share / data share)", rows)
+    if rows:
+        out += ["Exact teachers. Mode: the label of the nearest mixture mean or training point.\n"] + table("teacher | steps x batch, N, jump, order | student RMSE | DDIM-8 / DDIM-16 RMSE | effective NFE | "
+                     "least-covered mode (share / data share)", rows)
+    out += learned_section({n: f for n, f in fid.items() if n in LEARNED})
     if "digits" in fid:
         shares = {who: " ".join(f"{v:.2f}" for v in fid["digits"]["final"]["mode_share"][who]) for who in ("student", "data")}
         out.append(f"\ndigits, share of each class 0-9 among the labels of the training images nearest to the samples: "
@@ -327,21 +380,24 @@ def report(r) -> str:
         for name, f in fid.items()])
     out += ["\n## BOOT against knowledge distillation (Luhman & Luhman 2021): fidelity per teacher call\n",
             "KD: the same student, optimizer, schedule, steps and batch as BOOT's largest budget, regressed at "
-            "t = 0 on P offline pairs of (noise, teacher DDIM-k from it).\n"]
-    cells = lambda b: [f"{b['teacher_calls']:,}", f"{b['rmse']:.4f}", f"{b['effective_nfe']:.1f}"]
+            "t = 0 on P offline pairs of (noise, teacher DDIM-k from it). Seconds on this machine: BOOT's training; "
+            "KD's pairs and training. FD: learned teachers' judge, to its held-out digits.\n"]
+    cells = lambda b: [f"{b['teacher_calls']:,}", f"{b['seconds']:.0f}", f"{b['rmse']:.4f}", f"{b['effective_nfe']:.1f}",
+                       f"{b['fd']:.1f}" if "fd" in b else "-"]
     rows = []
     for name, f in fid.items():
         rows += [[name, "BOOT", f"{b['steps']:,} steps"] + cells(b) for b in f["boot"]]
         rows += [[name, "KD", f"{b['pairs']:,} pairs of DDIM-{b['k']}"] + cells(b) for b in f["kd"]]
-    out += table("teacher | method | budget | teacher calls | RMSE | effective NFE", rows)
+    out += table("teacher | method | budget | teacher calls | seconds | RMSE | effective NFE | FD", rows)
     out += [""] + [f"- {name}: BOOT reaches KD's best with fewer teacher calls? {f['verdict']['text']}" for name, f in fid.items()]
-    out += ["\n## Sampling: one student call against DDIM-k of a teacher network of the student's architecture\n",
-            "An exact teacher is a formula, not a network: its own DDIM-k speeds are in the JSON "
-            "(fidelity.NAME.final.samples_per_s). Medians of interleaved rounds.\n"]
-    out += table("student (batch) | k | DDIM-k samples/s | student samples/s | speed-up | speed-up / k", [
-        [f"{label}: {sp['student']} ({sp['batch']})", str(k), f"{v['samples_per_s']:,.0f}", f"{sp['student_samples_per_s']:,.0f}",
-         f"{v['speedup']:.1f}", mark(v["speedup_over_k"], TARGETS["speedup_over_k"])]
-        for label, sp in r["sampling"].items() for k, v in sp["ddim"].items()])
+    if r["sampling"]:  # exact teachers (learned ones: their real DDIM-k, in their own table)
+        out += ["\n## Sampling: one student call against DDIM-k of a teacher network of the student's architecture\n",
+                "An exact teacher is a formula, not a network: its own DDIM-k speeds are in the JSON "
+                "(fidelity.NAME.final.samples_per_s). Medians of interleaved rounds.\n"]
+        out += table("student (batch) | k | DDIM-k samples/s | student samples/s | speed-up | speed-up / k", [
+            [f"{label}: {sp['student']} ({sp['batch']})", str(k), f"{v['samples_per_s']:,.0f}",
+             f"{sp['student_samples_per_s']:,.0f}", f"{v['speedup']:.1f}", mark(v["speedup_over_k"], TARGETS["speedup_over_k"])]
+            for label, sp in r["sampling"].items() for k, v in sp["ddim"].items()])
     out += ["\n## Training step against its floor (teacher calls + student call + student forward/backward/Adam)\n",
             "The parts are timed apart (medians of interleaved rounds; the teacher on the inputs of a real step); the "
             "whole step is train_toy.train's own, read from its log after its first 50 steps, after each round of parts; "
@@ -376,7 +432,8 @@ def main(argv=None):
             r["fidelity"][name] = fidelity(name, opts, d, tmp)
             say(f"{name}: timing the training step")
             r["step"][name] = in_fresh_process(step_cost, recipe_flags(name, opts, d.device), opts, d, tmp)
-        groups = {"2-D": [n for n in opts.teachers if n != "digits"], "digits": [n for n in opts.teachers if n == "digits"]}
+        groups = {"2-D": [n for n in opts.teachers if n not in ("digits", *LEARNED)],  # learned: in train_toy's figures
+                  "digits": [n for n in opts.teachers if n == "digits"]}
         for label, names in groups.items():  # one student architecture each
             if names:
                 say(f"{label}: timing sampling")

@@ -76,12 +76,15 @@ def test_recipe_is_train_toys_own_and_teacher_calls_follow_it(quick):
 
 def test_cpu_budgets_only_ever_lower_train_toys_defaults():
     opts = bench.parse_args([])
+    assert opts.teachers == list(bench.EXACT), "the default run: the exact teachers"
     for name in bench.TEACHERS:
-        defaults = train_toy.parse_args(["--data", name, "--out", "unused"])
+        source = ["--teacher", bench.LEARNED[name]] if name in bench.LEARNED else ["--data", name]
+        defaults = train_toy.parse_args(source + ["--out", "unused"])
         capped = train_toy.parse_args(bench.recipe_flags(name, opts, torch.device("cpu")) + ["--out", "unused"])
         for key, value in vars(capped).items():
             assert value == getattr(defaults, key) or key in ("device", "out") or value < getattr(defaults, key)
         assert bench.recipe_flags(name, opts, torch.device("cuda"))[6:] == []  # a GPU runs the defaults
+    assert bench.recipe_flags("mnist16", opts, torch.device("cpu"))[:2] == ["--teacher", "teachers/mnist16"]
 
 
 def test_speed_figures_are_positive_and_consistent(quick):
@@ -149,3 +152,20 @@ def test_bad_flags_get_one_line_and_a_nonzero_exit(argv, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "error" in err
+
+
+def test_a_learned_teacher_is_judged_and_timed_as_it_runs(tmp_path):
+    path = tmp_path / "learned.json"
+    bench.main(["--quick", "--device", "cpu", "--teachers", "mnist16", "--json", str(path)])
+    r, markdown = json.loads(path.read_text()), path.with_suffix(".md").read_text()
+    f = r["fidelity"]["mnist16"]
+    assert f["flags"][:2] == ["--teacher", "teachers/mnist16"] and f["recipe"]["init_from_teacher"]
+    judge = f["final"]["judge"]
+    for row in f["boot"] + f["kd"]:  # every student on the evaluation's noise, by the judge and the clock
+        assert _sane(row["rmse"]) and _sane(row["fd"]) and row["seconds"] >= 0
+        assert len(row["class_share"]) == 10 and sum(row["class_share"]) == pytest.approx(1)
+    full = max(f["boot"], key=lambda b: b["steps"])
+    assert full["fd"] == pytest.approx(judge["fd"]["student"]) and full["class_share"] == judge["class_share"]["student"]
+    assert r["sampling"] == {} and "## Sampling" not in markdown, "a learned teacher's speeds are its real DDIM-k's"
+    assert "### Learned teachers" in markdown and "below target 8" in markdown
+    assert f"| {judge['fd']['teacher_ddim_4']:.1f} |" in markdown

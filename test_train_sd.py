@@ -1,5 +1,6 @@
 """Tests of train_sd.py, offline on the CPU: a tiny random Stable Diffusion, saved to a temp folder, is the teacher."""
 import json
+import math
 import os
 import string
 import subprocess
@@ -193,6 +194,42 @@ def test_each_examples_w_guides_its_target_and_enters_the_student(tiny_sd, promp
 # Training, resuming, sampling.
 
 
+@pytest.mark.parametrize("ema", [None, "0.9"])
+def test_the_ema_is_the_target_network_with_the_runs_teacher_step_and_grid(ema, tiny_sd, prompts, tmp_path, monkeypatch):
+    losses, students, boot_loss, student_fn = [], [], boot.boot_loss, train_sd.student_fn
+
+    def spy_loss(student, teacher, eps, **kwargs):
+        losses.append(kwargs)
+        return boot_loss(student, teacher, eps, **kwargs)
+
+    def spy_student_fn(model, schedule, prediction, w=None):
+        students.append(model)
+        return student_fn(model, schedule, prediction, w)
+    monkeypatch.setattr(boot, "boot_loss", spy_loss)
+    monkeypatch.setattr(train_sd, "student_fn", spy_student_fn)
+    flags = ["--order", "2", "--spacing", "quadratic", "--validate-every", "1000"] + (["--ema", ema] if ema else [])
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", *flags))
+    schedule = train_sd.load_teacher(tiny_sd, torch.float32, torch.device("cpu")).teacher.schedule
+    assert len(losses) == 2
+    for kwargs in losses:
+        assert kwargs["config"].order == 2
+        torch.testing.assert_close(kwargs["grid"], boot.time_grid(schedule, 4, spacing="quadratic"))
+        assert (kwargs["target_student"] is None) == (ema is None)
+    live = students[0]
+    if ema:  # per step: the live student's loss, then the target network's, a model apart that does not train
+        assert students[:4:2] == [live, live] and students[1] is students[3] is not live and not students[1].training
+    else:
+        assert students[:2] == [live, live]
+    meta = json.loads((tmp_path / "run" / "boot_sd.json").read_text())
+    assert (meta["order"], meta["spacing"], meta["ema"]) == (2, "quadratic", ema and float(ema))
+    any_t, sample_any_t = [], boot.sample_any_t  # sampling with teacher steps: the run's own step and grid
+    monkeypatch.setattr(boot, "sample_any_t", lambda *a, **kw: any_t.append(kw) or sample_any_t(*a, **kw))
+    train_sd.main(["--sample", str(tmp_path / "run"), "--prompts", prompts, "--out", str(tmp_path / "images"),
+                   "--device", "cpu", "--teacher-steps", "2"])
+    assert any_t and all(kw["order"] == 2 for kw in any_t)
+    torch.testing.assert_close(any_t[0]["grid"], boot.time_grid(schedule, 4, spacing="quadratic"))
+
+
 def test_train_writes_a_student_that_reloads_and_resumes_exactly(tiny_sd, prompts, tmp_path, capsys):
     from diffusers import UNet2DConditionModel
     args = ["--guidance-range", "1,4", "--validate-every", "2", "--ckpt-every", "1"]
@@ -206,6 +243,7 @@ def test_train_writes_a_student_that_reloads_and_resumes_exactly(tiny_sd, prompt
     meta = json.loads((run / "boot_sd.json").read_text())
     assert meta["guidance_range"] == [1, 4] and meta["guidance_scale"] == 2.5 and meta["steps"] == 2
     assert meta["resolution"] == RES and meta["validation"]["step"] == 2 and meta["validation"]["prompts"] == 3
+    assert "judged" not in meta and not (run / "figures").exists()  # no judge/ in the teacher: none, and no word
     assert 0 < meta["validation"]["rmse_to_teacher"] < float("inf")
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 2 and torch.isfinite(torch.tensor(records[-1]["loss"]))
@@ -285,7 +323,9 @@ def test_student_trains_in_train_mode_and_is_drawn_in_eval_mode(tiny_sd, prompts
         calls.clear()
         train_sd.main(train_args(tiny_sd, prompts, tmp_path / run, "--validate-every", "1", *extra))
         training, validation = [c for c in calls if not c[0]], [c for c in calls if c[0]]
-        assert training and all(c[1] for c in training) and any(c[2] for c in training)
+        assert training and all(c[1] for c in training if c[2]) and any(c[2] for c in training)
+        target = [c for c in training if not c[1]]  # with --ema, the target network: in eval mode, no gradient
+        assert len(target) == (2 if extra else 0) and not any(c[2] for c in target)
         assert len(validation) == 2 and not any(c[1] or c[2] for c in validation)
 
 
@@ -424,6 +464,113 @@ def test_model_card(tiny_sd, prompts, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Judged figures, with a digit teacher of teachers.py --kind text (barely trained: its numbers mean nothing).
+
+
+DIGIT_FLAGS = ["--kind", "text", "--vae-steps", "3", "--steps", "3", "--judge-steps", "2", "--ckpt-every", "2",
+               "--device", "cpu"]
+JUDGED = ["--dtype", "fp32", "--eval-samples", "10"]  # 10 samples: prompts.txt in turn names every digit once
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    """The teacher, its judge/ and prompts.txt in seconds; its own figures stage skipped (the test recomputes)."""
+    import teachers
+    out = tmp_path_factory.mktemp("digits") / "mnist-t2i"
+    for stage in ("judge", "vae", "teacher"):
+        teachers.main(["--out", str(out), "--only", stage, *DIGIT_FLAGS])
+    return out
+
+
+def digit_args(teacher: Path, out: Path, *extra):
+    return train_args(str(teacher), str(teacher / "prompts.txt"), out, "--validate-every", "1000", *extra)
+
+
+@pytest.fixture(scope="module")
+def digit_run(digits, tmp_path_factory) -> Path:
+    """Two steps over w in [1, 5] with a target network; the judge is the teacher folder's own (the default)."""
+    run = tmp_path_factory.mktemp("digit-run") / "run"
+    train_sd.main(digit_args(digits, run, "--guidance-range", "1,5", "--ema", "0.9", *JUDGED))
+    return run
+
+
+def test_judged_figures_of_the_student_and_every_ddim_k_per_w(digit_run, digits):
+    import teachers
+    judged = json.loads((digit_run / "boot_sd.json").read_text())["judged"]
+    assert (judged["samples"], judged["seed"], judged["step"], judged["dtype"]) == (10, train_sd.JUDGE_SEED, 2, "fp32")
+    assert judged["judge"] == str((digits / "judge").resolve())
+    assert list(judged["guidance"]) == ["1", "2", "3", "5"]  # teachers.FIGURE_WS, all inside [1, 5]
+    for w, row in judged["guidance"].items():
+        assert list(row["teacher_ddim"]) == [str(k) for k in teachers.FIGURE_KS] == ["1", "2", "4", "8", "16", "50"]
+        for figures in [row["student"], *row["teacher_ddim"].values()]:
+            assert 0 <= figures["accuracy"] <= 1 and math.isfinite(figures["fd"]) and figures["fd"] >= 0
+        picture = Image.open(digit_run / row["picture"])
+        assert row["picture"] == f"figures/judged-w{w}.png" and picture.size == (10 * RES, 5 * RES)  # 5 rows, 10 digits
+    card = (digit_run / "student" / "README.md").read_text()
+    assert "| judged | prompted-digit accuracy and FD" in card and "w = 5:" in card
+
+
+def test_judged_figures_are_the_students_and_teachers_own_from_the_same_noise(digit_run, digits):
+    """Recomputed here as teachers.text_figures computes the teacher's: the same noise (seed 1), prompts in turn,
+    decoded to gray, scored by the judge. The bottom row of each picture is the student's sample of each digit."""
+    import metrics
+    import teachers
+    judged = json.loads((digit_run / "boot_sd.json").read_text())["judged"]
+    device = torch.device("cpu")
+    sd = train_sd.load_teacher(str(digits), torch.float32, device)
+    schedule = sd.teacher.schedule
+    judge, *reference = metrics.load_judge(digits / "judge")
+    listed = train_sd.read_prompts(digits / "prompts.txt")
+    texts = listed.read(range(10))
+    labels = torch.tensor([teachers.prompt_digit(t) for t in texts])
+    assert labels.tolist() == list(range(10))
+    encode = train_sd.PromptEncoder(sd, device, warn=False)
+    cond, null = encode(texts), encode([""])
+    eps = torch.randn(10, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    student = train_sd.load_student(digit_run, "--evaluate", device)
+
+    def score(latents):
+        x = teachers.decode(sd.vae, latents)
+        return x, {"accuracy": metrics.judge_classes(judge, x).eq(labels).double().mean().item(),
+                   "fd": metrics.judge_fd(judge, x, *reference)}
+    net = train_sd.teacher_fn(sd.unet, schedule, sd.teacher.prediction)
+    for w, row in judged["guidance"].items():
+        g = train_sd.student_fn(student, schedule, sd.teacher.prediction, torch.full((10,), float(w)))
+        mine, figures = score(boot.sample_student(g, eps, cond))
+        assert row["student"] == pytest.approx(figures, rel=1e-9)
+        teacher = sd.teacher.finish(boot.guided(net, scale=float(w), null_cond=null))
+        for k in (1, 4) if w == "3" else (1,):
+            _, figures = score(boot.ddim_sample(teacher, eps, schedule=schedule, steps=k, cond=cond))
+            assert row["teacher_ddim"][str(k)] == pytest.approx(figures, rel=1e-9)
+        assert row["student"]["fd"] != row["teacher_ddim"]["1"]["fd"]  # the figures tell the samplers apart
+        picture = np.asarray(Image.open(digit_run / row["picture"]))
+        pixels = ((mine[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        np.testing.assert_array_equal(picture[4 * RES:], np.concatenate(list(pixels), axis=1))
+
+
+def test_evaluate_redoes_a_finished_runs_judged_figures_at_its_one_w(digits, tmp_path):
+    run = tmp_path / "run"
+    train_sd.main(digit_args(digits, run, "--guidance-scale", "3", "--steps", "1", *JUDGED))
+    trained = json.loads((run / "boot_sd.json").read_text())["judged"]
+    assert list(trained["guidance"]) == ["3"] and [p.name for p in (run / "figures").iterdir()] == ["judged-w3.png"]
+    picture = (run / "figures" / "judged-w3.png").read_bytes()
+    (run / "figures" / "judged-w3.png").unlink()
+    train_sd.main(["--evaluate", str(run), "--prompts", str(digits / "prompts.txt"), "--device", "cpu", *JUDGED])
+    assert json.loads((run / "boot_sd.json").read_text())["judged"] == trained
+    assert (run / "figures" / "judged-w3.png").read_bytes() == picture
+
+
+@pytest.mark.parametrize("flags, note", [([], "names no single digit"), (["--judge", "none"], None)])
+def test_no_judged_figures_without_digit_prompts_or_with_judge_none(flags, note, digits, prompts, tmp_path, capsys):
+    train_sd.main(train_args(str(digits), prompts, tmp_path / "run", "--steps", "1", "--validate-every", "1000",
+                             *flags))
+    assert "judged" not in json.loads((tmp_path / "run" / "boot_sd.json").read_text())
+    assert not (tmp_path / "run" / "figures").exists()
+    said = capsys.readouterr().out
+    assert ("no judged evaluation" in said) == bool(note) and (note or "") in said
+
+
+# ----------------------------------------------------------------------------------------------------
 # Bad input: one line naming the problem, a non-zero exit, nothing written or overwritten.
 
 
@@ -542,3 +689,29 @@ def test_too_many_validation_prompts(prompts, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         train_sd.main(["--prompts", prompts, "--validation-prompts", str(many), "--out", str(tmp_path / "run")])
     check_failure(stop.value.code, capsys.readouterr().err, "at most 16", tmp_path / "run")
+
+
+@pytest.mark.parametrize("case", ["prompts without a digit", "no judge there", "judge of another size", "--sample",
+                                  "--evaluate with --judge none"])
+def test_bad_judge(case, digits, tiny_sd, prompts, tmp_path, capsys):
+    """A --judge that cannot judge: one line, exit status 2, before anything is written."""
+    judge, digit_prompts, run = str(digits / "judge"), str(digits / "prompts.txt"), tmp_path / "run"
+    before = None
+    if case == "--evaluate with --judge none":  # a finished run, as far as its boot_sd.json goes
+        run.mkdir()
+        (run / "boot_sd.json").write_text(json.dumps({"teacher": str(digits)}))
+        before = {"boot_sd.json": (run / "boot_sd.json").read_bytes()}
+    argv, expected = {
+        "prompts without a digit": (train_args(str(digits), prompts, run, "--judge", judge), "names no single digit"),
+        "no judge there": (train_args(str(digits), digit_prompts, run, "--judge", tmp_path / "nowhere"),
+                           "does not load"),
+        "judge of another size": (train_args(tiny_sd, digit_prompts, run, "--judge", judge, "--resolution", "32"),
+                                  "reads 16-pixel images, this run draws 32"),
+        "--sample": (["--sample", str(run), "--prompts", digit_prompts, "--judge", judge], "not of --sample"),
+        "--evaluate with --judge none": (["--evaluate", str(run), "--prompts", digit_prompts, "--judge", "none",
+                                          "--device", "cpu"], "nothing to evaluate"),
+    }[case]
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(argv)
+    assert stop.value.code == 2
+    check_failure(stop.value.code, capsys.readouterr().err, expected, run, before=before)

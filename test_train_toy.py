@@ -20,8 +20,9 @@ import train_toy
 
 torch.set_num_threads(1)
 HERE = Path(__file__).resolve().parent
-TINY = ["--steps", "20", "--batch-size", "64", "--width", "32", "--depth", "2", "--eval-samples", "128",
-        "--reference-steps", "64", "--device", "cpu", "--warmup", "2"]
+PIXEL_TINY = ["--steps", "20", "--batch-size", "64", "--eval-samples", "128", "--reference-steps", "64", "--device",
+              "cpu", "--warmup", "2"]
+TINY = PIXEL_TINY + ["--width", "32", "--depth", "2"]  # pixel students from the teacher take no width or depth
 
 
 def run_cli(*args):
@@ -93,6 +94,8 @@ def test_every_exact_teacher_runs(tmp_path, data):
     (["--device", "cuda:0"], "no CUDA device"),
     (["--reference-steps", "2"], "--reference-steps: at least 3"),
     (["--judge", "somewhere"], "--judge: needs a pixel --teacher"),
+    (["--init-from-teacher"], "--init-from-teacher: needs a pixel --teacher"),
+    (["--teacher", "t", "--width", "32"], "--width: the student from the teacher has the teacher's architecture"),
 ])
 def test_bad_flags_get_one_line_and_write_nothing(tmp_path, args, message):
     if "cuda" in args and torch.cuda.is_available():
@@ -105,7 +108,7 @@ def test_bad_flags_get_one_line_and_write_nothing(tmp_path, args, message):
 def test_a_folder_that_is_not_a_diffusers_model_is_refused(tmp_path):
     (tmp_path / "not-a-model").mkdir()
     (tmp_path / "not-a-model" / "config.json").write_text("{}")
-    code, _, err = run_cli("--teacher", tmp_path / "not-a-model", "--out", tmp_path / "run", *TINY)
+    code, _, err = run_cli("--teacher", tmp_path / "not-a-model", "--out", tmp_path / "run", *PIXEL_TINY)
     assert code == 2 and "is not a loadable diffusers UNet2DModel" in err and err.strip().count("\n") == 0
     assert not (tmp_path / "run").exists()
 
@@ -134,9 +137,9 @@ def _tiny_ddpm(folder: Path, prediction: str, flat: bool, channels=3, size=8):
 def test_pixel_teacher_from_a_diffusers_folder(tmp_path, prediction, flat, init):
     _tiny_ddpm(tmp_path / "ddpm", prediction, flat)
     out = tmp_path / "run"
-    args = ["--teacher", str(tmp_path / "ddpm"), "--out", str(out), "--bootstrap-steps", "10", "--jump", "2", *TINY,
-            "--width", "16", "--eval-samples", "16", "--steps", "4", "--batch-size", "4"]
-    train_toy.main(args + (["--init-from-teacher"] if init else []))
+    args = ["--teacher", str(tmp_path / "ddpm"), "--out", str(out), "--bootstrap-steps", "10", "--jump", "2",
+            *PIXEL_TINY, "--eval-samples", "16", "--steps", "4", "--batch-size", "4"]
+    train_toy.main(args + ([] if init else ["--no-init-from-teacher", "--width", "16"]))  # on by default for pixel teachers
     m = json.loads((out / "metrics.json").read_text())
     assert m["rmse"] == "per-pixel" and m["reference"] == "teacher DDIM-64 from the same noise"
     from PIL import Image
@@ -159,7 +162,8 @@ def test_pixel_teacher_is_called_at_its_training_timesteps_with_its_own_conversi
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 def test_student_from_the_teacher_starts_as_the_teacher_read_at_lambda_zero_for_every_t(tmp_path, prediction):
     _tiny_ddpm(tmp_path / "ddpm", prediction, flat=False)
-    args = train_toy.parse_args(["--teacher", str(tmp_path / "ddpm"), "--init-from-teacher", "--out", str(tmp_path / "r")])
+    args = train_toy.parse_args(["--teacher", str(tmp_path / "ddpm"), "--out", str(tmp_path / "r")])
+    assert args.init_from_teacher, "the pixel default"
     teacher, schedule, student, shape, _ = train_toy.build(args, "cpu")
     anchor = student.net.timestep.item()
     t_a = torch.tensor([(anchor + 1) / schedule.train_steps] * 4)
@@ -198,7 +202,7 @@ def judged_run(tmp_path_factory):
     _judge(root / "ddpm" / "judge")
     out, printed, progress = root / "run", io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(progress):
-        train_toy.main(["--teacher", str(root / "ddpm"), "--out", str(out), *TINY, "--width", "16", "--steps", "2",
+        train_toy.main(["--teacher", str(root / "ddpm"), "--out", str(out), *PIXEL_TINY, "--steps", "2",
                         "--batch-size", "4", "--eval-samples", "300", "--reference-steps", "8", "--bootstrap-steps", "10"])
     return root, out, printed.getvalue(), progress.getvalue()
 
@@ -270,6 +274,6 @@ def test_a_judge_is_found_in_the_teacher_folder_or_named_and_checked_before_anyt
     assert train_toy.find_judge(args, (1, 16, 16), "cpu")[0].config["size"] == 16
     for judge, message in ((tmp_path / "judge16", "reads 1x16x16 images; the teacher makes 3x8x8"),
                            (tmp_path, "is not a judge folder that teachers.py wrote")):
-        code, _, err = run_cli("--teacher", tmp_path / "rgb8", "--judge", judge, "--out", tmp_path / "run", *TINY)
+        code, _, err = run_cli("--teacher", tmp_path / "rgb8", "--judge", judge, "--out", tmp_path / "run", *PIXEL_TINY)
         assert code == 2 and message in err and err.strip().count("\n") == 0 and "Traceback" not in err
         assert not (tmp_path / "run").exists()

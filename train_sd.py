@@ -3,6 +3,7 @@
     python train_sd.py --prompts prompts.txt                        # SD 1.5 teacher, writes runs/sd
     python train_sd.py --prompts prompts.txt --guidance-range 2,8   # one student for every w in [2, 8]
     python train_sd.py --sample runs/sd --prompts mine.txt          # one UNet call per batch of images
+    python train_sd.py --evaluate runs/mnist --prompts teachers/mnist-t2i/prompts.txt   # judged figures of a digit run
 
 boot.py is the algorithm, runtime.py the run (checkpoints, --resume, signals, non-finite steps, torchrun);
 this file adapts diffusers to them. The student is a copy of the teacher's UNet that reads eps in place of
@@ -20,6 +21,9 @@ x_t and trains in the VAE's latent space (BOOT.md section 4). Conventions, state
   a model card; StableDiffusionPipeline with these two draws the same images as --sample, in one UNet call.
 - Prompts are read from the file when a batch needs them and encoded per batch: memory does not grow with
   the file (a million prompts cost 16 MB of offsets).
+- Judged figures (a digit teacher of teachers.py --kind text, whose judge/ is a digit classifier): at the end of
+  training, or with --evaluate RUN, the student's one call and the teacher's guided DDIM-k, from the same fixed
+  noise and prompts, scored by the judge (prompted-digit accuracy, FD to the held-out digits), per judged w.
 diffusers and transformers are imported where they are used: they take seconds, and bad input should not.
 """
 import argparse
@@ -47,10 +51,14 @@ from runtime import UsageError
 DEFAULT_TEACHER = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GUIDANCE_DIM = 256  # width of the student's guidance embedding, as in LCM
-RUN_OUTPUTS = ("checkpoints", "validation", "student", "boot_sd.json", "log.jsonl")  # what --overwrite clears
+RUN_OUTPUTS = ("checkpoints", "validation", "figures", "student", "boot_sd.json", "log.jsonl")  # --overwrite clears
 VALIDATION_IMAGES = 4  # prompts of the validation picture by default (the first training prompts)
 MAX_VALIDATION_IMAGES = 16  # a --validation-prompts file may hold up to this many
 UNSUPPORTED_UNET = ("addition_embed_type", "class_embed_type")  # conditioning beyond text embeddings (SDXL's)
+JUDGE_SEED = 1  # the noise of every judged evaluation, whatever the run's seed: teachers.py's figures' (seed 0 + 1)
+JUDGE_BATCH = 250  # samples per network call in the judged evaluation, as teachers.py's figures
+PICTURE_KS = (1, 4, 16, 50)  # the teacher's rows of a judged picture, above the student's
+EVAL_SAMPLES = {"cuda": 500, "cpu": 100}  # default --eval-samples: 500 as the teacher's figures; ~1 min on 2 CPU cores
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -263,13 +271,18 @@ def autocast(device, dtype):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
-def boot_sd_loss(model, teacher, *, eps, cond, w, k, schedule, grid, prediction, null_cond, dtype, finish=None):
+def boot_sd_loss(model, teacher, *, eps, cond, w, k, schedule, grid, prediction, null_cond, dtype, finish=None,
+                 target=None, order=1):
     """One BOOT loss under autocast: each example's w guides its teacher target and enters the student.
-    finish: the teacher's x0 clipping, applied to the guided x0 as diffusers does (TeacherSchedule.finish)."""
+    finish: the teacher's x0 clipping, applied to the guided x0 as diffusers does (TeacherSchedule.finish).
+    target: the UNet that makes the bootstrap targets (the EMA: a target network), else the student itself;
+    order 2: Heun's teacher step (two guided teacher calls)."""
     with autocast(eps.device, dtype):
         student, guided = student_fn(model, schedule, prediction, w), boot.guided(teacher, scale=w, null_cond=null_cond)
         guided = guided if finish is None else finish(guided)
-        return boot.boot_loss(student, guided, eps, schedule=schedule, grid=grid, cond=cond, k=k)
+        target_student = None if target is None else student_fn(target, schedule, prediction, w)
+        return boot.boot_loss(student, guided, eps, schedule=schedule, grid=grid, cond=cond, k=k,
+                              config=boot.BootConfig(order=order), target_student=target_student)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -318,6 +331,14 @@ def model_card(meta: dict, student: str, g: boot.TeacherStudent) -> str:
                f"(the teacher's latents: RMS {val['teacher_rms']:.4g}), {val['prompts']} prompts at w = {w}, "
                f"step {val['step']}; picture `validation/step-{val['step']:08d}.png` of the run (teacher above, "
                "student below)") if val else "none measured"
+    judged = meta.get("judged")
+    if judged:  # a digit teacher's judge: the student against the teacher's DDIM-k of most steps
+        last = lambda row: max(row["teacher_ddim"], key=int)
+        scores = "; ".join(f"w = {w}: {r['student']['accuracy']:.3f} and {r['student']['fd']:.1f} (teacher "
+                           f"DDIM-{last(r)}: {r['teacher_ddim'][last(r)]['accuracy']:.3f} and "
+                           f"{r['teacher_ddim'][last(r)]['fd']:.1f})" for w, r in judged["guidance"].items())
+        judged = (f"| judged | prompted-digit accuracy and FD to held-out digits, {judged['samples']} samples, "
+                  f"step {judged['step']}: {scores}; pictures in `figures/` of the run |\n")
     return f"""---
 library_name: diffusers
 {base}tags:
@@ -343,7 +364,7 @@ an image in one UNet call.
 | grid | {n} steps: the student's fixed point is the teacher's DDIM-{n} (trailing timesteps) |
 | resolution | {meta['resolution']} x {meta['resolution']} pixels |
 | validation | {figures} |
-
+{judged or ""}
 ## Use
 
 With diffusers and `boot_diffusers.py` (one small file of the boot repository):
@@ -363,6 +384,148 @@ Or `python train_sd.py --sample RUN --prompts FILE` in the boot repository (the 
   the pipeline then runs no classifier-free guidance of its own and calls the UNet once.
 - The latents decode with the teacher's VAE, or an AutoencoderTiny (`madebyollin/taesd` for SD 1.x and 2.x).
 """
+
+
+# ----------------------------------------------------------------------------------------------------
+# Judged figures: for a digit teacher (teachers.py --kind text) whose folder holds judge/, a digit classifier.
+
+
+def first_prompt_without_a_digit(prompts: Prompts):
+    """The index of the first prompt that names no single digit (teachers.prompt_digit), or None; read in chunks."""
+    import teachers
+    for start in range(0, len(prompts), 4096):
+        for i, text in enumerate(prompts.read(range(start, min(start + 4096, len(prompts)))), start):
+            if teachers.prompt_digit(text) is None:
+                return i
+    return None
+
+
+def find_judge(args, prompts: Prompts, teacher: str, d, *, required: str = None):
+    """The judge of the judged evaluation, or None: --judge FOLDER, else the teacher folder's judge/ where it has one
+    and every prompt names one digit. An explicit --judge (or `required`, the --evaluate flag that needs one) fails
+    in one line where a prompt names no digit; the teacher's own judge is then skipped with a note."""
+    import metrics
+    if args.judge == "none":
+        if required:
+            raise UsageError(f"{required}: --judge none leaves nothing to evaluate")
+        return None
+    folder = Path(args.judge) if args.judge else Path(teacher) / "judge"
+    explicit = args.judge is not None or required is not None
+    if args.judge is None and not (folder / "config.json").is_file():  # no digit teacher (or a hub id): no judge
+        if required:
+            raise UsageError(f"{required}: its teacher {teacher} has no judge/; pass --judge FOLDER")
+        return None
+    flag = f"--judge {folder}" if args.judge else required or f"{folder}"
+    missing = first_prompt_without_a_digit(prompts)
+    if missing is not None:
+        problem = (f"prompt {prompts.read([missing])[0]!r} (line {prompts.lines[missing]} of --prompts) names no "
+                   "single digit")
+        if explicit:
+            raise UsageError(f"{flag}: the judge scores digits, and {problem}")
+        d.say(f"no judged evaluation: {problem} ({folder} judges digits)")
+        return None
+    judge, mean, cov = loaded(flag, lambda: metrics.load_judge(folder, d.device))
+    return SimpleNamespace(folder=folder.resolve(), judge=judge, reference=(mean, cov), flag=flag, explicit=explicit)
+
+
+def judge_fits(judging, resolution: int, d):
+    """judging where its judge reads images of this resolution; else a one-line error (explicit) or None, noted."""
+    if judging is None or judging.judge.config["size"] == resolution:
+        return judging
+    problem = f"it reads {judging.judge.config['size']}-pixel images, this run draws {resolution}"
+    if judging.explicit:
+        raise UsageError(f"{judging.flag}: {problem}")
+    d.say(f"no judged evaluation: {judging.flag}: {problem}")
+    return None
+
+
+def judged_ws(w: float, guidance_range) -> list:
+    """The w a student is judged at: its one w, or teachers.FIGURE_WS (1, 2, 3, 5) each clamped into its range."""
+    import teachers
+    if guidance_range is None:
+        return [float(w)]
+    lo, hi = guidance_range
+    return sorted({min(max(float(v), lo), hi) for v in teachers.FIGURE_WS})
+
+
+def digit_picture(rows: list, digits: torch.Tensor) -> np.ndarray:
+    """uint8 (len(rows) H, 10 W): in each row of gray images (B, 1, H, W), the first sample of each digit 0 ... 9
+    (mid-gray where no prompt names it)."""
+    height, width = rows[0].shape[-2:]
+    picture = np.full((len(rows) * height, 10 * width), 128, dtype=np.uint8)
+    for r, images in enumerate(rows):
+        pixels = ((images[:, 0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+        for digit in range(10):
+            named = (digits == digit).nonzero()
+            if len(named):
+                picture[r * height:(r + 1) * height, digit * width:(digit + 1) * width] = pixels[named[0, 0]]
+    return picture
+
+
+@torch.no_grad()
+def judge_student(sd, student, judging, prompts: Prompts, *, ws, shape, samples: int, dtype: str, device,
+                  out: Path) -> dict:
+    """For each w: the student's one call and the teacher's guided DDIM-k (k in teachers.FIGURE_KS), from the same
+    noise (seed JUDGE_SEED) and prompts (--prompts in turn), decoded to gray (teachers.decode), scored by the judge
+    in float32 (prompted-digit accuracy, FD to the held-out digits); the networks run under the autocast of dtype
+    (--dtype's name). With the teacher's prompts.txt, as many samples and fp32, the teacher's figures are its
+    figures.json's. Writes out/figures/judged-w{w}.png: rows teacher DDIM-1, 4, 16, 50 and the student, a column
+    per digit."""
+    import metrics
+    import teachers
+    schedule, prediction = sd.teacher.schedule, sd.teacher.prediction
+    texts = prompts.read([i % len(prompts) for i in range(samples)])
+    digits = torch.tensor([teachers.prompt_digit(t) for t in texts])
+    encode = PromptEncoder(sd, device, warn=False)
+    cond, null = encode(texts), encode([""])
+    eps = torch.randn(samples, *shape, generator=torch.Generator().manual_seed(JUDGE_SEED)).to(device)
+    judge, reference = judging.judge, judging.reference
+
+    def draw(sampler):  # latents of every sample, JUDGE_BATCH at a time, the networks under autocast
+        with autocast(device, DTYPES[dtype]):
+            return torch.cat([sampler(e, c) for e, c in zip(eps.split(JUDGE_BATCH), cond.split(JUDGE_BATCH))])
+
+    def score(latents):  # gray images and their figures; the VAE in its dtype, the judge in float32
+        x = teachers.decode(sd.vae, latents.to(sd.vae.dtype)).float()
+        return x, {"accuracy": metrics.judge_classes(judge, x).eq(digits).double().mean().item(),
+                   "fd": metrics.judge_fd(judge, x, *reference)}
+
+    net = teacher_fn(sd.unet, schedule, prediction)
+    result = {"judge": str(judging.folder), "samples": samples, "seed": JUDGE_SEED, "dtype": dtype,
+              "prompts": f"{prompts.path}, in turn", "guidance": {}}
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    ks = teachers.FIGURE_KS
+    with tqdm(total=len(ws) * (1 + sum(ks)), desc="judge", unit="call", dynamic_ncols=True) as bar:
+        for w in ws:
+            name, row = f"{w:g}", {}
+            bar.set_postfix_str(f"w {w:g}, student")
+            g = lambda e, c: boot.sample_student(student_fn(student, schedule, prediction,
+                                                            torch.full((len(e),), w, device=device)), e, c)
+            mine, row["student"] = score(draw(g))
+            bar.update(1)
+            guided, rows, row["teacher_ddim"] = sd.teacher.finish(boot.guided(net, scale=w, null_cond=null)), [], {}
+            for k in ks:
+                bar.set_postfix_str(f"w {w:g}, teacher DDIM-{k}")
+                x, row["teacher_ddim"][str(k)] = score(draw(lambda e, c: boot.ddim_sample(
+                    guided, e, schedule=schedule, steps=k, cond=c)))
+                rows += [x] if k in PICTURE_KS else []
+                bar.update(k)
+            row["picture"] = f"figures/judged-w{name}.png"
+            Image.fromarray(digit_picture(rows + [mine], digits)).save(out / row["picture"])
+            result["guidance"][name] = row
+    return result
+
+
+def judged_table(judged: dict) -> str:
+    """The judged figures as a short table: accuracy and FD per w, the student and the teacher's DDIM-k."""
+    some = next(iter(judged["guidance"].values()))
+    columns = ["student"] + [f"DDIM-{k}" for k in some["teacher_ddim"]]
+    lines = [f"judged: prompted-digit accuracy, FD to the held-out digits ({judged['samples']} samples, "
+             f"{judged['dtype']})", "w    " + "".join(f"{c:>15}" for c in columns)]
+    for w, row in judged["guidance"].items():
+        cells = [row["student"]] + list(row["teacher_ddim"].values())
+        lines.append(f"{w:<5}" + "".join(f"{c['accuracy']:>8.3f}{c['fd']:>7.1f}" for c in cells))
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -394,14 +557,16 @@ def train(args, prompts):
     dtype, teacher_name = DTYPES[args.dtype], args.teacher or DEFAULT_TEACHER
     if Path(teacher_name).is_dir():  # recorded for sampling and resuming, wherever they run from
         teacher_name = str(Path(teacher_name).resolve())
+    judging = find_judge(args, prompts, teacher_name, d)  # before the teacher loads: a bad --judge fails at once
     sd = load_teacher(teacher_name, dtype, d.device)
     schedule, prediction = sd.teacher.schedule, sd.teacher.prediction
     try:
-        grid = boot.time_grid(schedule, args.bootstrap_steps)
+        grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing)
     except ValueError as e:
         raise UsageError(f"--bootstrap-steps {args.bootstrap_steps}: {e}") from None
     resolution = args.resolution or sd.unet.config.sample_size * vae_scale(sd.vae)  # the teacher's own, as diffusers'
     shape = latent_shape(sd.vae, sd.unet, resolution)
+    judging = judge_fits(judging, resolution, d)
     encode = PromptEncoder(sd, d.device, warn=d.main)
     null = encode([""])  # the null branch of guidance: the empty prompt
     if args.overwrite and d.main:
@@ -419,8 +584,8 @@ def train(args, prompts):
         average = torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
         ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=average).eval()  # never trained itself
     config = dict(teacher=teacher_name, resolution=resolution, guidance_range=args.guidance_range, ema=args.ema,
-                  bootstrap_steps=args.bootstrap_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                  dtype=args.dtype, prediction=prediction)
+                  bootstrap_steps=args.bootstrap_steps, spacing=args.spacing, order=args.order,
+                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, dtype=args.dtype, prediction=prediction)
     trainer = runtime.Trainer(out=out, model=model, optimizer=torch.optim.AdamW(student.parameters(), lr=args.lr),
                               ema=ema, dist_info=d, config=config, ckpt_every=args.ckpt_every, clip=args.clip)
     if args.resume and not trainer.resume(same_keys=("teacher", "resolution", "guidance_range", "ema")):
@@ -439,7 +604,8 @@ def train(args, prompts):
         w = lo + (hi - lo) * torch.rand(b, generator=gen, device=device)
         cond = encode(prompts.read(which.tolist()))  # this rank's own batch, nothing else
         return boot_sd_loss(model, teacher, eps=eps, cond=cond, w=w, k=k, schedule=schedule, grid=grid,
-                            prediction=prediction, null_cond=null, dtype=dtype, finish=sd.teacher.finish)
+                            prediction=prediction, null_cond=null, dtype=dtype, finish=sd.teacher.finish,
+                            target=None if ema is None else ema.module, order=args.order)
 
     # Validation (rank 0): the student (one call) below the teacher's DDIM-N, on fixed prompts and noise.
     figures = {}  # of the latest validation: what boot_sd.json and the model card report
@@ -477,22 +643,25 @@ def train(args, prompts):
         exported().save_pretrained(out / "student")  # diffusers format, safetensors
         save_for_diffusers(out / "student", g)
         meta = {**config, "guidance_scale": w_val, "steps": trainer.step, "validation": figures}
-        (out / "boot_sd.json").write_text(json.dumps(meta, indent=1))
-        (out / "student" / "README.md").write_text(model_card(meta, str(out / "student"), g))
+        write_run(out, meta, g)  # the run is complete before the judged evaluation: --evaluate redoes that alone
         d.say(f"student in {out / 'student'}; draw images with: python train_sd.py --sample {out} --prompts FILE, "
               f"or with diffusers' StableDiffusionPipeline ({out / 'student' / 'README.md'})")
+        if judging is not None:
+            with evaluating(exported()) as model_now:
+                meta["judged"] = {"step": trainer.step, **judge_student(
+                    sd, model_now, judging, prompts, ws=judged_ws(w_val, args.guidance_range), shape=shape,
+                    samples=args.eval_samples or EVAL_SAMPLES.get(d.device.type, 100), dtype=args.dtype,
+                    device=d.device, out=out)}
+            write_run(out, meta, g)
+            d.say(judged_table(meta["judged"]) + f"\n(in {out / 'boot_sd.json'}, pictures in {out / 'figures'})")
 
 
 def sample(args, prompts):
     """One image per prompt, in prompt order, named for its index and its line in the prompts file
-    (00000-line00001.png): one student UNet call per batch, plus --teacher-steps J guided teacher calls
-    (boot.sample_any_t: the student to the grid time t_J, then J teacher DDIM steps on the run's grid)."""
+    (00000-line00001.png): one student UNet call per batch, plus --teacher-steps J guided teacher steps
+    (boot.sample_any_t: the student to the grid time t_J, then J teacher steps of the run's order on its grid)."""
     run = Path(args.sample)
-    try:
-        meta = json.loads((run / "boot_sd.json").read_text())
-    except (OSError, ValueError):
-        raise UsageError(f"--sample {run}: no readable boot_sd.json; "
-                         "expected the --out folder of a finished train_sd.py run") from None
+    meta = read_run(run, "--sample")
     out = Path(args.out or run / "samples")
     runtime.check_out(out, allowed=args.overwrite, hint="pass --overwrite to replace its images")
     w = meta["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
@@ -508,16 +677,14 @@ def sample(args, prompts):
     d = runtime.setup(args.device)
     dtype, teacher_name = DTYPES[args.dtype], args.teacher or meta["teacher"]
     sd = load_teacher(teacher_name, dtype, d.device, unet=args.teacher_steps > 0)
-    from diffusers import AutoencoderTiny, UNet2DConditionModel
-    load = UNet2DConditionModel.from_pretrained  # float32 weights; --dtype is the autocast the UNet runs under
-    student = loaded(f"--sample {run}: its student", lambda: load(run / "student", torch_dtype=torch.float32,
-                                                                  use_safetensors=True)).to(d.device).eval()
+    from diffusers import AutoencoderTiny
+    student = load_student(run, "--sample", d.device)
     decoder = sd.vae
     if args.tiny_vae:  # the full SD decoder costs four times the student's call (BOOT.md section 7)
         load = AutoencoderTiny.from_pretrained
         decoder = loaded(f"--tiny-vae {args.tiny_vae}", lambda: load(args.tiny_vae, torch_dtype=dtype, use_safetensors=True)).to(d.device)
     schedule = sd.teacher.schedule
-    grid = boot.time_grid(schedule, meta["bootstrap_steps"]).to(d.device)
+    grid = boot.time_grid(schedule, meta["bootstrap_steps"], spacing=meta.get("spacing", "t")).to(d.device)
     shape = latent_shape(sd.vae, student, meta["resolution"])
     encode = PromptEncoder(sd, d.device, warn=True)
     null = encode([""]) if args.teacher_steps else None  # the null branch of the teacher's guidance
@@ -535,13 +702,56 @@ def sample(args, prompts):
             if args.teacher_steps:
                 guided = sd.teacher.finish(boot.guided(teacher_fn(sd.unet, schedule, meta["prediction"]), scale=w_batch,
                                                        null_cond=null))
-                latents = boot.sample_any_t(g, guided, eps, schedule=schedule, grid=grid, j=args.teacher_steps, cond=cond)
+                latents = boot.sample_any_t(g, guided, eps, schedule=schedule, grid=grid, j=args.teacher_steps, cond=cond,
+                                            order=meta.get("order", 1))
             else:
                 latents = boot.sample_student(g, eps, cond)
         for i, image in zip(batch, decode(decoder, latents)):
             Image.fromarray(image).save(out / f"{i:05d}-line{prompts.lines[i]:05d}.png")
     calls = f"1 student + {args.teacher_steps} guided teacher calls" if args.teacher_steps else "one UNet call"
     d.say(f"{len(prompts)} images at w = {w} in {out}, {calls} each")
+
+
+def evaluate(args, prompts):
+    """--evaluate RUN: the judged figures of a finished run's student, as training ends with them, into
+    RUN/boot_sd.json ("judged", replaced) and RUN/figures/; the model card reports them."""
+    run = Path(args.evaluate)
+    meta = read_run(run, "--evaluate")
+    d = runtime.setup(args.device)
+    teacher_name = args.teacher or meta["teacher"]
+    judging = find_judge(args, prompts, teacher_name, d, required=f"--evaluate {run}")
+    sd = load_teacher(teacher_name, DTYPES[args.dtype], d.device)
+    student = load_student(run, "--evaluate", d.device)
+    shape = latent_shape(sd.vae, student, meta["resolution"])
+    judging = judge_fits(judging, meta["resolution"], d)
+    meta["judged"] = {"step": meta["steps"], **judge_student(
+        sd, student, judging, prompts, ws=judged_ws(meta["guidance_scale"], meta["guidance_range"]), shape=shape,
+        samples=args.eval_samples or EVAL_SAMPLES.get(d.device.type, 100), dtype=args.dtype, device=d.device, out=run)}
+    write_run(run, meta, student_fn(student, sd.teacher.schedule, meta["prediction"]))
+    d.say(judged_table(meta["judged"]) + f"\n(in {run / 'boot_sd.json'}, pictures in {run / 'figures'})")
+
+
+def read_run(run: Path, flag: str) -> dict:
+    """The boot_sd.json of a finished run, or one line saying it is none."""
+    try:
+        return json.loads((run / "boot_sd.json").read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"{flag} {run}: no readable boot_sd.json; "
+                         "expected the --out folder of a finished train_sd.py run") from None
+
+
+def load_student(run: Path, flag: str, device):
+    """The run's student UNet in float32 (--dtype is the autocast it runs under), in eval mode."""
+    from diffusers import UNet2DConditionModel
+    load = UNet2DConditionModel.from_pretrained
+    return loaded(f"{flag} {run}: its student", lambda: load(run / "student", torch_dtype=torch.float32,
+                                                             use_safetensors=True)).to(device).eval()
+
+
+def write_run(out: Path, meta: dict, g: boot.TeacherStudent):
+    """boot_sd.json and the student's model card."""
+    (out / "boot_sd.json").write_text(json.dumps(meta, indent=1))
+    (out / "student" / "README.md").write_text(model_card(meta, str(out / "student"), g))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -569,7 +779,7 @@ def parser():
     p.add_argument("--prompts", required=True, help="text file, one prompt a line (UTF-8; blank and # lines skipped); "
                                                     "read as batches need it, so it may hold millions")
     p.add_argument("--teacher", help=f"diffusers Stable Diffusion, hub id or folder (default {DEFAULT_TEACHER}; "
-                                     "with --sample, the run's)")
+                                     "with --sample or --evaluate, the run's)")
     p.add_argument("--out", help="output folder (default runs/sd; with --sample, RUN/samples)")
     p.add_argument("--dtype", choices=DTYPES, default="bf16",
                    help="precision of the frozen teacher and of the student's autocast; the student's weights stay "
@@ -593,7 +803,11 @@ def parser():
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute the student's activations in backward: less memory, slower")
     p.add_argument("--clip", type=positive(float), default=1.0, help="gradient norm clipping")
-    p.add_argument("--ema", type=positive(float), help="EMA decay, e.g. 0.999; the student written is then the average")
+    p.add_argument("--ema", type=positive(float), help="EMA decay of the student's weights, e.g. 0.99: the EMA makes "
+                   "the bootstrap targets (a target network, as consistency models) and is the student validated and written")
+    p.add_argument("--order", type=int, choices=(1, 2), default=1, help="teacher step: 1 = DDIM, 2 = Heun (2 guided calls)")
+    p.add_argument("--spacing", choices=boot.SPACINGS, default="t",
+                   help="time grid: uniform in t, t = (k/N)^2 (fine near the data), or uniform in lambda")
     p.add_argument("--validate-every", type=positive(), default=500,
                    help="write out/validation/step-N.png every this many steps, and at the end: teacher DDIM-N "
                         "above, student below")
@@ -606,9 +820,23 @@ def parser():
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     again.add_argument("--overwrite", action="store_true", help="replace what an earlier run wrote in --out")
-    p.add_argument("--sample", metavar="RUN", help="sampling mode: one image per prompt from the student of RUN "
-                                                   "(a training --out), one student call per batch; files "
-                                                   "IIIII-lineLLLLL.png, L the prompt's line in --prompts")
+    p.add_argument("--judge", metavar="FOLDER",
+                   help="a digit teacher's judge (teachers.py's judge/): at the end of training (or with --evaluate), "
+                        "the student's one call and the teacher's guided DDIM-k (k = 1 ... 50), from the same noise and "
+                        "--prompts in turn, scored by the judge (prompted-digit accuracy, FD) per w into boot_sd.json, "
+                        "and pictures into out/figures/. Every prompt must name one digit. Default: the teacher "
+                        "folder's judge/ where it has one and every prompt names a digit; none turns it off")
+    p.add_argument("--eval-samples", type=positive(), metavar="N",
+                   help=f"samples of the judged evaluation (default {EVAL_SAMPLES['cuda']} on CUDA, "
+                        f"{EVAL_SAMPLES['cpu']} on the CPU: about a minute on 2 cores for teachers/mnist-t2i; FD "
+                        "compares only at equal N)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--sample", metavar="RUN", help="sampling mode: one image per prompt from the student of RUN "
+                                                      "(a training --out), one student call per batch; files "
+                                                      "IIIII-lineLLLLL.png, L the prompt's line in --prompts")
+    mode.add_argument("--evaluate", metavar="RUN",
+                      help="judged evaluation of RUN's student (see --judge), at its w (a --guidance-range student at "
+                           "1, 2, 3 and 5 clamped into its range); writes RUN/boot_sd.json and RUN/figures/")
     p.add_argument("--teacher-steps", type=int, default=0, metavar="J",
                    help="with --sample: one student call to the grid time t_J, then J teacher DDIM steps (BOOT's any-t "
                         "sampling: more calls, closer to the teacher); 0 = one call")
@@ -620,12 +848,18 @@ def parser():
 @runtime.cli
 def main(argv=None):
     args = parser().parse_args(argv)
-    if args.sample and args.validation_prompts:
-        raise UsageError("--validation-prompts is a training option; --sample draws one image per --prompts line")
+    if (args.sample or args.evaluate) and args.validation_prompts:
+        raise UsageError(f"--validation-prompts is a training option; {'--sample' if args.sample else '--evaluate'} "
+                         "reads --prompts")
     if (args.tiny_vae or args.teacher_steps) and not args.sample:
         raise UsageError(f"{'--tiny-vae' if args.tiny_vae else '--teacher-steps'} is a sampling option; use it with --sample")
+    if args.sample and (args.judge or args.eval_samples):
+        raise UsageError(f"{'--judge' if args.judge else '--eval-samples'} is an option of training and --evaluate, "
+                         "not of --sample")
+    if args.evaluate and args.out:
+        raise UsageError("--evaluate writes into RUN itself (boot_sd.json, figures/); it takes no --out")
     prompts = read_prompts(args.prompts)
-    (sample if args.sample else train)(args, prompts)
+    (sample if args.sample else evaluate if args.evaluate else train)(args, prompts)
 
 
 if __name__ == "__main__":

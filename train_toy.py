@@ -7,6 +7,7 @@
 Writes into --out: metrics.json, samples.npz, samples.png, student.safetensors,
 checkpoints/ (resume with --resume) and log.jsonl. torchrun --nproc_per_node N train_toy.py ... runs DDP.
 """
+import argparse
 import contextlib
 import json
 import logging
@@ -31,7 +32,9 @@ import runtime
 KINDS = {
     "2-D": dict(steps=4000, batch_size=1024, lr=1e-2, width=128, depth=8, bootstrap_steps=8),
     "digits": dict(steps=3000, batch_size=256, lr=2e-3, width=512, depth=6, bootstrap_steps=16),
-    "pixels": dict(steps=20000, batch_size=64, lr=2e-4, width=64, depth=0, bootstrap_steps=16),  # UNet: no depth
+    # Pixels: the student starts as the teacher (docs/recipes.md, the learned MNIST teacher); width: the UNet from
+    # scratch (--no-init-from-teacher); no depth.
+    "pixels": dict(steps=6000, batch_size=64, lr=2e-4, width=64, depth=0, bootstrap_steps=16, init_from_teacher=True),
 }
 RUN_OUTPUTS = ("checkpoints", "metrics.json", "samples.npz", "samples.png", "student.safetensors", "log.jsonl")
 # What a resumed run may change; everything else must match the checkpoint.
@@ -45,10 +48,11 @@ def parse_args(argv=None):
                                                       "(scikit-learn's 1,797 real 8x8 digits)")
     p.add_argument("--teacher", help="diffusers unconditional pixel model (hub id or folder, UNet2DModel + scheduler), "
                                      "e.g. google/ddpm-cifar10-32; replaces --data")
-    p.add_argument("--init-from-teacher", action="store_true", help="pixel teachers: start the student as a copy of the "
-                   "teacher read at lambda = 0 (boot.TeacherStudent with an anchor), the student's time in a new zero-initialised embedding")
+    p.add_argument("--init-from-teacher", action=argparse.BooleanOptionalAction, help="pixel teachers: start the student "
+                   "as a copy of the teacher read at lambda = 0 (boot.TeacherStudent with an anchor), the student's time in "
+                   "a new zero-initialised embedding; --no-init-from-teacher: boot.py's small UNet from scratch (default: on)")
     p.add_argument("--out", help="output folder (default: runs/toy-DATA or runs/NAME-OF-TEACHER)")
-    p.add_argument("--steps", type=pos, help="training steps (default per teacher kind: 2-D 4000, digits 3000, pixels 20000)")
+    p.add_argument("--steps", type=pos, help="training steps (default per teacher kind: 2-D 4000, digits 3000, pixels 6000)")
     p.add_argument("--batch-size", type=pos, help="noises per step and process, torchrun: N times as many in all (default 2-D 1024, digits 256, pixels 64)")
     p.add_argument("--lr", type=posf, help="peak Adam learning rate, warm-up then cosine decay to 0 (default 2-D 1e-2, digits 2e-3, pixels 2e-4)")
     p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
@@ -59,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--weighting", choices=("inv_delta2", "constant"), default="inv_delta2", help="loss weight")
     p.add_argument("--boundary", choices=("exact", "loss"), default="exact", help="boundary condition at t = T")
     p.add_argument("--schedule", choices=("cosine", "linear"), default="cosine", help="2-D teachers: noise schedule")
-    p.add_argument("--width", type=pos, help="student width, MLP (default 2-D 128, digits 512) or UNet base channels (pixels 64)")
+    p.add_argument("--width", type=pos, help="student width, MLP (default 2-D 128, digits 512) or UNet base channels (pixels with --no-init-from-teacher: 64)")
     p.add_argument("--depth", type=pos, help="MLP student depth, residual blocks + 1 (default 2-D 8, digits 6)")
     p.add_argument("--ema", type=float, default=0.99, help="EMA decay of the student's weights (0: off); the EMA makes "
                                                         "the bootstrap targets (a target network) and is the student evaluated and saved")
@@ -84,8 +88,13 @@ def parse_args(argv=None):
     if args.teacher is None and args.data not in exact.TOYS + ("digits",):
         p.error(f"argument --data: unknown exact teacher {args.data!r}; choose one of {', '.join(exact.TOYS)}, digits")
     kind = "pixels" if args.teacher else "digits" if args.data == "digits" else "2-D"
+    if args.init_from_teacher and kind != "pixels":
+        p.error("argument --init-from-teacher: needs a pixel --teacher")
+    if kind == "pixels" and args.init_from_teacher is not False and args.width is not None:
+        p.error("argument --width: the student from the teacher has the teacher's architecture; add "
+                "--no-init-from-teacher for boot.py's UNet of this width")
     for key, value in KINDS[kind].items():  # what the user left unset
-        if getattr(args, key) is None:
+        if getattr(args, key, None) is None:
             setattr(args, key, value)
     if kind != "pixels":  # a formula is cheap to evaluate anywhere; a pixel teacher's evaluation is sized per device
         args.eval_samples, args.reference_steps = args.eval_samples or 4096, args.reference_steps or 4096
