@@ -46,10 +46,10 @@ ROWS_DIGITS = {
 # The learned teacher: a tenth of the recipe's steps a row (a network teacher costs what it costs), figures on
 # train_toy's CPU defaults (256 noises, DDIM-64) with the teacher's judge.
 ROWS_MNIST = {
-    "default": [],
-    "no target network (--ema 0)": ["--ema", "0"],
-    "first-order teacher step (--order 1)": ["--order", "1"],
-    "uniform grid (--spacing t)": ["--spacing", "t"],
+    "default (no target network)": [],
+    "EMA target network (--ema 0.99)": ["--ema", "0.99"],
+    "EMA target network, first-order teacher step (--ema 0.99 --order 1)": ["--ema", "0.99", "--order", "1"],
+    "EMA target network, uniform grid (--ema 0.99 --spacing t)": ["--ema", "0.99", "--spacing", "t"],
     "N = 8 (--bootstrap-steps 8)": ["--bootstrap-steps", "8"],
     "learning rate 5e-4": ["--lr", "5e-4"],
 }
