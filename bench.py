@@ -3,6 +3,7 @@
     python bench.py                                    # every exact teacher on the CPU (about 20 minutes on 2 cores)
     python bench.py --quick --teachers mixture digits  # smoke run, under a minute
     python bench.py --teachers mnist16 --json bench_results_learned.json  # the learned MNIST teacher (about 20 minutes)
+    python bench.py --teachers mnist-t2i --json bench_results_t2i.json     # train_sd.py on the text-to-image teacher
     python bench.py --device cuda                      # on a GPU, plus the Stable-Diffusion-1.5-shaped step
 
 Prints markdown tables, also written to bench_results.md beside the JSON of all figures (--json). BOOT students
@@ -16,7 +17,9 @@ are trained by train_toy.py's own parse_args/build/train/evaluate, with its defa
    judge's FD to held-out digits and its class shares.
 3. Speed: one student call against DDIM-k of a teacher network of the student's architecture (an exact teacher
    is a formula: its cost says nothing of distillation); a training step against the sum of its parts.
-4. CUDA only: bench_sd.run, a BOOT step at Stable-Diffusion-1.5 shape, with and without gradient checkpointing.
+4. Text-to-image teachers (teachers/mnist-t2i): train_sd.py with its defaults, timed, then judged per w: the
+   student's one call against the teacher's guided DDIM-k, by prompted-digit accuracy and FD.
+5. CUDA only: bench_sd.run, a BOOT step at Stable-Diffusion-1.5 shape, with and without gradient checkpointing.
 """
 import concurrent.futures
 import copy
@@ -28,6 +31,7 @@ import multiprocessing
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,8 +50,9 @@ import runtime
 import train_toy
 
 LEARNED = {"mnist16": "teachers/mnist16"}  # committed network teachers (teachers.py): name -> folder
+TEXT = {"mnist-t2i": "teachers/mnist-t2i"}  # committed text-to-image teachers, distilled by train_sd.py
 EXACT = exact.TOYS + ("digits",)
-TEACHERS = EXACT + tuple(LEARNED)
+TEACHERS = EXACT + tuple(LEARNED) + tuple(TEXT)
 FRACTIONS = (16, 4, 1)              # BOOT budgets: the recipe's steps divided by these, a run each
 KD_PAIRS = ((1024, 8), (8192, 64))  # the baseline's (P pairs, teacher DDIM-k): a cheap one, a faithful one
 # CPU budgets, caps on train_toy's defaults (the tables print the flags; a GPU runs the defaults). An exact
@@ -65,8 +70,11 @@ LEARNED_KD = ((1024, 8), (2048, 32))  # learned teachers: a call costs what it c
 QUICK = ["--steps", "24", "--batch-size", "64", "--eval-samples", "64", "--reference-steps", "256"]
 QUICK_KD = ((64, 2), (128, 4))
 QUICK_LEARNED = ["--steps", "16", "--batch-size", "8", "--eval-samples", "16", "--reference-steps", "8"]
+QUICK_TEXT = ["--steps", "4", "--batch-size", "2", "--bootstrap-steps", "4", "--eval-samples", "20"]
+TEXT_EVAL_SAMPLES = 500  # the judged evaluation of a text-to-image student: as many as the teacher's own figures
 TARGETS = {"effective_nfe_2d": 16, "effective_nfe_digits": 8, "effective_nfe_learned": 8, "step_over_floor": 1.1,
-           "speedup_over_k": 0.9}
+           "speedup_over_k": 0.9, "text_fd_over_ddim50": 1.5, "text_minutes": 60}
+TEXT_W, TEXT_K = "3", "8"  # text-to-image goals at w = 3: accuracy >= the teacher's DDIM-8, FD <= 1.5 x its DDIM-50
 CALLS = ("per-sample teacher evaluations (one teacher call on one sample): a BOOT step costs "
          "batch x jump x order (+ batch with --boundary loss), a KD baseline P x k")
 
@@ -295,6 +303,46 @@ def step_cost(flags, opts, d, tmp) -> dict:
                         teacher_calls_per_step=len(captured), batch=args.batch_size)
 
 
+def rises(accuracies: list, samples: int) -> bool:
+    """Accuracy that rises with w: higher at the largest w than at the smallest, never down by more than one sample."""
+    return accuracies[-1] > accuracies[0] and all(b >= a - 1 / samples for a, b in zip(accuracies, accuracies[1:]))
+
+
+def text_to_image(name, opts, d, tmp, pictures: Path) -> dict:
+    """train_sd.py with its defaults on a committed text-to-image teacher, as its README runs it (--guidance-range
+    1,5), timed; then its judged evaluation (train_sd.py --evaluate, TEXT_EVAL_SAMPLES samples): prompted-digit
+    accuracy and FD of the student's one call and the teacher's DDIM-k per w, and the goals. Pictures go to
+    pictures/NAME-judged-wW.png."""
+    import train_sd
+    folder = Path(TEXT[name])
+    prompts, run = ["--prompts", str(folder / "prompts.txt")], Path(tmp) / name
+    flags = ["--teacher", str(folder), "--guidance-range", "1,5", "--seed", str(opts.seed), "--device", str(d.device)]
+    flags += QUICK_TEXT[:-2] if opts.quick else []
+    say(f"{name}: train_sd.py {shlex.join(flags)}")
+    start = time.perf_counter()
+    train_sd.main(prompts + flags + ["--out", str(run), "--judge", "none"])
+    seconds = time.perf_counter() - start
+    samples = QUICK_TEXT[-1] if opts.quick else str(TEXT_EVAL_SAMPLES)
+    say(f"{name}: judged evaluation, {samples} samples")
+    train_sd.main(prompts + ["--evaluate", str(run), "--eval-samples", samples, "--device", str(d.device)])
+    meta = json.loads((run / "boot_sd.json").read_text())
+    pictures.mkdir(parents=True, exist_ok=True)
+    for w, row in meta["judged"]["guidance"].items():
+        row["picture"] = f"{pictures.name}/{name}-judged-w{w}.png"  # beside the markdown, which links it
+        shutil.copyfile(run / "figures" / f"judged-w{w}.png", pictures.parent / row["picture"])
+    g, n = meta["judged"]["guidance"], meta["judged"]["samples"]
+    at, ws = g.get(TEXT_W), list(g)
+    goals = {"seconds": seconds, "minutes_ok": seconds / 60 <= TARGETS["text_minutes"],
+             "student_rises": rises([g[w]["student"]["accuracy"] for w in ws], n),
+             "teacher_rises": rises([g[w]["teacher_ddim"]["50"]["accuracy"] for w in ws], n)}
+    if at is not None:
+        goals.update(accuracy_ok=at["student"]["accuracy"] >= at["teacher_ddim"][TEXT_K]["accuracy"],
+                     fd_ok=at["student"]["fd"] <= TARGETS["text_fd_over_ddim50"] * at["teacher_ddim"]["50"]["fd"])
+    return dict(flags=flags, recipe={k: meta[k] for k in ("steps", "batch_size", "lr", "bootstrap_steps", "spacing",
+                                                         "order", "ema", "dtype", "guidance_range")},
+                judged=meta["judged"], goals=goals)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Report.
 
@@ -341,11 +389,58 @@ def learned_section(fid) -> list:
                        "samples/s", rows)
 
 
+def text_section(text) -> list:
+    """Text-to-image teachers: the guided student against the teacher's guided DDIM-k, per w, by the judge."""
+    out = []
+    for name, t in text.items():
+        g, goals, r = t["judged"]["guidance"], t["goals"], t["recipe"]
+        ws, n = list(g), t["judged"]["samples"]
+        recipe = (f"{r['steps']:,} steps x {r['batch_size']}, lr {r['lr']:g}, N {r['bootstrap_steps']} ({r['spacing']}), "
+                  f"order {r['order']}, EMA target {r['ema']}, {r['dtype']}")
+        out += [f"\n## Text-to-image: train_sd.py on {name} ({TEXT[name]}), judged\n",
+                f"`python train_sd.py {shlex.join(t['flags'])}` with its defaults: {recipe}; "
+                f"{goals['seconds'] / 60:.1f} minutes of distillation. Each cell: the judge's prompted-digit accuracy / "
+                f"FD to the held-out digits, {n} samples from the same noise, prompts in turn.\n"]
+        samplers = [("student, 1 call", lambda w: g[w]["student"])]
+        samplers += [(f"teacher DDIM-{k}", lambda w, k=k: g[w]["teacher_ddim"][k]) for k in g[ws[0]]["teacher_ddim"]]
+        out += table("sampler | " + " | ".join(f"w = {w}" for w in ws),
+                     [[label] + [f"{cell(w)['accuracy']:.3f} / {cell(w)['fd']:.1f}" for w in ws] for label, cell in samplers])
+        out.append("")
+        if TEXT_W in g:
+            at = g[TEXT_W]
+            fd_cap = TARGETS["text_fd_over_ddim50"] * at["teacher_ddim"]["50"]["fd"]
+            out += [f"- w = {TEXT_W}, accuracy: student {at['student']['accuracy']:.3f}, teacher DDIM-{TEXT_K} "
+                    f"{at['teacher_ddim'][TEXT_K]['accuracy']:.3f}: {'met' if goals['accuracy_ok'] else '**missed**'}",
+                    f"- w = {TEXT_W}, FD: student {at['student']['fd']:.1f}, at most {TARGETS['text_fd_over_ddim50']} x the "
+                    f"teacher's DDIM-50 {at['teacher_ddim']['50']['fd']:.1f} = {fd_cap:.1f}: "
+                    f"{'met' if goals['fd_ok'] else '**missed**'}"]
+        accs = lambda who: " -> ".join(f"{(g[w]['student'] if who == 'student' else g[w]['teacher_ddim']['50'])['accuracy']:.3f}"
+                                       for w in ws)
+        out += [f"- accuracy rises with w: student {accs('student')}, teacher DDIM-50 {accs('teacher')}: "
+                f"{'met' if goals['student_rises'] else '**missed**'}",
+                f"- distillation within {TARGETS['text_minutes']} minutes: {goals['seconds'] / 60:.1f}: "
+                f"{'met' if goals['minutes_ok'] else '**missed**'}",
+                "- pictures (rows: teacher DDIM-1, 4, 16, 50, then the student; a column per digit): " +
+                ", ".join(f"[w = {w}]({g[w]['picture']})" for w in ws)]
+    return out
+
+
 def report(r) -> str:
-    fid = r["fidelity"]
     out = [f"# BOOT benchmark{' (QUICK smoke run: budgets far too small for meaningful figures)' if r['quick'] else ''}\n",
            f"- machine: {r['machine']}; torch {r['torch']}; {r['date']}; {r['wall_s'] / 60:.1f} minutes",
-           f"- command: `{r['command']}`", f"- teacher calls: {CALLS}",
+           f"- command: `{r['command']}`"]
+    out += toy_sections(r) if r["fidelity"] else []
+    out += text_section(r["text"])
+    out.append("\n## Stable-Diffusion-1.5 shape (random weights)\n")
+    out += [f"{bench_sd.table(s)}\n\nwhole / sum: {mark(s['ratio'], TARGETS['step_over_floor'], '{:.3f}', higher=False)}\n"
+            for s in r["sd"]] if isinstance(r["sd"], list) else [r["sd"]]
+    return "\n".join(out)
+
+
+def toy_sections(r) -> list:
+    """train_toy.py's teachers: fidelity, any-t sampling, BOOT against KD, sampling speed, the training step."""
+    fid = r["fidelity"]
+    out = [f"- teacher calls: {CALLS}",
            "- recipe: train_toy.py's defaults, with these flags: " +
            "; ".join(f"{n}: `{' '.join(f['flags'][2:])}`" for n, f in fid.items()),
            "\n## Fidelity of the one-call student (RMSE to the teacher's converged DDIM, same noise)\n",
@@ -408,10 +503,7 @@ def report(r) -> str:
         [f"{c[key]:.2f}" for key in ("teacher_ms", "student_call_ms", "student_train_ms", "floor_ms", "step_ms")] +
         [mark(c["step_over_floor"], TARGETS["step_over_floor"], higher=False),
          f"{min(c['step_over_floor_rounds']):.2f} - {max(c['step_over_floor_rounds']):.2f}"] for name, c in r["step"].items()])
-    out.append("\n## Stable-Diffusion-1.5 shape (random weights)\n")
-    out += [f"{bench_sd.table(s)}\n\nwhole / sum: {mark(s['ratio'], TARGETS['step_over_floor'], '{:.3f}', higher=False)}\n"
-            for s in r["sd"]] if isinstance(r["sd"], list) else [r["sd"]]
-    return "\n".join(out)
+    return out
 
 
 @runtime.cli
@@ -426,13 +518,15 @@ def main(argv=None):
     start = time.perf_counter()
     r = dict(quick=opts.quick, machine=machine(d.device), torch=torch.__version__, targets=TARGETS, teacher_calls=CALLS,
              date=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-             command=shlex.join(["python", "bench.py", *argv]), fidelity={}, step={}, sampling={})
+             command=shlex.join(["python", "bench.py", *argv]), fidelity={}, step={}, sampling={}, text={})
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        for name in opts.teachers:
+        for name in [n for n in opts.teachers if n in TEXT]:
+            r["text"][name] = text_to_image(name, opts, d, tmp, path.with_name(path.stem + "-figures"))
+        for name in [n for n in opts.teachers if n not in TEXT]:
             r["fidelity"][name] = fidelity(name, opts, d, tmp)
             say(f"{name}: timing the training step")
             r["step"][name] = in_fresh_process(step_cost, recipe_flags(name, opts, d.device), opts, d, tmp)
-        groups = {"2-D": [n for n in opts.teachers if n not in ("digits", *LEARNED)],  # learned: in train_toy's figures
+        groups = {"2-D": [n for n in opts.teachers if n not in ("digits", *LEARNED, *TEXT)],  # learned: in train_toy's figures
                   "digits": [n for n in opts.teachers if n == "digits"]}
         for label, names in groups.items():  # one student architecture each
             if names:

@@ -136,3 +136,10 @@ def judge_classes(judge, images, batch=256):
 def judge_fd(judge, images, ref_mean, ref_cov) -> float:
     """The Frechet distance of images to the reference in the judge's features."""
     return frechet_distance(*feature_stats(judge_features(judge, images)), ref_mean, ref_cov)
+
+
+def judge_prompted(judge, images, digits, ref_mean, ref_cov) -> dict:
+    """A text-to-image digit sampler's figures: the share of images the judge reads as the digit their prompt names
+    (digits, on the CPU), and their FD to the reference."""
+    return {"accuracy": judge_classes(judge, images).eq(digits).double().mean().item(),
+            "fd": judge_fd(judge, images, ref_mean, ref_cov)}

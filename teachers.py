@@ -445,8 +445,8 @@ def text_figures(args, out: Path, training_digits, held_out, device) -> dict:
             z = torch.cat([boot.ddim_sample(teacher, e.to(device), schedule=sd.teacher.schedule, steps=k, cond=c)
                            for e, c in zip(eps.split(250), cond.split(250))])
             x = decode(sd.vae, z)
-            row["accuracy_ddim"][str(k)] = metrics.judge_classes(judge, x).eq(digits).double().mean().item()
-            row["fd_ddim"][str(k)] = metrics.judge_fd(judge, x, *reference)
+            scores = metrics.judge_prompted(judge, x, digits, *reference)
+            row["accuracy_ddim"][str(k)], row["fd_ddim"][str(k)] = scores["accuracy"], scores["fd"]
         if w == 3:
             save_grid(out / "ddim50-w3.png", x[:100], rows=10)
     (out / "figures.json").write_text(json.dumps(result, indent=2))

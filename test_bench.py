@@ -77,7 +77,7 @@ def test_recipe_is_train_toys_own_and_teacher_calls_follow_it(quick):
 def test_cpu_budgets_only_ever_lower_train_toys_defaults():
     opts = bench.parse_args([])
     assert opts.teachers == list(bench.EXACT), "the default run: the exact teachers"
-    for name in bench.TEACHERS:
+    for name in (*bench.EXACT, *bench.LEARNED):  # text-to-image teachers run train_sd.py's defaults, see below
         source = ["--teacher", bench.LEARNED[name]] if name in bench.LEARNED else ["--data", name]
         defaults = train_toy.parse_args(source + ["--out", "unused"])
         capped = train_toy.parse_args(bench.recipe_flags(name, opts, torch.device("cpu")) + ["--out", "unused"])
@@ -169,3 +169,38 @@ def test_a_learned_teacher_is_judged_and_timed_as_it_runs(tmp_path):
     assert r["sampling"] == {} and "## Sampling" not in markdown, "a learned teacher's speeds are its real DDIM-k's"
     assert "### Learned teachers" in markdown and "below target 8" in markdown
     assert f"| {judge['fd']['teacher_ddim_4']:.1f} |" in markdown
+
+
+def test_a_text_to_image_teacher_runs_train_sds_defaults_and_is_judged_per_w(tmp_path):
+    import train_sd
+    path = tmp_path / "t2i.json"
+    bench.main(["--quick", "--device", "cpu", "--teachers", "mnist-t2i", "--json", str(path)])
+    r, markdown = json.loads(path.read_text()), path.with_suffix(".md").read_text()
+    t = r["text"]["mnist-t2i"]
+    assert r["fidelity"] == {} and "## Fidelity" not in markdown, "train_toy's sections only for its teachers"
+    defaults = train_sd.parser().parse_args(["--prompts", "unused"])
+    quick = dict(zip(bench.QUICK_TEXT[0:-2:2], bench.QUICK_TEXT[1:-2:2]))
+    for key in ("steps", "batch_size", "bootstrap_steps", "spacing", "order", "ema"):  # the defaults, quick budgets
+        flag = "--" + key.replace("_", "-")
+        assert str(t["recipe"][key]) == quick.get(flag, str(getattr(defaults, key))), key
+    assert t["recipe"]["guidance_range"] == [1, 5] and t["recipe"]["lr"] == train_sd.LR_SMALL  # a 1 M-parameter UNet
+    g = t["judged"]["guidance"]
+    assert list(g) == ["1", "2", "3", "5"] and t["judged"]["samples"] == int(bench.QUICK_TEXT[-1])
+    for w, row in g.items():
+        assert list(row["teacher_ddim"]) == ["1", "2", "4", "8", "16", "50"]
+        for cell in [row["student"], *row["teacher_ddim"].values()]:
+            assert 0 <= cell["accuracy"] <= 1 and _sane(cell["fd"])
+        assert (path.parent / row["picture"]).is_file() and f"({row['picture']})" in markdown
+        assert f"{row['student']['accuracy']:.3f} / {row['student']['fd']:.1f}" in markdown
+    assert "| student, 1 call | " in markdown and "| teacher DDIM-50 | " in markdown
+    at = g["3"]
+    assert t["goals"]["accuracy_ok"] == (at["student"]["accuracy"] >= at["teacher_ddim"]["8"]["accuracy"])
+    assert t["goals"]["fd_ok"] == (at["student"]["fd"] <= 1.5 * at["teacher_ddim"]["50"]["fd"])
+    assert t["goals"]["seconds"] > 0 and "distillation within 60 minutes" in markdown
+
+
+@pytest.mark.parametrize("accuracies, samples, rising", [
+    ([0.5, 0.6, 0.7, 0.9], 100, True), ([0.5, 0.6, 0.595, 0.9], 100, True),  # down by half a sample: noise
+    ([0.5, 0.6, 0.58, 0.9], 100, False), ([0.9, 0.9, 0.9, 0.9], 100, False), ([0.9, 0.8, 0.7, 0.6], 500, False)])
+def test_accuracy_rises_with_w_up_to_one_sample_of_noise(accuracies, samples, rising):
+    assert bench.rises(accuracies, samples) == rising

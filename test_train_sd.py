@@ -243,6 +243,7 @@ def test_train_writes_a_student_that_reloads_and_resumes_exactly(tiny_sd, prompt
     meta = json.loads((run / "boot_sd.json").read_text())
     assert meta["guidance_range"] == [1, 4] and meta["guidance_scale"] == 2.5 and meta["steps"] == 2
     assert meta["resolution"] == RES and meta["validation"]["step"] == 2 and meta["validation"]["prompts"] == 3
+    assert meta["dtype"] == "fp32"  # --dtype auto on the CPU: bf16 is emulated there
     assert "judged" not in meta and not (run / "figures").exists()  # no judge/ in the teacher: none, and no word
     assert 0 < meta["validation"]["rmse_to_teacher"] < float("inf")
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -276,7 +277,7 @@ def test_sample_draws_each_batch_in_one_unet_call(tiny_sd, prompts, tmp_path, mo
     assert all(Image.open(p).size == (RES, RES) for p in images)
 
 
-def test_sample_with_teacher_steps_is_one_student_call_then_j_guided_teacher_calls(tiny_sd, prompts, tmp_path,
+def test_sample_with_teacher_steps_is_one_student_call_then_j_guided_teacher_steps(tiny_sd, prompts, tmp_path,
                                                                                      monkeypatch, capsys):
     from diffusers import UNet2DConditionModel
     train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--validate-every", "1000"))  # N = 4
@@ -288,7 +289,8 @@ def test_sample_with_teacher_steps_is_one_student_call_then_j_guided_teacher_cal
     monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
     sample = ["--sample", str(tmp_path / "run"), "--prompts", prompts, "--device", "cpu", "--batch-size", "3"]
     train_sd.main(sample + ["--out", str(tmp_path / "j2"), "--teacher-steps", "2"])
-    assert calls == [("student", 3), ("teacher", 6), ("teacher", 6)], "guided: both branches in one call"
+    assert calls == [("student", 3)] + [("teacher", 6)] * 4, "Heun (the default): 2 steps of 2 guided calls each"
+    assert "1 student + 4 guided teacher calls each" in capsys.readouterr().out
     calls.clear()
     train_sd.main(sample + ["--out", str(tmp_path / "j0")])
     assert calls == [("student", 3)]

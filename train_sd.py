@@ -17,6 +17,8 @@ x_t and trains in the VAE's latent space (BOOT.md section 4). Conventions, state
   time_cond_proj_dim = 256, projection zero-initialised: it starts as the teacher for every w) that reads
   StableDiffusionPipeline's embedding of w - 1. With --guidance-range every example draws its own w, which
   guides its teacher target and enters the student; without, w is the one --guidance-scale.
+- Recipe (the defaults, measured on teachers/mnist-t2i; README): no target network, Heun's teacher step on the
+  quadratic grid with N = 16, lr 3e-4 for a UNet under 100 M parameters (1e-5 above: Stable Diffusion, unmeasured).
 - diffusers: the run's student/ folder holds the UNet, a BootOneStepScheduler config (boot_diffusers.py) and
   a model card; StableDiffusionPipeline with these two draws the same images as --sample, in one UNet call.
 - Prompts are read from the file when a batch needs them and encoded per batch: memory does not grow with
@@ -58,6 +60,9 @@ UNSUPPORTED_UNET = ("addition_embed_type", "class_embed_type")  # conditioning b
 JUDGE_SEED = 1  # the noise of every judged evaluation, whatever the run's seed: teachers.py's figures' (seed 0 + 1)
 JUDGE_BATCH = 250  # samples per network call in the judged evaluation, as teachers.py's figures
 PICTURE_KS = (1, 4, 16, 50)  # the teacher's rows of a judged picture, above the student's
+# Default --lr by the UNet's size: measured on teachers/mnist-t2i's 1 M parameters (README); at Stable Diffusion's
+# 860 M, a full fine-tune's rate (not measured here: no GPU), since Adam moves every weight about lr a step.
+LR_SMALL, LR_LARGE, LARGE_UNET = 3e-4, 1e-5, 100_000_000
 EVAL_SAMPLES = {"cuda": 500, "cpu": 100}  # default --eval-samples: 500 as the teacher's figures; ~1 min on 2 CPU cores
 
 
@@ -266,6 +271,11 @@ def evaluating(module):
         module.train(was_training)
 
 
+def resolved_dtype(name: str, device) -> str:
+    """--dtype's name, auto resolved: bf16 on CUDA, fp32 elsewhere."""
+    return name if name != "auto" else "bf16" if device.type == "cuda" else "fp32"
+
+
 def autocast(device, dtype):
     """Mixed precision in dtype over float32 weights; none for fp32."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
@@ -327,7 +337,8 @@ def model_card(meta: dict, student: str, g: boot.TeacherStudent) -> str:
     training = (f"{meta['steps']} steps, batch {meta['batch_size']} per process, AdamW lr {meta['lr']}, {meta['dtype']}, "
                 f"EMA {meta['ema'] or 'none'}, seed {meta['seed']}")
     val = meta.get("validation")
-    figures = (f"latent RMSE of the student's one call to the teacher's DDIM-{n}: {val['rmse_to_teacher']:.4g} "
+    sampler = f"{'DDIM' if meta['order'] == 1 else 'Heun'}-{n} on the {meta['spacing']} grid"  # the fixed point
+    figures = (f"latent RMSE of the student's one call to the teacher's {sampler}: {val['rmse_to_teacher']:.4g} "
                f"(the teacher's latents: RMS {val['teacher_rms']:.4g}), {val['prompts']} prompts at w = {w}, "
                f"step {val['step']}; picture `validation/step-{val['step']:08d}.png` of the run (teacher above, "
                "student below)") if val else "none measured"
@@ -487,8 +498,7 @@ def judge_student(sd, student, judging, prompts: Prompts, *, ws, shape, samples:
 
     def score(latents):  # gray images and their figures; the VAE in its dtype, the judge in float32
         x = teachers.decode(sd.vae, latents.to(sd.vae.dtype)).float()
-        return x, {"accuracy": metrics.judge_classes(judge, x).eq(digits).double().mean().item(),
-                   "fd": metrics.judge_fd(judge, x, *reference)}
+        return x, metrics.judge_prompted(judge, x, digits, *reference)
 
     net = teacher_fn(sd.unet, schedule, prediction)
     result = {"judge": str(judging.folder), "samples": samples, "seed": JUDGE_SEED, "dtype": dtype,
@@ -554,6 +564,7 @@ def train(args, prompts):
             raise UsageError(f"--validation-prompts {args.validation_prompts}: {len(val_prompts)} prompts; "
                              f"the validation picture takes at most {MAX_VALIDATION_IMAGES}")
     d = runtime.setup(args.device)
+    args.dtype = resolved_dtype(args.dtype, d.device)
     dtype, teacher_name = DTYPES[args.dtype], args.teacher or DEFAULT_TEACHER
     if Path(teacher_name).is_dir():  # recorded for sampling and resuming, wherever they run from
         teacher_name = str(Path(teacher_name).resolve())
@@ -573,6 +584,7 @@ def train(args, prompts):
         runtime.clear(out, RUN_OUTPUTS)
 
     student = make_student(teacher_name).to(d.device)
+    lr = args.lr or (LR_LARGE if sum(p.numel() for p in student.parameters()) >= LARGE_UNET else LR_SMALL)
     if args.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     model = student
@@ -585,8 +597,8 @@ def train(args, prompts):
         ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=average).eval()  # never trained itself
     config = dict(teacher=teacher_name, resolution=resolution, guidance_range=args.guidance_range, ema=args.ema,
                   bootstrap_steps=args.bootstrap_steps, spacing=args.spacing, order=args.order,
-                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, dtype=args.dtype, prediction=prediction)
-    trainer = runtime.Trainer(out=out, model=model, optimizer=torch.optim.AdamW(student.parameters(), lr=args.lr),
+                  batch_size=args.batch_size, lr=lr, seed=args.seed, dtype=args.dtype, prediction=prediction)
+    trainer = runtime.Trainer(out=out, model=model, optimizer=torch.optim.AdamW(student.parameters(), lr=lr),
                               ema=ema, dist_info=d, config=config, ckpt_every=args.ckpt_every, clip=args.clip)
     if args.resume and not trainer.resume(same_keys=("teacher", "resolution", "guidance_range", "ema")):
         d.say(f"--resume: no checkpoint in {out} yet; starting from the teacher")
@@ -607,7 +619,8 @@ def train(args, prompts):
                             prediction=prediction, null_cond=null, dtype=dtype, finish=sd.teacher.finish,
                             target=None if ema is None else ema.module, order=args.order)
 
-    # Validation (rank 0): the student (one call) below the teacher's DDIM-N, on fixed prompts and noise.
+    # Validation (rank 0): the student (one call) below its fixed point, the teacher's N steps down the run's grid with
+    # the run's step (DDIM-N on the uniform grid), on fixed prompts and noise.
     figures = {}  # of the latest validation: what boot_sd.json and the model card report
     if d.main:
         val_texts = val_prompts.read(range(len(val_prompts) if args.validation_prompts else
@@ -623,7 +636,7 @@ def train(args, prompts):
         with autocast(d.device, dtype), evaluating(exported()) as model_now:
             if not reference:
                 guided = sd.teacher.finish(boot.guided(teacher, scale=val_w, null_cond=null))
-                ddim = boot.ddim_sample(guided, val_eps, schedule=schedule, steps=args.bootstrap_steps, cond=val_cond)
+                ddim = boot.fixed_point(guided, val_eps, schedule=schedule, grid=grid, cond=val_cond, order=args.order)[0]
                 reference.extend([ddim.float(), decode(sd.vae, ddim)])
             mine = boot.sample_student(student_fn(model_now, schedule, prediction, val_w), val_eps, val_cond)
         rms = lambda x: x.pow(2).mean().sqrt().item()
@@ -675,6 +688,7 @@ def sample(args, prompts):
         raise UsageError(f"--teacher-steps {args.teacher_steps}: must be in [0, {meta['bootstrap_steps'] - 1}], "
                          f"below the run's --bootstrap-steps")
     d = runtime.setup(args.device)
+    args.dtype = resolved_dtype(args.dtype, d.device)
     dtype, teacher_name = DTYPES[args.dtype], args.teacher or meta["teacher"]
     sd = load_teacher(teacher_name, dtype, d.device, unet=args.teacher_steps > 0)
     from diffusers import AutoencoderTiny
@@ -708,7 +722,8 @@ def sample(args, prompts):
                 latents = boot.sample_student(g, eps, cond)
         for i, image in zip(batch, decode(decoder, latents)):
             Image.fromarray(image).save(out / f"{i:05d}-line{prompts.lines[i]:05d}.png")
-    calls = f"1 student + {args.teacher_steps} guided teacher calls" if args.teacher_steps else "one UNet call"
+    teacher_calls = meta.get("order", 1) * args.teacher_steps  # Heun: two guided calls a step
+    calls = f"1 student + {teacher_calls} guided teacher calls" if args.teacher_steps else "one UNet call"
     d.say(f"{len(prompts)} images at w = {w} in {out}, {calls} each")
 
 
@@ -718,6 +733,7 @@ def evaluate(args, prompts):
     run = Path(args.evaluate)
     meta = read_run(run, "--evaluate")
     d = runtime.setup(args.device)
+    args.dtype = resolved_dtype(args.dtype, d.device)
     teacher_name = args.teacher or meta["teacher"]
     judging = find_judge(args, prompts, teacher_name, d, required=f"--evaluate {run}")
     sd = load_teacher(teacher_name, DTYPES[args.dtype], d.device)
@@ -781,17 +797,21 @@ def parser():
     p.add_argument("--teacher", help=f"diffusers Stable Diffusion, hub id or folder (default {DEFAULT_TEACHER}; "
                                      "with --sample or --evaluate, the run's)")
     p.add_argument("--out", help="output folder (default runs/sd; with --sample, RUN/samples)")
-    p.add_argument("--dtype", choices=DTYPES, default="bf16",
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
                    help="precision of the frozen teacher and of the student's autocast; the student's weights stay "
-                        "fp32. fp16 only with --sample (training has no loss scaling)")
+                        "fp32. auto: bf16 on CUDA, fp32 on the CPU (where bf16 is emulated: slower, and no more "
+                        "accurate). fp16 only with --sample (training has no loss scaling)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
     p.add_argument("--steps", type=positive(), default=10_000,
                    help="training steps in all (a resumed run counts its earlier ones)")
     p.add_argument("--batch-size", type=positive(), default=8,
                    help="examples per step and process (images per student call with --sample)")
-    p.add_argument("--lr", type=positive(float), default=1e-5, help="AdamW learning rate")
-    p.add_argument("--bootstrap-steps", type=positive(), default=64,
-                   help="N of the time grid: the student's fixed point is the teacher's DDIM-N (N <= its timesteps)")
+    p.add_argument("--lr", type=positive(float), help=f"AdamW learning rate (default {LR_SMALL:g} for a UNet under "
+                   f"{LARGE_UNET // 10**6} M parameters, as measured on teachers/mnist-t2i; {LR_LARGE:g} above, for "
+                   "Stable Diffusion: not measured)")
+    p.add_argument("--bootstrap-steps", type=positive(), default=16,
+                   help="N of the time grid: the student's fixed point is the teacher's N steps down it (N <= its "
+                        "timesteps)")
     p.add_argument("--guidance-scale", type=guidance_scales(1),
                    help="w of classifier-free guidance, diffusers' convention, 1 = none (default 7.5, or the middle "
                         "of --guidance-range, which it must lie in; with --sample, the run's, within its range)")
@@ -805,12 +825,12 @@ def parser():
     p.add_argument("--clip", type=positive(float), default=1.0, help="gradient norm clipping")
     p.add_argument("--ema", type=positive(float), help="EMA decay of the student's weights, e.g. 0.99: the EMA makes "
                    "the bootstrap targets (a target network, as consistency models) and is the student validated and written")
-    p.add_argument("--order", type=int, choices=(1, 2), default=1, help="teacher step: 1 = DDIM, 2 = Heun (2 guided calls)")
-    p.add_argument("--spacing", choices=boot.SPACINGS, default="t",
+    p.add_argument("--order", type=int, choices=(1, 2), default=2, help="teacher step: 1 = DDIM, 2 = Heun (2 guided calls)")
+    p.add_argument("--spacing", choices=boot.SPACINGS, default="quadratic",
                    help="time grid: uniform in t, t = (k/N)^2 (fine near the data), or uniform in lambda")
     p.add_argument("--validate-every", type=positive(), default=500,
-                   help="write out/validation/step-N.png every this many steps, and at the end: teacher DDIM-N "
-                        "above, student below")
+                   help="write out/validation/step-N.png every this many steps, and at the end: the student's "
+                        "fixed point (the teacher's N steps down the run's grid, with its step) above, student below")
     p.add_argument("--validation-prompts", metavar="FILE",
                    help=f"the prompts of the validation picture, up to {MAX_VALIDATION_IMAGES} "
                         f"(default: the first {VALIDATION_IMAGES} of --prompts)")
@@ -838,8 +858,9 @@ def parser():
                       help="judged evaluation of RUN's student (see --judge), at its w (a --guidance-range student at "
                            "1, 2, 3 and 5 clamped into its range); writes RUN/boot_sd.json and RUN/figures/")
     p.add_argument("--teacher-steps", type=int, default=0, metavar="J",
-                   help="with --sample: one student call to the grid time t_J, then J teacher DDIM steps (BOOT's any-t "
-                        "sampling: more calls, closer to the teacher); 0 = one call")
+                   help="with --sample: one student call to the grid time t_J, then J teacher steps of the run's own "
+                        "(DDIM, or Heun: 2 guided calls each; BOOT's any-t sampling: more calls, closer to the "
+                        "teacher); 0 = one call")
     p.add_argument("--tiny-vae", metavar="ID_OR_DIR",
                    help="with --sample: decode with this AutoencoderTiny (e.g. madebyollin/taesd)")
     return p
