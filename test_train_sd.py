@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 import string
 import subprocess
 import sys
@@ -232,7 +233,7 @@ def test_the_ema_is_the_target_network_with_the_runs_teacher_step_and_grid(ema, 
 
 def test_train_writes_a_student_that_reloads_and_resumes_exactly(tiny_sd, prompts, tmp_path, capsys):
     from diffusers import UNet2DConditionModel
-    args = ["--guidance-range", "1,4", "--validate-every", "2", "--ckpt-every", "1"]
+    args = ["--guidance-range", "1,4", "--validate-every", "2", "--ckpt-every", "1", "--lr-schedule", "cosine"]
     train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", *args))
     run = tmp_path / "run"
     student = UNet2DConditionModel.from_pretrained(run / "student")
@@ -249,9 +250,14 @@ def test_train_writes_a_student_that_reloads_and_resumes_exactly(tiny_sd, prompt
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 2 and torch.isfinite(torch.tensor(records[-1]["loss"]))
 
-    train_sd.main(train_args(tiny_sd, prompts, run, *args, "--steps", "3", "--resume"))
-    assert "resumed from" in capsys.readouterr().out
+    assert records[-1]["lr"] == 0, "the cosine decay ends at 0 at --steps"
+
+    # Stopped after step 2 of 3 (its newest checkpoint removed), then resumed: the straight run's weights, bit for bit.
     train_sd.main(train_args(tiny_sd, prompts, tmp_path / "straight", *args, "--steps", "3"))
+    shutil.copytree(tmp_path / "straight", run, dirs_exist_ok=True)
+    shutil.rmtree(run / "checkpoints" / "step-00000003")
+    train_sd.main(train_args(tiny_sd, prompts, run, *args, "--steps", "3", "--resume"))
+    assert "at step 2" in capsys.readouterr().out
     resumed = UNet2DConditionModel.from_pretrained(run / "student").state_dict()
     straight = UNet2DConditionModel.from_pretrained(tmp_path / "straight" / "student").state_dict()
     for name, value in straight.items():
@@ -341,6 +347,18 @@ def test_every_run_ends_with_a_picture_of_its_final_student(tiny_sd, prompts, tm
     assert Image.open(tmp_path / "run" / "validation" / pictures[-1]).size == (2 * RES, 2 * RES)  # the 2 chosen
     figures = [json.loads(line) for line in (tmp_path / "run" / "validation" / "log.jsonl").read_text().splitlines()]
     assert [f["step"] for f in figures] == [2, 3] and all(f["prompts"] == 2 for f in figures)
+
+
+@pytest.mark.parametrize("large, flags, lr", [(False, [], train_sd.LR_SMALL), (True, [], train_sd.LR_LARGE),
+                                               (True, ["--lr", "2e-4"], 2e-4)])
+def test_default_lr_follows_the_unets_size_is_constant_and_an_explicit_lr_wins(large, flags, lr, tiny_sd, prompts, tmp_path,
+                                                                    monkeypatch):
+    if large:  # the tiny UNet counted as Stable Diffusion's size
+        monkeypatch.setattr(train_sd, "LARGE_UNET", 1)
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--validate-every", "1000", *flags))
+    meta = json.loads((tmp_path / "run" / "boot_sd.json").read_text())
+    last = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    assert meta["lr"] == lr and (meta["lr_schedule"], last["lr"]) == ("constant", lr)  # the default: no decay
 
 
 def test_resolution_defaults_to_the_teachers(tiny_sd, prompts, tmp_path):

@@ -18,7 +18,8 @@ x_t and trains in the VAE's latent space (BOOT.md section 4). Conventions, state
   StableDiffusionPipeline's embedding of w - 1. With --guidance-range every example draws its own w, which
   guides its teacher target and enters the student; without, w is the one --guidance-scale.
 - Recipe (the defaults, measured on teachers/mnist-t2i; README): no target network, Heun's teacher step on the
-  quadratic grid with N = 16, lr 3e-4 for a UNet under 100 M parameters (1e-5 above: Stable Diffusion, unmeasured).
+  quadratic grid with N = 16, a constant lr of 3e-4 for a UNet under 100 M parameters (1e-5 above: Stable
+  Diffusion, unmeasured).
 - diffusers: the run's student/ folder holds the UNet, a BootOneStepScheduler config (boot_diffusers.py) and
   a model card; StableDiffusionPipeline with these two draws the same images as --sample, in one UNet call.
 - Prompts are read from the file when a batch needs them and encoded per batch: memory does not grow with
@@ -63,6 +64,7 @@ PICTURE_KS = (1, 4, 16, 50)  # the teacher's rows of a judged picture, above the
 # Default --lr by the UNet's size: measured on teachers/mnist-t2i's 1 M parameters (README); at Stable Diffusion's
 # 860 M, a full fine-tune's rate (not measured here: no GPU), since Adam moves every weight about lr a step.
 LR_SMALL, LR_LARGE, LARGE_UNET = 3e-4, 1e-5, 100_000_000
+WARMUP = 200  # steps of learning-rate warm-up of --lr-schedule cosine
 EVAL_SAMPLES = {"cuda": 500, "cpu": 100}  # default --eval-samples: 500 as the teacher's figures; ~1 min on 2 CPU cores
 
 
@@ -271,6 +273,15 @@ def evaluating(module):
         module.train(was_training)
 
 
+def lr_schedule(optimizer, args):
+    """--lr-schedule cosine: WARMUP steps of linear warm-up, then a cosine decay to 0 at --steps (train_toy.py's);
+    constant: lr throughout."""
+    if args.lr_schedule == "constant":
+        return None
+    factor = lambda i: min(1.0, (i + 1) / (WARMUP + 1)) * 0.5 * (1 + math.cos(math.pi * min(i, args.steps) / args.steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def resolved_dtype(name: str, device) -> str:
     """--dtype's name, auto resolved: bf16 on CUDA, fp32 elsewhere."""
     return name if name != "auto" else "bf16" if device.type == "cuda" else "fp32"
@@ -334,7 +345,8 @@ def model_card(meta: dict, student: str, g: boot.TeacherStudent) -> str:
     teacher, w, rng, n = meta["teacher"], meta["guidance_scale"], meta["guidance_range"], meta["bootstrap_steps"]
     base = "" if Path(teacher).is_dir() else f"base_model: {teacher}\n"  # the hub wants an id, not a local folder
     guidance = f"any w in [{rng[0]}, {rng[1]}] (the snippet uses {w})" if rng else f"w = {w} only (guidance_scale={w})"
-    training = (f"{meta['steps']} steps, batch {meta['batch_size']} per process, AdamW lr {meta['lr']}, {meta['dtype']}, "
+    training = (f"{meta['steps']} steps, batch {meta['batch_size']} per process, AdamW lr {meta['lr']} "
+                f"({meta.get('lr_schedule', 'constant')}), {meta['dtype']}, "
                 f"EMA {meta['ema'] or 'none'}, seed {meta['seed']}")
     val = meta.get("validation")
     sampler = f"{'DDIM' if meta['order'] == 1 else 'Heun'}-{n} on the {meta['spacing']} grid"  # the fixed point
@@ -597,8 +609,10 @@ def train(args, prompts):
         ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=average).eval()  # never trained itself
     config = dict(teacher=teacher_name, resolution=resolution, guidance_range=args.guidance_range, ema=args.ema,
                   bootstrap_steps=args.bootstrap_steps, spacing=args.spacing, order=args.order,
-                  batch_size=args.batch_size, lr=lr, seed=args.seed, dtype=args.dtype, prediction=prediction)
-    trainer = runtime.Trainer(out=out, model=model, optimizer=torch.optim.AdamW(student.parameters(), lr=lr),
+                  batch_size=args.batch_size, lr=lr, lr_schedule=args.lr_schedule, seed=args.seed, dtype=args.dtype,
+                  prediction=prediction)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
+    trainer = runtime.Trainer(out=out, model=model, optimizer=optimizer, lr_schedule=lr_schedule(optimizer, args),
                               ema=ema, dist_info=d, config=config, ckpt_every=args.ckpt_every, clip=args.clip)
     if args.resume and not trainer.resume(same_keys=("teacher", "resolution", "guidance_range", "ema")):
         d.say(f"--resume: no checkpoint in {out} yet; starting from the teacher")
@@ -809,6 +823,9 @@ def parser():
     p.add_argument("--lr", type=positive(float), help=f"AdamW learning rate (default {LR_SMALL:g} for a UNet under "
                    f"{LARGE_UNET // 10**6} M parameters, as measured on teachers/mnist-t2i; {LR_LARGE:g} above, for "
                    "Stable Diffusion: not measured)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help=f"constant: --lr throughout; cosine: {WARMUP} steps of warm-up, then a cosine decay to 0 at "
+                        "--steps (a resumed run with more --steps stretches it)")
     p.add_argument("--bootstrap-steps", type=positive(), default=16,
                    help="N of the time grid: the student's fixed point is the teacher's N steps down it (N <= its "
                         "timesteps)")
