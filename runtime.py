@@ -177,6 +177,13 @@ def step_generator(seed: int, rank: int, step: int, device) -> torch.Generator:
 # Checkpoints: out/checkpoints/step-00001000/{student,ema}.safetensors + state.pt
 
 
+def warmup_cosine(optimizer, steps: int, warmup: int):
+    """The learning rate of both scripts' decaying schedule: `warmup` steps of linear warm-up, then a cosine decay
+    to 0 at `steps` (and 0 after)."""
+    factor = lambda i: min(1.0, (i + 1) / (warmup + 1)) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def _fsync(path: Path):
     fd = os.open(path, os.O_RDONLY)
     try:

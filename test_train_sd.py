@@ -471,7 +471,8 @@ def test_model_card(tiny_sd, prompts, tmp_path):
     card = ModelCard.load(run / "student" / "README.md")
     assert card.data.library_name == "diffusers" and "boot" in card.data.tags
     assert card.data.base_model is None  # a local teacher folder is no hub id
-    assert tiny_sd in card.text and "w = 3.0 only" in card.text and "DDIM-4" in card.text
+    assert tiny_sd in card.text and "w = 3.0 only" in card.text
+    assert card.text.count("Heun-4 on the quadratic grid") == 2  # the fixed point, in the grid and validation rows
     snippet = card.text.split("```python\n")[1].split("```")[0]
     assert snippet == train_sd.diffusers_snippet(tiny_sd, str(run / "student"), 3.0, RES)
     scope = {}

@@ -276,10 +276,7 @@ def evaluating(module):
 def lr_schedule(optimizer, args):
     """--lr-schedule cosine: WARMUP steps of linear warm-up, then a cosine decay to 0 at --steps (train_toy.py's);
     constant: lr throughout."""
-    if args.lr_schedule == "constant":
-        return None
-    factor = lambda i: min(1.0, (i + 1) / (WARMUP + 1)) * 0.5 * (1 + math.cos(math.pi * min(i, args.steps) / args.steps))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return None if args.lr_schedule == "constant" else runtime.warmup_cosine(optimizer, args.steps, WARMUP)
 
 
 def resolved_dtype(name: str, device) -> str:
@@ -349,7 +346,7 @@ def model_card(meta: dict, student: str, g: boot.TeacherStudent) -> str:
                 f"({meta.get('lr_schedule', 'constant')}), {meta['dtype']}, "
                 f"EMA {meta['ema'] or 'none'}, seed {meta['seed']}")
     val = meta.get("validation")
-    sampler = f"{'DDIM' if meta['order'] == 1 else 'Heun'}-{n} on the {meta['spacing']} grid"  # the fixed point
+    sampler = f"{'DDIM' if meta.get('order', 1) == 1 else 'Heun'}-{n} on the {meta.get('spacing', 't')} grid"  # its fixed point
     figures = (f"latent RMSE of the student's one call to the teacher's {sampler}: {val['rmse_to_teacher']:.4g} "
                f"(the teacher's latents: RMS {val['teacher_rms']:.4g}), {val['prompts']} prompts at w = {w}, "
                f"step {val['step']}; picture `validation/step-{val['step']:08d}.png` of the run (teacher above, "
@@ -384,7 +381,7 @@ an image in one UNet call.
 | teacher | `{teacher}`, {g.prediction} prediction |
 | guidance scale | {guidance} |
 | training | {training} |
-| grid | {n} steps: the student's fixed point is the teacher's DDIM-{n} (trailing timesteps) |
+| grid | {n} steps: the student's fixed point is the teacher's {sampler} (trailing timesteps) |
 | resolution | {meta['resolution']} x {meta['resolution']} pixels |
 | validation | {figures} |
 {judged or ""}

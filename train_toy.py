@@ -206,11 +206,10 @@ def build(args, device):
 def optimization(args, student):
     """Adam with warm-up then cosine decay to 0, and the EMA of the student's weights (None when --ema 0)."""
     optimizer = torch.optim.Adam(student.parameters(), lr=args.lr)
-    warm_cosine = lambda i: min(1.0, (i + 1) / (args.warmup + 1)) * 0.5 * (1 + math.cos(math.pi * min(i, args.steps) / args.steps))
     ema = None
     if args.ema:
         ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema))
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warm_cosine), ema
+    return optimizer, runtime.warmup_cosine(optimizer, args.steps, args.warmup), ema
 
 
 def train(args, d: runtime.Dist, teacher, schedule, student, shape):
