@@ -15,7 +15,7 @@
 
 2. read_scheduler turns a teacher's scheduler config into what boot.py needs (a Schedule, the prediction type,
    the clipping of x0) with the scheduler's own class, so its defaults are the ones diffusers applies, and
-   refuses, in one line, what boot cannot distil exactly: schedules of another family (variance-exploding, flow
+   refuses, in one line (UnsupportedTeacher), what boot cannot distil exactly: schedules of another family (variance-exploding, flow
    matching, EDM/Karras sigmas), beta schedules diffusers does not know, eps-prediction at zero terminal SNR.
    Conventions, stated here once:
    - Sampling is DDIM with "trailing" spacing and set_alpha_to_one (boot.Schedule.discrete), eta 0.
@@ -89,6 +89,10 @@ class BootOneStepScheduler(SchedulerMixin, ConfigMixin):
 # Reading a teacher.
 
 # Schedules that change the sampler's noise levels away from the training betas: not the teacher DDIM runs.
+class UnsupportedTeacher(ValueError):
+    """A teacher boot cannot distil exactly, or a config that does not load: the message says which, in one line."""
+
+
 _OTHER_SIGMAS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas")
 
 
@@ -116,14 +120,13 @@ def dynamic_threshold(x0, *, ratio: float, max_value: float):
 
 
 def read_scheduler(source, *, subfolder: Optional[str] = None, what: str = "the teacher") -> TeacherSchedule:
-    """The scheduler config of `source` (hub id or folder) read with its own diffusers class; UsageError
+    """The scheduler config of `source` (hub id or folder) read with its own diffusers class; UnsupportedTeacher
     (one line naming `what` and the problem) for anything boot would get wrong."""
     import diffusers
-    from runtime import UsageError
     try:
         config = diffusers.DDPMScheduler.load_config(source, subfolder=subfolder)
     except Exception as e:  # missing file, bad JSON, offline hub
-        raise UsageError(f"{what}: its scheduler config does not load ({(str(e).splitlines() or [type(e).__name__])[0][:200]})") from None
+        raise UnsupportedTeacher(f"{what}: its scheduler config does not load ({(str(e).splitlines() or [type(e).__name__])[0][:200]})") from None
     return scheduler_from_config(dict(config), what=what)
 
 
@@ -131,17 +134,16 @@ def scheduler_from_config(config: dict, *, what: str = "the teacher") -> Teacher
     """read_scheduler on a config dict already in hand."""
     import diffusers
     import boot  # here, not at the top: the scheduler above must load without boot.py
-    from runtime import UsageError
     name = config.get("_class_name", "DDPMScheduler")
     cls = getattr(diffusers, str(name), None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise UsageError(f"{what}: unknown scheduler class {name!r}")
+        raise UnsupportedTeacher(f"{what}: unknown scheduler class {name!r}")
     for flag in _OTHER_SIGMAS:
         if config.get(flag):
-            raise UsageError(f"{what}: {name} with {flag}=true samples other noise levels than its training "
+            raise UnsupportedTeacher(f"{what}: {name} with {flag}=true samples other noise levels than its training "
                              "schedule; boot distils the DDIM of the training schedule only")
     if config.get("timestep_type", "discrete") != "discrete":
-        raise UsageError(f"{what}: {name} with timestep_type={config['timestep_type']!r} is not a discrete-time "
+        raise UnsupportedTeacher(f"{what}: {name} with timestep_type={config['timestep_type']!r} is not a discrete-time "
                          "teacher; boot reads discrete variance-preserving schedules only")
     log = logging.getLogger("diffusers")
     level = log.level
@@ -149,30 +151,30 @@ def scheduler_from_config(config: dict, *, what: str = "the teacher") -> Teacher
     try:
         scheduler = cls.from_config(config)
     except NotImplementedError as e:  # diffusers' word for an unknown beta_schedule
-        raise UsageError(f"{what}: {name}: {e}") from None
+        raise UnsupportedTeacher(f"{what}: {name}: {e}") from None
     except Exception as e:
-        raise UsageError(f"{what}: {name} does not build from its config ({str(e).splitlines()[0][:200]})") from None
+        raise UnsupportedTeacher(f"{what}: {name} does not build from its config ({str(e).splitlines()[0][:200]})") from None
     finally:
         log.setLevel(level)
     alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
     if alphas_cumprod is None:
-        raise UsageError(f"{what}: {name} is not a variance-preserving discrete-time schedule (variance-exploding, "
+        raise UnsupportedTeacher(f"{what}: {name} is not a variance-preserving discrete-time schedule (variance-exploding, "
                          "flow matching or EDM); boot reads schedules with alphas_cumprod only")
     # Only the settings the class itself takes: from_config keeps the others too, and PNDM (SD's) has no clip_sample.
     own = {k: v for k, v in scheduler.config.items() if k in inspect.signature(cls.__init__).parameters}
     prediction = own.get("prediction_type", "epsilon")
     if prediction not in boot.PREDICTIONS:
-        raise UsageError(f"{what}: unsupported prediction type {prediction!r}; boot reads {', '.join(boot.PREDICTIONS)}")
+        raise UnsupportedTeacher(f"{what}: unsupported prediction type {prediction!r}; boot reads {', '.join(boot.PREDICTIONS)}")
     alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).clone()
     if own.get("rescale_betas_zero_snr"):
         alphas_cumprod[-1] = 0  # Euler-type schedulers store 2^-24 for the zero they mean
     if alphas_cumprod[-1] == 0 and prediction == "epsilon":
-        raise UsageError(f"{what}: zero terminal SNR with eps-prediction is undefined at t = T (x0 = (x - sigma eps) "
+        raise UnsupportedTeacher(f"{what}: zero terminal SNR with eps-prediction is undefined at t = T (x0 = (x - sigma eps) "
                          "/ alpha with alpha_T = 0); use a v_prediction or sample teacher")
     try:
         schedule = boot.Schedule.discrete(alphas_cumprod)
     except ValueError as e:
-        raise UsageError(f"{what}: {name}: {e}") from None
+        raise UnsupportedTeacher(f"{what}: {name}: {e}") from None
     return TeacherSchedule(schedule, prediction, _clip(own), scheduler)
 
 
@@ -184,8 +186,7 @@ def _clip(config: dict) -> Optional[Callable]:
     if config.get("clip_sample"):
         r = config.get("clip_sample_range", 1.0)
         if not (isinstance(r, (int, float)) and math.isfinite(r) and r > 0):
-            from runtime import UsageError
-            raise UsageError(f"the scheduler's clip_sample_range must be a positive number, got {r!r}")
+                    raise UnsupportedTeacher(f"the scheduler's clip_sample_range must be a positive number, got {r!r}")
         return lambda x0: x0.clamp(-r, r)
     return None
 

@@ -6,7 +6,7 @@ import torch
 from hypothesis import example, given, settings, strategies as st
 
 import boot
-import exact
+from bootkit import exact
 
 SCHEDULES = {
     "cosine": boot.Schedule.cosine,

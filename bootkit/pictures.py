@@ -1,0 +1,115 @@
+"""bootkit/pictures.py: the PNGs runs and the benchmark write, made to be looked at: small images enlarged
+(nearest-neighbour, 4x or more for digits), at least MIN_WIDTH pixels wide, every row and column labelled."""
+import math
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+MIN_WIDTH = 400  # pixels: narrower pictures are enlarged until they reach it
+CELL = 64  # pixels: the least size a small image is enlarged to (a 16x16 digit: 4x)
+GAP, PAD = 2, 6  # pixels between images; around the labels
+LABEL_WIDTH = 180  # pixels left of the images, for the row labels (cut to fit)
+FONT_SIZE = 13
+
+
+def _font():
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)  # Pillow's own TrueType font: no system fonts needed
+    except (TypeError, OSError):  # a Pillow built without FreeType: the bitmap font
+        return ImageFont.load_default()
+
+
+def _pixels(image) -> np.ndarray:
+    """uint8 (H, W, 3) from an image in [-1, 1] (C, H, W) tensor, or a uint8 (H, W) / (H, W, 3) array."""
+    if isinstance(image, torch.Tensor):
+        x = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+        image = x.permute(1, 2, 0).numpy()
+    image = np.asarray(image, dtype=np.uint8)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+
+
+def _fit(text: str, font, width: int, draw) -> str:
+    """text, cut with an ellipsis until it fits in width pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def layout(height: int, width: int, rows: int, cols: int, *, title: bool, col_labels: bool):
+    """Where labelled_grid puts each image of height x width: (canvas size, box of each [row][col] as (x0, y0, x1, y1)).
+    Enlarged by one integer factor, nearest-neighbour, to at least CELL pixels and the whole to MIN_WIDTH."""
+    line = FONT_SIZE + 2 * PAD
+    zoom = max(math.ceil(CELL / max(height, width)), math.ceil((MIN_WIDTH - LABEL_WIDTH) / (cols * (width + GAP))), 1)
+    cw, ch = width * zoom, height * zoom
+    top = line * (title + col_labels)
+    boxes = [[(LABEL_WIDTH + c * (cw + GAP), top + r * (ch + GAP), LABEL_WIDTH + c * (cw + GAP) + cw,
+               top + r * (ch + GAP) + ch) for c in range(cols)] for r in range(rows)]
+    return (LABEL_WIDTH + cols * (cw + GAP), top + rows * (ch + GAP)), boxes
+
+
+def labelled_grid(rows, *, row_labels, col_labels=None, title=None) -> Image.Image:
+    """A picture of rows of images (each a (C, H, W) tensor in [-1, 1] or a uint8 array; None leaves a gray cell),
+    placed by layout(), with row_labels on the left, col_labels above the columns and a title on top."""
+    images = [[None if im is None else _pixels(im) for im in row] for row in rows]
+    h, w = next(im for row in images for im in row if im is not None).shape[:2]
+    size, boxes = layout(h, w, len(images), max(map(len, images)), title=bool(title), col_labels=bool(col_labels))
+    canvas = Image.new("RGB", size, "white")
+    draw, font = ImageDraw.Draw(canvas), _font()
+    if title:
+        draw.text((PAD, PAD), _fit(title, font, size[0] - 2 * PAD, draw), fill="black", font=font)
+    for (x0, y0, x1, _), label in zip(boxes[0], col_labels or []):
+        draw.text((x0 + 2, y0 - FONT_SIZE - PAD), _fit(label, font, x1 - x0 - 4, draw), fill="black", font=font)
+    for label, row, row_boxes in zip(row_labels, images, boxes):
+        x0, y0, x1, y1 = row_boxes[0]
+        draw.text((PAD, y0 + max(0, (y1 - y0 - FONT_SIZE) // 2)), _fit(label, font, LABEL_WIDTH - 2 * PAD, draw),
+                  fill="black", font=font)
+        for im, (x0, y0, x1, y1) in zip(row, row_boxes):
+            cell = Image.new("RGB", (x1 - x0, y1 - y0), (128, 128, 128)) if im is None else \
+                Image.fromarray(im).resize((x1 - x0, y1 - y0), Image.NEAREST)
+            canvas.paste(cell, (x0, y0))
+    return canvas
+
+
+def save_labelled(path, rows, **labels):
+    """labelled_grid(rows, **labels) written to path as a PNG."""
+    labelled_grid(rows, **labels).save(path)
+
+
+def plot_2d(path, arrays, student, fixed_point, grid):
+    """Data, teacher and student side by side, and for a few noises the student's y_t on the grid beside its
+    fixed point, the teacher's N-step sampler (the signals a perfect student returns)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.4))
+    lim = float(max(arrays["data"].abs().max(), 2.0)) * 1.1
+    for ax, key, title in zip(axes, ("data", "teacher", "student"), ("data", "teacher (converged DDIM)", "student (one call)")):
+        ax.scatter(*arrays[key][:, :2].T.numpy(), s=1, alpha=0.4)
+        ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+    ax = axes[3]
+    ax.scatter(*arrays["data"][:2000].T.numpy(), s=1, alpha=0.08, c="gray")
+    device = next(student.parameters()).device
+    with torch.no_grad():
+        for i, eps in enumerate(arrays["noise"][:12].to(device)):
+            y = student(eps.expand(len(grid), 2), grid.to(device, torch.float32)).cpu()
+            line, = ax.plot(*y.T.numpy(), lw=1, marker=".", ms=3)
+            ax.plot(*fixed_point[:, i].T.numpy(), lw=1, ls="--", c=line.get_color())
+            ax.scatter(*y[0].numpy(), s=14, c="k", zorder=3)
+    ax.set(title="y_t on the grid: student -, fixed point --", xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def digit_columns(images, digits) -> list:
+    """For each digit 0 ... 9, the first of images (B, ...) whose prompt names it (digits (B,)), None where none does."""
+    firsts = [(digits == d).nonzero() for d in range(10)]
+    return [images[f[0, 0]] if len(f) else None for f in firsts]
+
+
+DIGIT_LABELS = [f"digit {d}" for d in range(10)]

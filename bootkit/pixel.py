@@ -1,0 +1,79 @@
+"""bootkit/pixel.py: a diffusers pixel teacher (UNet2DModel and its scheduler) as boot.py sees it, and the student
+that starts as a copy of it (train_toy.py --teacher, teachers/train_teacher.py's figures, the benchmark)."""
+import logging
+
+import torch
+
+import boot
+from bootkit.runtime import UsageError
+
+
+class DiffusersNet(torch.nn.Module):
+    """net(x, timestep, cond) -> prediction, for diffusers' UNet2DModel (which returns `.sample`)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, timestep, cond=None):
+        return self.unet(x, timestep.expand(len(x))).sample
+
+
+class AnchoredNet(torch.nn.Module):
+    """The student side of boot.TeacherStudent(anchor=t_a): a copy of the teacher's UNet2DModel that always reads
+    its input at the timestep of t_a, and the student's time through a new time embedding (diffusers'
+    class_embed_type "timestep") whose last layer starts at zero, so that it starts as the teacher read at t_a."""
+
+    def __init__(self, unet, schedule: boot.Schedule, anchor: float):
+        super().__init__()
+        from diffusers import UNet2DModel
+        if unet.config.class_embed_type is not None or unet.config.num_class_embeds:
+            raise UsageError("--init-from-teacher: a class-conditional UNet2DModel cannot take the student's "
+                                     "time embedding")
+        self.unet = UNet2DModel.from_config({**unet.config, "class_embed_type": "timestep"}).to(unet.device)
+        self.unet.load_state_dict(unet.state_dict(), strict=False)  # all but the new class_embedding
+        torch.nn.init.zeros_(self.unet.class_embedding.linear_2.weight)
+        torch.nn.init.zeros_(self.unet.class_embedding.linear_2.bias)
+        self.register_buffer("timestep", schedule.teacher_time(torch.tensor([anchor])), persistent=False)
+
+    def forward(self, x, time, cond=None):
+        return self.unet(x, self.timestep.expand(len(x)), class_labels=time.expand(len(x))).sample
+
+
+def load_pixel_teacher(source: str, device):
+    """(UNet2DModel, boot_diffusers.TeacherSchedule) from a hub id or folder: the pipeline layout (unet/,
+    scheduler/) or the flat one of google/ddpm-cifar10-32 (config.json and scheduler_config.json side by side)."""
+    import boot_diffusers  # imports diffusers: seconds, which the exact teachers need not wait
+    from diffusers import UNet2DModel
+    errors, log = [], logging.getLogger("diffusers")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # diffusers logs each failed attempt; the one error line below says it all
+    try:
+        for sub in ("unet", None):
+            try:  # safetensors only: a pickled .bin can run arbitrary code
+                unet = UNet2DModel.from_pretrained(source, subfolder=sub, use_safetensors=True)
+                break
+            except Exception as e:  # diffusers raises OSError, ValueError, EnvironmentError... keep the first cause
+                errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        else:
+            raise UsageError(f"--teacher {source!r} is not a loadable diffusers UNet2DModel ({errors[0]})")
+        teacher = boot_diffusers.read_scheduler(source, subfolder="scheduler" if sub else None, what=f"--teacher {source!r}")
+    except boot_diffusers.UnsupportedTeacher as e:
+        raise UsageError(str(e)) from None
+    finally:
+        log.setLevel(level)
+    return unet.to(device).eval().requires_grad_(False), teacher
+
+
+def pixel_teacher(unet, read) -> boot.Teacher:
+    """f(x_t, t) -> x0 as diffusers' DDIM computes it from this UNet and its boot_diffusers.TeacherSchedule
+    (clipping included)."""
+    return read.finish(boot.denoiser(DiffusersNet(unet), read.schedule, prediction=read.prediction))
+
+
+
+def load(folder, device):
+    """(boot teacher, schedule) of a saved pipeline: the teacher exactly as train_toy.py distils it (x0 clipped as
+    diffusers' DDIM clips it)."""
+    unet, read = load_pixel_teacher(str(folder), device)
+    return pixel_teacher(unet, read), read.schedule

@@ -1,0 +1,394 @@
+"""bootkit/runtime.py: what keeps long runs alive, shared by train_toy.py and train_sd.py.
+
+- Checkpoints: weights in safetensors, optimizer/schedule/EMA/step in a bundle that loads with
+  torch.load(weights_only=True); each written to a temporary folder, then renamed (atomic), every
+  --ckpt-every steps and on SIGINT/SIGTERM. A run killed at any moment leaves a loadable latest one.
+- Exact resume: the noise of step i on rank r comes from its own generator seeded by (seed, r, i), so a
+  resumed run draws what the uninterrupted run would have drawn.
+- Non-finite loss or gradients: the step is skipped and counted; after `max_nonfinite` in a row the run stops,
+  naming the last checkpoint (none is written during such a streak).
+- Loading: safetensors for weights, weights_only for the rest; a checkpoint that does not load is skipped, with a
+  warning, for the one before it.
+- torchrun: DistributedDataParallel (NCCL on GPUs, gloo on the CPU); rank 0 alone writes, logs and prints errors.
+- CPU runs keep freed memory for reuse (glibc's allocator would hand big tensors back to the OS each step).
+- Bad input raises UsageError: one line on stderr, exit status 2. A run that cannot go on: RunError, 1.
+"""
+import argparse
+import contextlib
+import ctypes
+import functools
+import json
+import math
+import os
+import pickle
+import shutil
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported in one line, exit status 2."""
+
+
+class RunError(Exception):
+    """A run that cannot go on: reported in one line, exit status 1."""
+
+
+def cli(main):
+    """Run main(); turn UsageError and RunError into one line on stderr and a non-zero exit. Under torchrun
+    rank 0 alone prints it: both errors are raised alike on every rank, and N copies would bury it."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except (UsageError, RunError) as e:
+            if os.environ.get("RANK", "0") == "0":
+                print(f"error: {e}", file=sys.stderr)
+            sys.exit(2 if isinstance(e, UsageError) else 1)
+    return wrapped
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default where it has one (not None or False)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets one line (and status 2) instead of the usage block; --help shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=_Help, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive(kind=int):
+    """An argparse type for a positive finite number."""
+    def parse(text):
+        value = kind(text)  # argparse reports a ValueError as "invalid positive value"
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
+        return value
+    parse.__name__ = "positive"
+    return parse
+
+
+def check_out(out: Path, *, allowed: bool, hint: str):
+    """Refuse a non-empty --out unless allowed: nothing is overwritten by accident."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not allowed:
+        raise UsageError(f"--out {out} is not empty; {hint}")
+
+
+def clear(out: Path, patterns):
+    """--overwrite: remove what an earlier run wrote (only that: --out may hold other things)."""
+    for pattern in patterns:
+        for path in out.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Devices and torchrun.
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def say(self, *args):
+        if self.main:
+            tqdm.write(" ".join(str(a) for a in args))
+
+    def all_true(self, flag) -> bool:
+        """flag (a bool or a one-element tensor) is true on every rank: the same decision everywhere."""
+        if self.world == 1:
+            return bool(flag)
+        t = torch.as_tensor(flag, device=self.device).float().reshape(1)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t.item() == 1
+
+
+def setup(device_name: str = "auto") -> Dist:
+    """Pick the device (cuda when present under "auto"; say which) and join torchrun's process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device_name)
+    except RuntimeError:
+        raise UsageError(f"unknown --device {device_name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cpu":
+        keep_freed_memory()
+    d = Dist(rank, world, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    d.say(f"device: {device} ({name})" + (f", {world} processes" if world > 1 else ""))
+    return d
+
+
+def keep_freed_memory():
+    """glibc: serve tensors of up to 32 MiB from the heap and keep what is freed, instead of mapping each big
+    tensor afresh and handing it back to the OS (page faults on every step: 20% of a digits step). A no-op
+    elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (glibc's ceiling)
+    libc.mallopt(-1, 1 << 30)   # M_TRIM_THRESHOLD
+
+
+def step_generator(seed: int, rank: int, step: int, device) -> torch.Generator:
+    """The generator for one step of one rank: resumes and ranks draw exactly what they should."""
+    return torch.Generator(device=device).manual_seed(hash((seed, rank, step)) & (2 ** 62 - 1))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints: out/checkpoints/step-00001000/{student,ema}.safetensors + state.pt
+
+
+def warmup_cosine(optimizer, steps: int, warmup: int):
+    """The learning rate of both scripts' decaying schedule: `warmup` steps of linear warm-up, then a cosine decay
+    to 0 at `steps` (and 0 after)."""
+    factor = lambda i: min(1.0, (i + 1) / (warmup + 1)) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _fsync(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(out: Path, step: int, weights: dict, state: dict, keep: int = 2) -> Path:
+    """Write weights (name -> state dict) and state atomically; keep the newest `keep` checkpoints."""
+    root, name = Path(out) / "checkpoints", f"step-{step:08d}"
+    final, tmp, trash = root / name, root / f".tmp-{name}-{os.getpid()}", root / f".old-{name}-{os.getpid()}"
+    root.mkdir(parents=True, exist_ok=True)
+    for folder in (tmp, trash):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+    for key, sd in weights.items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, tmp / f"{key}.safetensors")
+    torch.save({**state, "weights": sorted(weights)}, tmp / "state.pt")  # what load_checkpoint must find
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
+    if final.exists():  # the same step again: a damaged checkpoint that a resume skipped
+        final.rename(trash / name)
+    tmp.rename(final)
+    _fsync(root)
+    # Older checkpoints beyond `keep` go out of sight at once (a kill while deleting leaves no half checkpoint),
+    # then the trash and the leftovers of killed writes are deleted. Newer ones are left alone: a resume skipped
+    # them because they do not load, and this run replaces them when it gets there.
+    older = [p for p in checkpoints(out) if p.name < name]
+    for old in older[:max(0, len(older) - keep + 1)]:
+        old.rename(trash / old.name)
+    for leftover in root.glob(".*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return final
+
+
+def checkpoints(out: Path) -> list:
+    """The checkpoint folders in out, oldest first (written ones only: a killed write's folder starts with '.')."""
+    root = Path(out) / "checkpoints"
+    return sorted(root.glob("step-*")) if root.is_dir() else []
+
+
+def load_checkpoint(path: Path):
+    """(weights, state): safetensors and a weights_only torch.load, so nothing arbitrary is unpickled."""
+    path = Path(path)
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    names = state.pop("weights", None) or [f.stem for f in sorted(path.glob("*.safetensors"))]
+    weights = {name: load_file(path / f"{name}.safetensors") for name in names}
+    return weights, state
+
+
+def latest_checkpoint(out: Path):
+    """The newest checkpoint that loads: (path, weights, state), or None when there is none."""
+    for path in reversed(checkpoints(out)):
+        try:
+            return (path, *load_checkpoint(path))
+        except Exception as e:  # a damaged folder (disk trouble): say so and fall back to an older one
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            if isinstance(e, pickle.UnpicklingError):  # weights_only refused an object: never run it
+                reason = "it holds objects other than tensors and plain values; refused"
+            print(f"warning: checkpoint {path} does not load ({reason}); trying an older one", file=sys.stderr)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# The training loop.
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Turn SIGINT/SIGTERM into a flag the loop reads between steps (the step in flight finishes)."""
+    received = []
+    handler = lambda signum, frame: received.append(signum)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    """Owns the optimisation loop: skip non-finite steps, clip, EMA, log, checkpoint, resume, stop cleanly."""
+
+    def __init__(self, *, out, model, optimizer, lr_schedule=None, ema=None, dist_info: Dist, config: dict,
+                 ckpt_every: int = 1000, clip: float = 1.0, max_nonfinite: int = 5, log_every: int = 50):
+        self.out, self.model, self.optimizer, self.lr_schedule, self.ema = Path(out), model, optimizer, lr_schedule, ema
+        self.d, self.config, self.ckpt_every, self.clip = dist_info, config, ckpt_every, clip
+        self.max_nonfinite, self.log_every = max_nonfinite, log_every
+        self.step, self.skipped, self.in_row = 0, 0, 0
+        self.saved = None  # (step, path) of the newest checkpoint this run wrote or resumed from
+
+    @property
+    def student(self):
+        return getattr(self.model, "module", self.model)  # unwrap DistributedDataParallel
+
+    def state_dicts(self):
+        weights = {"student": self.student.state_dict()}
+        if self.ema is not None:
+            weights["ema"] = self.ema.module.state_dict()
+        state = {"step": self.step, "skipped": self.skipped, "optimizer": self.optimizer.state_dict(),
+                 "config": self.config}
+        if self.lr_schedule is not None:
+            state["lr_schedule"] = self.lr_schedule.state_dict()
+        if self.ema is not None:
+            state["ema_n_averaged"] = self.ema.n_averaged
+        return weights, state
+
+    def save(self) -> Path:
+        """Checkpoint this step (rank 0), once: a signal right after a periodic save does not write it again."""
+        if self.d.main and (self.saved is None or self.saved[0] != self.step):
+            self.saved = (self.step, save_checkpoint(self.out, self.step, *self.state_dicts()))
+        return self.saved[1] if self.saved else None
+
+    def resume(self, same_keys=()) -> bool:
+        """Load the latest checkpoint in out (every rank reads it). False when there is none."""
+        found = latest_checkpoint(self.out)
+        if found is not None:
+            path, weights, state = found
+            for key in same_keys:
+                if state["config"].get(key) != self.config.get(key):
+                    raise UsageError(f"--resume: {path} was made with {key}={state['config'].get(key)!r}, "
+                                     f"this run asks for {self.config.get(key)!r}")
+            self.student.load_state_dict(weights["student"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.lr_schedule is not None:
+                self.lr_schedule.load_state_dict(state["lr_schedule"])
+            if self.ema is not None:
+                self.ema.module.load_state_dict(weights["ema"])
+                self.ema.n_averaged.copy_(state["ema_n_averaged"])
+            self.step, self.skipped, self.saved = state["step"], state["skipped"], (state["step"], path)
+            self.d.say(f"resumed from {path} at step {self.step}")
+        if self.d.world > 1:  # a folder that only some processes see (multi-node, local disks) would split the run
+            t = torch.tensor([self.step, -self.step], dtype=torch.float64, device=self.d.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            if t[0] != -t[1]:
+                raise RunError(f"--resume: the processes found checkpoints of different steps in {self.out}; "
+                               "it must be one folder that every process sees")
+        return found is not None
+
+    def log(self, record: dict):
+        if self.d.main:  # nan and inf as strings: the log stays valid JSON
+            record = {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def fit(self, steps: int, loss_fn, *, desc="boot", every=None):
+        """loss_fn(step) -> (loss, logs). every: optional (n, fn(step)) called every n steps (validation)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        start, start_step = time.perf_counter(), self.step
+        bar = tqdm(total=steps, initial=self.step, desc=desc, disable=not self.d.main, dynamic_ncols=True)
+        with stop_requests() as stop, bar:  # the bar is closed before an error line is printed
+            while self.step < steps:
+                loss, logs = loss_fn(self.step)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # always: under DDP every rank joins the gradient all-reduce
+                norm = torch.nn.utils.clip_grad_norm_(params, self.clip if self.clip else float("inf"))
+                # The gradient (all-reduced) is the same on every rank, the loss is not: every rank decides alike.
+                finite = self.d.all_true(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+                if finite:
+                    self.optimizer.step()
+                    if self.ema is not None:
+                        self.ema.update_parameters(self.student)
+                    self.in_row = 0
+                else:  # skip the update, keep the step's place in the schedule
+                    self.skipped, self.in_row = self.skipped + 1, self.in_row + 1
+                if self.lr_schedule is not None:
+                    with warnings.catch_warnings():  # torch warns when the schedule steps without the optimizer
+                        warnings.simplefilter("ignore", UserWarning)
+                        self.lr_schedule.step()
+                self.step += 1
+                bar.update(1)
+                if not finite:
+                    self.log({"step": self.step, "event": "non-finite loss or gradient, update skipped",
+                              "skipped": self.skipped})
+                    if self.in_row >= self.max_nonfinite:
+                        raise RunError(f"{self.in_row} non-finite losses or gradients in a row (steps "
+                                       f"{self.step - self.in_row + 1} to {self.step}; lower --lr, or train in fp32); "
+                                       f"last good checkpoint: {self.saved[1] if self.saved else 'none written yet'}")
+                if self.step % self.log_every == 0 or self.step == steps:
+                    record = {k: (v.item() if torch.is_tensor(v) else v) for k, v in logs.items()}
+                    record.update(step=self.step, grad_norm=norm.item(), skipped=self.skipped,
+                                  lr=self.optimizer.param_groups[0]["lr"],
+                                  steps_per_s=(self.step - start_step) / (time.perf_counter() - start))
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
+                    self.log(record)
+                if every and self.step % every[0] == 0:
+                    every[1](self.step)
+                if self.step % self.ckpt_every == 0 and self.step < steps and not self.in_row:
+                    self.save()  # not during a non-finite streak: the last checkpoint before it is kept
+                if not self.d.all_true(not stop):
+                    path = self.save()
+                    self.d.say(f"stopped by signal at step {self.step}; checkpoint {path}; continue with --resume")
+                    sys.exit(128 + (stop[0] if stop else signal.SIGTERM))
+        if self.d.world > 1:  # DDP keeps replicas identical; check it, since a silent drift would waste the run
+            sums = torch.stack([p.detach().double().sum() for p in self.student.parameters()])
+            gathered = [torch.empty_like(sums) for _ in range(self.d.world)]
+            dist.all_gather(gathered, sums)
+            identical = all(torch.equal(g, gathered[0]) for g in gathered)
+            self.log({"step": self.step, "ranks_identical": identical})
+            if not identical:
+                self.d.say("warning: the processes' weights differ; rank 0's are written")
+        if self.skipped:
+            self.d.say(f"warning: {self.skipped} of {self.step} steps skipped for a non-finite loss or gradient "
+                       f"(log.jsonl says which)")
+        return self.save()

@@ -1,0 +1,292 @@
+"""bootkit/sd.py: a Stable-Diffusion-layout teacher and its student, as boot.py sees them (train_sd.py's pieces).
+
+BOOT.md section 4. Conventions, stated here once:
+- Time: boot.Schedule.discrete(alphas_cumprod), t = (i + 1) / n is the teacher's timestep i, t = 0 the
+  clean latent. The student reads the timestep t n - 1 unrounded (-1 at t = 0; Schedule.network_time).
+- Student output (boot.TeacherStudent): y = to_x0(unet(eps, t n - 1, c), x_t = eps) with the teacher's
+  prediction type at the FIXED alpha_T, sigma_T of t = T, in float32. Starting as the teacher, g(eps, T, c) =
+  f(eps, T, c).
+- Guidance: diffusers' w (w = 1 is the conditional teacher). Every student has a guidance input (LCM's
+  time_cond_proj_dim = 256, projection zero-initialised: it starts as the teacher for every w) that reads
+  StableDiffusionPipeline's embedding of w - 1.
+- Prompts are read from the file when a batch needs them and encoded per batch: memory does not grow with
+  the file (a million prompts cost 16 MB of offsets).
+diffusers and transformers are imported where they are used: they take seconds, and bad input should not.
+"""
+import codecs
+import contextlib
+import json
+import sys
+from array import array
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import boot
+from bootkit.runtime import UsageError
+
+DEFAULT_TEACHER = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+GUIDANCE_DIM = 256  # width of the student's guidance embedding, as in LCM
+UNSUPPORTED_UNET = ("addition_embed_type", "class_embed_type")  # conditioning beyond text embeddings (SDXL's)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input: prompts and the teacher.
+
+
+class Prompts:
+    """The prompts of a text file, read from it when needed: held as each one's byte offset and line number
+    (16 bytes a prompt), not as text, so that a file of millions of prompts costs megabytes."""
+
+    def __init__(self, path: Path, offsets: array, lines: array):
+        self.path, self.offsets, self.lines = path, offsets, lines
+
+    def __len__(self):
+        return len(self.offsets)
+
+    def read(self, indices) -> list:
+        """The prompts at these indices, in that order."""
+        with open(self.path, "rb") as f:
+            texts = []
+            for i in indices:
+                f.seek(self.offsets[i])
+                texts.append(f.readline().decode("utf-8").strip())
+            return texts
+
+
+def read_prompts(path, flag: str = "--prompts") -> Prompts:
+    """One prompt a line, UTF-8 (a byte-order mark is fine); blank lines and # lines are skipped. The file is
+    read once, here, to check it and to note where each prompt starts."""
+    offsets, lines, position, blank = array("q"), array("q"), 0, True
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                skip = len(codecs.BOM_UTF8) if number == 1 and raw.startswith(codecs.BOM_UTF8) else 0
+                try:
+                    prompt = raw[skip:].decode("utf-8").strip()
+                except UnicodeDecodeError as e:
+                    at, byte = position + skip + e.start, raw[skip + e.start]
+                    raise UsageError(f"{flag} {path}: not UTF-8 text (byte {at} is {byte:#x})") from None
+                if prompt and not prompt.startswith("#"):
+                    offsets.append(position + skip)
+                    lines.append(number)
+                blank, position = blank and not prompt, position + len(raw)
+    except FileNotFoundError:
+        raise UsageError(f"{flag} {path}: no such file") from None
+    except OSError as e:  # a folder, no permission, an I/O error
+        raise UsageError(f"{flag} {path}: cannot be read ({e.strerror or e})") from None
+    if not offsets:
+        raise UsageError(f"{flag} {path}: " + ("the file is empty" if blank
+                                               else "no prompt in it, only blank or # lines"))
+    return Prompts(Path(path), offsets, lines)
+
+
+def loaded(what: str, load):
+    """load(), or one line saying what did not load and why."""
+    try:
+        return load()
+    except Exception as e:  # whatever the reason (missing file, bad config, offline hub), the input is unusable
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UsageError(f"{what} does not load ({reason})") from None
+
+
+def check_unet_config(name: str):
+    """Refuse, from its config alone (before any weights load), a UNet that needs more than text embeddings:
+    this script gives the teacher and the student nothing else (SDXL's added time ids and pooled text)."""
+    from diffusers import UNet2DConditionModel
+    config = loaded(f"--teacher {name}: its unet", lambda: UNet2DConditionModel.load_config(name, subfolder="unet"))
+    needs = [f"{key}={config[key]!r}" for key in UNSUPPORTED_UNET if config.get(key)]
+    if needs:
+        raise UsageError(f"--teacher {name}: its UNet needs more than text embeddings ({', '.join(needs)}, as SDXL's); "
+                         "train_sd.py supports teachers conditioned on text alone (SD 1.x, SD 2.x)")
+
+
+def load_teacher(name: str, dtype, device, *, unet: bool = True):
+    """The frozen parts of a diffusers Stable Diffusion (hub id or folder), the UNet only if asked for (its config
+    checked first). The scheduler config is read first, with its own class (boot_diffusers.read_scheduler: the
+    schedule, the prediction type, x0 clipping; other families refused): sd.teacher, and sd.scheduler."""
+    import boot_diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.utils import logging as transformers_logging
+    try:
+        read = boot_diffusers.read_scheduler(name, subfolder="scheduler", what=f"--teacher {name}")
+    except boot_diffusers.UnsupportedTeacher as e:
+        raise UsageError(str(e)) from None
+    if unet:
+        check_unet_config(name)
+    # No "Loading weights" bar per model (noise before a one-line error); the hub's download bars stay.
+    # transformers 4.x has no such hook and shows no such bar.
+    set_tqdm_hook = getattr(transformers_logging, "set_tqdm_hook", None)
+    if set_tqdm_hook is not None:
+        set_tqdm_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True}))
+    classes = dict(tokenizer=CLIPTokenizer, text_encoder=CLIPTextModel, vae=AutoencoderKL)
+    if unet:
+        classes["unet"] = UNet2DConditionModel
+    sd = SimpleNamespace(teacher=read, scheduler=read.scheduler)
+    for part, cls in classes.items():
+        # Weights from safetensors only: a pickled .bin can run arbitrary code.
+        kwargs = {} if part == "tokenizer" else {"torch_dtype": dtype, "use_safetensors": True}
+        value = loaded(f"--teacher {name}: its {part}", lambda: cls.from_pretrained(name, subfolder=part, **kwargs))
+        if isinstance(value, torch.nn.Module):
+            value = value.to(device).eval().requires_grad_(False)
+        setattr(sd, part, value)
+    # transformers builds an empty tokenizer, rather than failing, where the tokenizer's files are missing.
+    tok = sd.tokenizer
+    if len(tok) <= len(tok.all_special_tokens) or tok.model_max_length > sd.text_encoder.config.max_position_embeddings:
+        raise UsageError(f"--teacher {name}: its tokenizer does not load (no vocabulary, or longer than the encoder)")
+    return sd
+
+
+def vae_scale(vae) -> int:
+    """Pixels per latent, as diffusers' pipelines compute it."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def latent_shape(vae, unet, resolution: int) -> tuple:
+    """(channels, size, size) of the latents of a resolution x resolution image."""
+    factor = vae_scale(vae)
+    multiple = factor * 2 ** (len(unet.config.block_out_channels) - 1)  # the UNet halves the latents per level
+    if resolution % multiple:
+        raise UsageError(f"--resolution {resolution} must be a multiple of {multiple} for this teacher")
+    return unet.config.in_channels, resolution // factor, resolution // factor
+
+
+class PromptEncoder:
+    """Prompts -> text embeddings (B, L, D) on the device, batch by batch, as StableDiffusionPipeline encodes them.
+    Nothing is kept: memory does not grow with the prompts file. The first over-long prompt met is reported
+    (once, when warn): the tokenizer truncates it."""
+
+    def __init__(self, sd, device, *, warn: bool):
+        self.tokenizer, self.text_encoder, self.device, self.warn = sd.tokenizer, sd.text_encoder, device, warn
+
+    @torch.no_grad()
+    def __call__(self, prompts: list) -> torch.Tensor:
+        tok, length = self.tokenizer, self.tokenizer.model_max_length
+        if self.warn:
+            ids = tok(prompts, truncation=True, max_length=length + 1).input_ids  # one token more than fits: over-long
+            over = [p for p, p_ids in zip(prompts, ids) if len(p_ids) > length]
+            if over:
+                tqdm.write(f"warning: prompts longer than the tokenizer's {length} tokens are truncated "
+                           f"(reported once), first: {over[0][:60]!r}", file=sys.stderr)
+                self.warn = False
+        ids = tok(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.device)).last_hidden_state
+
+
+
+# ----------------------------------------------------------------------------------------------------
+# Teacher and student as boot.py sees them.
+
+
+def teacher_fn(unet, schedule: boot.Schedule, prediction: str) -> boot.Teacher:
+    """f(x_t, t, c) -> x0: the teacher UNet in its own dtype; the result is in x_t's dtype (float32 in
+    training), so the bootstrap target is computed in fp32."""
+    def unet_call(x, timestep, cond):
+        return unet(x.to(unet.dtype), timestep, encoder_hidden_states=cond.to(unet.dtype)).sample
+    return boot.denoiser(unet_call, schedule, prediction=prediction)
+
+
+def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """What StableDiffusionPipeline feeds a UNet with a guidance input: LCM's sinusoidal embedding of 1000 (w - 1),
+    computed as its get_guidance_scale_embedding computes it (float32, on the CPU, the same operations), so the
+    student trains on the very input the pipeline gives it. Written out: importing the pipeline would pull in
+    transformers' image processors."""
+    half = dim // 2
+    scaled = (w - 1).float().cpu() * 1000.0
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+    emb = scaled[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(emb), torch.cos(emb)], dim=1).to(w.device)  # dim is even (GUIDANCE_DIM)
+
+
+def student_fn(model, schedule: boot.Schedule, prediction: str, w=None) -> boot.TeacherStudent:
+    """g(eps, t, c): boot.TeacherStudent over the student UNet, to_x0(unet(eps, t n - 1, c, emb(w - 1)), x_t = eps)
+    at the fixed alpha_T, sigma_T. model: the UNet or its DistributedDataParallel wrapper; w (B,) is fed when
+    the UNet has a guidance input (time_cond_proj_dim)."""
+    unet = getattr(model, "module", model)
+    dim = unet.config.time_cond_proj_dim
+    w_emb = guidance_embedding(w, dim).to(unet.dtype) if dim and w is not None else None
+
+    def net(x, time, cond):  # float32 out: the signal, and the bootstrap target made from it, are fp32
+        out = model(x.to(unet.dtype), time, encoder_hidden_states=cond.to(unet.dtype), timestep_cond=w_emb)
+        return out.sample.float()
+    return boot.TeacherStudent(net, schedule, prediction=prediction)
+
+
+def make_student(teacher: str):
+    """The teacher's UNet in float32 (the master weights), in train mode, plus a zero-initialised guidance input:
+    with it StableDiffusionPipeline feeds the student w and runs no guidance of its own, whether the student
+    learns one w or a range."""
+    from diffusers import UNet2DConditionModel
+    unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet", torch_dtype=torch.float32,
+                                                use_safetensors=True)
+    if unet.config.time_cond_proj_dim:  # a teacher with a guidance input keeps its own
+        return unet.train()
+    student = UNet2DConditionModel.from_config({**unet.config, "time_cond_proj_dim": GUIDANCE_DIM})
+    for name in student.load_state_dict(unet.state_dict(), strict=False).missing_keys:  # time_embedding.cond_proj
+        torch.nn.init.zeros_(student.get_parameter(name))
+    return student.train()
+
+
+@contextlib.contextmanager
+def evaluating(module):
+    """module in eval mode inside the block, then back in the mode it was in (the live student goes on training)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def resolved_dtype(name: str, device) -> str:
+    """--dtype's name, auto resolved: bf16 on CUDA, fp32 elsewhere."""
+    return name if name != "auto" else "bf16" if device.type == "cuda" else "fp32"
+
+
+def autocast(device, dtype):
+    """Mixed precision in dtype over float32 weights; none for fp32."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def boot_sd_loss(model, teacher, *, eps, cond, w, k, schedule, grid, prediction, null_cond, dtype, finish=None,
+                 target=None, order=1):
+    """One BOOT loss under autocast: each example's w guides its teacher target and enters the student.
+    finish: the teacher's x0 clipping, applied to the guided x0 as diffusers does (TeacherSchedule.finish).
+    target: the UNet that makes the bootstrap targets (the EMA: a target network), else the student itself;
+    order 2: Heun's teacher step (two guided teacher calls)."""
+    with autocast(eps.device, dtype):
+        student, guided = student_fn(model, schedule, prediction, w), boot.guided(teacher, scale=w, null_cond=null_cond)
+        guided = guided if finish is None else finish(guided)
+        target_student = None if target is None else student_fn(target, schedule, prediction, w)
+        return boot.boot_loss(student, guided, eps, schedule=schedule, grid=grid, cond=cond, k=k,
+                              config=boot.BootConfig(order=order), target_student=target_student)
+
+
+@torch.no_grad()
+def decode(vae, latents) -> np.ndarray:
+    """uint8 images (B, H, W, 3) from latents, with the teacher's AutoencoderKL or an AutoencoderTiny."""
+    x = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def read_run(run: Path, flag: str) -> dict:
+    """The boot_sd.json of a finished run, or one line saying it is none."""
+    try:
+        return json.loads((run / "boot_sd.json").read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"{flag} {run}: no readable boot_sd.json; "
+                         "expected the --out folder of a finished train_sd.py run") from None
+
+
+def load_student(run: Path, flag: str, device):
+    """The run's student UNet in float32 (--dtype is the autocast it runs under), in eval mode."""
+    from diffusers import UNet2DConditionModel
+    load = UNet2DConditionModel.from_pretrained
+    return loaded(f"{flag} {run}: its student", lambda: load(run / "student", torch_dtype=torch.float32,
+                                                             use_safetensors=True)).to(device).eval()
+

@@ -1,0 +1,149 @@
+"""Tests of boot_diffusers.py: the teacher boot reads from a diffusers scheduler config is the one diffusers runs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach the hub
+
+import pytest
+import torch
+
+import boot
+from bootkit import pixel
+import boot_diffusers
+
+diffusers = pytest.importorskip("diffusers")
+ROOT = Path(__file__).resolve().parents[1]  # the repository: its scripts, prompts.txt, teachers/
+STEPS = 100  # training timesteps of the tiny teachers
+
+
+def _save_teacher(folder: Path, **scheduler_config):
+    """A random 8x8 UNet2DModel and a DDPM scheduler config with these settings, in DDPMPipeline's layout."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+                                 layers_per_block=1, norm_num_groups=8, down_block_types=("DownBlock2D",) * 2,
+                                 up_block_types=("UpBlock2D",) * 2)
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=STEPS, **scheduler_config)
+    diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
+    return str(folder)
+
+
+def _diffusers_ddim(unet, config, eps, steps):
+    """diffusers' own DDIM: trailing spacing, set_alpha_to_one, eta 0, the clipped x0's eps (see boot_diffusers)."""
+    scheduler = diffusers.DDIMScheduler.from_config(config, timestep_spacing="trailing", set_alpha_to_one=True)
+    scheduler.set_timesteps(steps)
+    x = eps
+    for t in scheduler.timesteps:
+        x = scheduler.step(unet(x, t).sample, t, x, eta=0.0, use_clipped_model_output=True).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("config", [
+    dict(prediction_type="epsilon", clip_sample=False),
+    dict(prediction_type="epsilon", clip_sample=True),
+    dict(prediction_type="epsilon", clip_sample=True, clip_sample_range=0.5),
+    dict(prediction_type="v_prediction", clip_sample=False),
+    dict(prediction_type="v_prediction", clip_sample=True),
+    dict(prediction_type="sample", clip_sample=False),
+    dict(prediction_type="sample", clip_sample=True),
+    dict(prediction_type="epsilon", thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5),
+    dict(prediction_type="v_prediction", rescale_betas_zero_snr=True, clip_sample=False),
+    dict(prediction_type="sample", rescale_betas_zero_snr=True, clip_sample=True),
+], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("steps", [1, 4, 10])
+def test_pixel_adapter_under_boot_ddim_is_diffusers_ddim(tmp_path, config, steps):
+    folder = _save_teacher(tmp_path / "teacher", **config)
+    unet, read = pixel.load_pixel_teacher(folder, "cpu")
+    teacher = pixel.pixel_teacher(unet, read)
+    eps = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = boot.ddim_sample(teacher, eps, schedule=read.schedule, steps=steps)
+        theirs = _diffusers_ddim(unet, read.scheduler.config, eps, steps)
+    assert torch.isfinite(ours).all()
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5), (ours - theirs).abs().max()
+
+
+def test_clipping_acts_on_x0_and_is_really_applied(tmp_path):
+    folder = _save_teacher(tmp_path / "teacher", prediction_type="epsilon", clip_sample=True)
+    unet, read = pixel.load_pixel_teacher(folder, "cpu")
+    x, t = torch.randn(2, 3, 8, 8), torch.ones(2)
+    with torch.no_grad():
+        x0 = pixel.pixel_teacher(unet, read)(x, t)
+        raw = boot.denoiser(pixel.DiffusersNet(unet), read.schedule, prediction="epsilon")(x, t)
+    assert raw.abs().max() > 1 and x0.abs().max() <= 1 and torch.equal(x0, raw.clamp(-1, 1))
+
+
+def test_dynamic_threshold_matches_diffusers():
+    scheduler = diffusers.DDPMScheduler(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0)
+    x0 = 3 * torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    ours = boot_diffusers.dynamic_threshold(x0, ratio=0.9, max_value=2.0)
+    assert torch.equal(ours, scheduler._threshold_sample(x0))
+
+
+def _config(**overrides):
+    """A DDPM config as saved (without the in-memory list of defaulted keys, which from_config would reapply)."""
+    config = dict(diffusers.DDPMScheduler(num_train_timesteps=STEPS).config)
+    config.pop("_use_default_values", None)
+    return {**config, **overrides}
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"_class_name": "ScoreSdeVeScheduler"}, "not a variance-preserving"),
+    ({"_class_name": "FlowMatchEulerDiscreteScheduler"}, "not a variance-preserving"),
+    ({"_class_name": "EDMEulerScheduler"}, "not a variance-preserving"),
+    ({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": True}, "use_karras_sigmas"),
+    ({"_class_name": "EulerDiscreteScheduler", "timestep_type": "continuous"}, "not a discrete-time teacher"),
+    ({"beta_schedule": "cubic"}, "cubic is not implemented"),
+    ({"_class_name": "NoSuchScheduler"}, "unknown scheduler class 'NoSuchScheduler'"),
+    ({"prediction_type": "flow"}, "unsupported prediction type 'flow'"),
+    ({"rescale_betas_zero_snr": True}, "zero terminal SNR with eps-prediction"),
+    ({"_class_name": "EulerDiscreteScheduler", "rescale_betas_zero_snr": True}, "zero terminal SNR with eps-prediction"),
+], ids=lambda v: str(v)[:40])
+def test_schedules_boot_cannot_distil_exactly_are_refused_by_name(config, words):
+    with pytest.raises(boot_diffusers.UnsupportedTeacher, match=words.replace("(", r"\(")):
+        boot_diffusers.scheduler_from_config(_config(**config), what="--teacher x")
+
+
+@pytest.mark.parametrize("name", ["DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler"])
+def test_schedulers_of_the_same_family_give_the_same_schedule(name):
+    config = _config(_class_name=name, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    read = boot_diffusers.scheduler_from_config(config)
+    expected = diffusers.DDPMScheduler.from_config(config).alphas_cumprod.double()
+    alpha, _, _ = read.schedule.coefficients(torch.arange(1, STEPS + 1, dtype=torch.float64) / STEPS)
+    assert torch.allclose(alpha ** 2, expected, rtol=1e-12, atol=0)
+
+
+def test_clipping_follows_the_schedulers_own_defaults():
+    """PNDM has no clip_sample (SD's configs): no clipping; DDPM's default clips to [-1, 1]."""
+    assert boot_diffusers.scheduler_from_config(_config(_class_name="PNDMScheduler")).clip is None
+    ddpm = {k: v for k, v in _config().items() if k != "clip_sample"}
+    assert boot_diffusers.scheduler_from_config(ddpm).clip is not None
+
+
+def test_bad_scheduler_config_from_the_command_line_is_one_line_and_exit_2(tmp_path):
+    folder = Path(_save_teacher(tmp_path / "teacher"))
+    path = folder / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "_class_name": "ScoreSdeVeScheduler"}))
+    done = subprocess.run([sys.executable, str(ROOT / "train_toy.py"), "--teacher", str(folder), "--out",
+                           str(tmp_path / "run"), "--device", "cpu"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "ScoreSdeVeScheduler is not a variance-preserving" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_sd_refuses_a_flow_matching_teacher_in_one_line(tmp_path):
+    import test_train_sd
+    root = tmp_path / "sd"
+    test_train_sd.make_tiny_sd(root)
+    path = root / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "_class_name": "FlowMatchEulerDiscreteScheduler"}))
+    (tmp_path / "prompts.txt").write_text("a cat\n")
+    done = subprocess.run([sys.executable, str(ROOT / "train_sd.py"), "--teacher", str(root), "--prompts",
+                           str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "run"), "--device", "cpu"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "FlowMatchEulerDiscreteScheduler is not a variance-preserving" in done.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,253 @@
+"""Tests of teachers/train_teacher.py: a seconds-long run of the whole script in a tmp folder (each kind of teacher), and the
+committed teacher."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from safetensors.torch import load_file
+
+import boot
+from bootkit import digits, metrics, sd
+import train_teacher
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]  # the repository: its scripts, prompts.txt, teachers/
+COMMITTED = ROOT / "teachers" / "mnist16"
+TINY = ["--steps", "4", "--judge-steps", "3", "--figure-samples", "8", "--ckpt-every", "2", "--device", "cpu"]
+TINY_TEXT = ["--kind", "text", "--vae-steps", "3", "--steps", "3", "--judge-steps", "2", "--figure-samples", "6",
+             "--ckpt-every", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teachers") / "mnist16"
+    train_teacher.main(["--out", str(out), *TINY])
+    return out
+
+
+def _loads_as_a_ddpm_pipeline(folder: Path):
+    from diffusers import DDPMPipeline, UNet2DModel
+    pipe = DDPMPipeline.from_pretrained(folder, use_safetensors=True)
+    unet = UNet2DModel.from_pretrained(folder, subfolder="unet", use_safetensors=True)
+    assert unet.config.sample_size == 16 and unet.config.in_channels == unet.config.out_channels == 1
+    assert list(unet.config.block_out_channels) == [32, 64, 64]
+    assert unet.config.down_block_types[1] == "AttnDownBlock2D"  # the second level: 8x8
+    s = pipe.scheduler.config
+    assert (s.num_train_timesteps, s.beta_schedule, s.prediction_type) == (1000, "linear", "epsilon")
+    return pipe
+
+
+def test_the_teacher_is_a_ddpm_pipeline_that_diffusers_loads(tiny):
+    pipe = _loads_as_a_ddpm_pipeline(tiny)
+    images = pipe(batch_size=2, num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 16, 16, 1)
+
+
+def test_the_held_out_digits_are_never_trained_on_and_the_split_is_reproducible(tiny):
+    train, held_out = digits.split(0)
+    recorded = json.loads((tiny / "split.json").read_text())
+    assert recorded["held_out"] == held_out.tolist() and recorded["seed"] == 0
+    assert len(held_out) == 1000 and len(train) == 4000
+    assert not set(train.tolist()) & set(held_out.tolist()) and len(set(train.tolist()) | set(held_out.tolist())) == 5000
+    assert torch.equal(digits.split(0)[1], held_out) and not torch.equal(digits.split(1)[1], held_out)
+
+
+def test_the_judge_loads_classifies_a_batch_and_carries_its_reference_statistics(tiny):
+    judge, mean, cov = metrics.load_judge(tiny / "judge")
+    images, _ = digits.load_digits()
+    assert images.shape == (5000, 1, 16, 16) and images.min() >= -1 and images.max() <= 1
+    classes = metrics.judge_classes(judge, images[:32])
+    assert classes.shape == (32,) and 0 <= classes.min() and classes.max() <= 9
+    assert metrics.judge_features(judge, images[:32]).shape == (32, 128)
+    assert mean.shape == (128,) and cov.shape == (128, 128) and mean.dtype == cov.dtype == torch.float64
+    assert torch.allclose(cov, cov.T)
+    held_out = images[digits.split(0)[1]]  # the statistics are the held-out digits' own
+    assert torch.allclose(metrics.feature_stats(metrics.judge_features(judge, held_out))[0], mean)
+
+
+def test_figures_are_written_for_each_ddim_k(tiny):
+    f = json.loads((tiny / "figures.json").read_text())
+    assert set(f["fd_ddim"]) == {str(k) for k in digits.FIGURE_KS} and f["samples"] == 8
+    assert len(f["class_shares_ddim_50"]) == 10 and sum(f["class_shares_ddim_50"]) == pytest.approx(1)
+    assert (tiny / "ddim50.png").exists()
+
+
+def test_a_stopped_teacher_resumes_to_the_same_weights(tiny, tmp_path):
+    train_teacher.main(["--out", str(tmp_path), *TINY, "--only", "teacher", "--steps", "2"])
+    train_teacher.main(["--out", str(tmp_path), *TINY, "--only", "teacher", "--resume"])
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    resumed, straight = load_file(tmp_path / weights), load_file(tiny / weights)
+    assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ema", "1.5"], "--ema: must be in [0, 1)"),
+    (["--steps", "0"], "--steps: must be positive"),
+    (["--only", "student"], "invalid choice: 'student'"),
+    (["--only", "figures"], "holds no judge/ and unet/ yet"),
+    (["--only", "vae"], "vae is a stage of --kind text only"),
+    (["--kind", "text", "--only", "teacher"], "holds no vae/ yet"),
+    (["--kind", "image"], "invalid choice: 'image'"),
+])
+def test_bad_flags_get_one_line(tmp_path, args, message):
+    done = subprocess.run([sys.executable, str(ROOT / "teachers" / "train_teacher.py"), "--out", str(tmp_path / "t"), *args],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and message in done.stderr and done.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_finished_teacher_folder_is_not_overwritten_by_accident(tiny):
+    before = (tiny / "split.json").read_bytes()
+    done = subprocess.run([sys.executable, str(ROOT / "teachers" / "train_teacher.py"), "--out", str(tiny), *TINY],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "--resume" in done.stderr and (tiny / "split.json").read_bytes() == before
+
+
+def test_the_committed_teacher_loads_and_its_judge_passes_on_the_held_out_digits():
+    _loads_as_a_ddpm_pipeline(COMMITTED)
+    judge, mean, _ = metrics.load_judge(COMMITTED / "judge")
+    images, labels = digits.load_digits()
+    held_out = json.loads((COMMITTED / "split.json").read_text())["held_out"]
+    accuracy = metrics.judge_classes(judge, images[held_out]).eq(labels[held_out]).double().mean().item()
+    assert accuracy >= 0.97 and accuracy == pytest.approx(json.loads((COMMITTED / "judge" / "config.json").read_text())["held_out_accuracy"])
+    assert torch.allclose(metrics.feature_stats(metrics.judge_features(judge, images[held_out]))[0], mean)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The text-to-image teacher.
+
+
+@pytest.fixture(scope="module")
+def tiny_text(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teachers") / "mnist-t2i"
+    train_teacher.main(["--out", str(out), *TINY_TEXT])
+    return out
+
+
+def test_the_text_teacher_is_a_stable_diffusion_pipeline_that_diffusers_loads(tiny_text):
+    from diffusers import StableDiffusionPipeline
+    index = json.loads((tiny_text / "model_index.json").read_text())
+    assert index["safety_checker"] == index["feature_extractor"] == [None, None]
+    assert index["requires_safety_checker"] is False
+    assert not list(tiny_text.rglob("*.bin")) and all(list((tiny_text / part).glob("*.safetensors"))
+                                                      for part in ("vae", "text_encoder", "unet"))
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_text, use_safetensors=True)
+    s = pipe.scheduler.config
+    assert (s.num_train_timesteps, s.beta_schedule, s.beta_start, s.beta_end, s.prediction_type) == \
+        (1000, "scaled_linear", 0.00085, 0.012, "epsilon")
+    assert pipe.vae.config.latent_channels == 4 and pipe.vae_scale_factor == 2
+    assert pipe.vae.encode(torch.zeros(1, 3, 16, 16)).latent_dist.mean.shape == (1, 4, 8, 8)
+    unet = pipe.unet.config
+    assert (unet.sample_size, unet.in_channels, unet.out_channels) == (8, 4, 4)
+    assert unet.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert 1e6 < sum(p.numel() for p in pipe.unet.parameters()) < 2e6
+    images = pipe(["a handwritten 7", "the digit three"], num_inference_steps=2, guidance_scale=3, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 16, 16, 3)
+
+
+def test_the_vae_scaling_factor_gives_the_training_latents_unit_variance(tiny_text):
+    from diffusers import AutoencoderKL
+    vae = AutoencoderKL.from_pretrained(tiny_text / "vae", use_safetensors=True)
+    images, _ = digits.load_digits()
+    mean, std = train_teacher.posterior(vae, images[digits.split(0)[0]])
+    z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(1))  # not the script's noise
+    assert (z * vae.config.scaling_factor).std().item() == pytest.approx(1, abs=0.02)
+
+
+def test_train_sd_reads_the_text_teacher_and_its_prompts_file(tiny_text, tmp_path):
+    import train_sd
+    parts = sd.load_teacher(str(tiny_text), torch.float32, torch.device("cpu"))
+    assert (parts.teacher.prediction, parts.teacher.clip) == ("epsilon", None)
+    assert sd.latent_shape(parts.vae, parts.unet, 16) == (4, 8, 8)
+    listed = sd.read_prompts(tiny_text / "prompts.txt")
+    texts = listed.read(range(len(listed)))
+    assert texts == digits.prompts() and len(texts) == 60
+    assert [digits.prompt_digit(p) for p in texts] == [i % 10 for i in range(60)]
+    header = (tiny_text / "prompts.txt").read_text().split("\n0\n")[0]
+    assert "10% of its examples, on the empty prompt" in header  # documented, and not a line: train_sd.py adds ""
+    assert sd.PromptEncoder(parts, torch.device("cpu"), warn=True)(texts).shape == (60, train_teacher.TOKENS, 64)
+    run = tmp_path / "run"  # two steps of BOOT with it: the folder is a teacher that train_sd.py distils
+    train_sd.main(["--teacher", str(tiny_text), "--prompts", str(tiny_text / "prompts.txt"), "--out", str(run),
+                   "--device", "cpu", "--dtype", "fp32", "--batch-size", "2", "--bootstrap-steps", "4", "--steps", "2",
+                   "--guidance-range", "1,5", "--ema", "0.9", "--order", "2", "--spacing", "quadratic", "--eval-samples", "10"])
+    assert (run / "student" / "diffusion_pytorch_model.safetensors").exists()
+    meta = json.loads((run / "boot_sd.json").read_text())
+    assert (meta["guidance_range"], meta["ema"], meta["order"], meta["spacing"]) == ([1, 5], 0.9, 2, "quadratic")
+
+
+def test_each_word_of_the_prompts_is_one_token_of_the_written_vocabulary():
+    tokenizer, text_encoder = train_teacher.make_text_encoder(0)
+    for prompt in digits.prompts():
+        tokens = tokenizer.convert_ids_to_tokens(tokenizer(prompt).input_ids)
+        assert tokens == ["<|startoftext|>", *(w + "</w>" for w in prompt.split()), "<|endoftext|>"]
+    assert tokenizer("").input_ids == [0, 1]
+    assert text_encoder.config.max_position_embeddings == tokenizer.model_max_length == train_teacher.TOKENS
+    assert tokenizer.convert_ids_to_tokens(tokenizer("ox").input_ids)[1:-1] == ["o", "x</w>"]  # others: letters
+
+
+@pytest.mark.parametrize("prompt, digit", [
+    ("a handwritten 7", 7), ("the digit seven", 7), ("7", 7), ("The Number  EIGHT.", 8), ("zero", 0),
+    ("a 4, a four", 4), ("", None), ("17", None), ("a 3 or a 5", None), ("someone", None), ("the digit", None),
+])
+def test_prompt_digit_reads_the_digit_a_prompt_names(prompt, digit):
+    assert digits.prompt_digit(prompt) == digit
+
+
+@settings(deadline=None, max_examples=60, derandomize=True)
+@given(digit=st.integers(0, 9), phrasing=st.sampled_from(digits.PHRASINGS), upper=st.booleans(),
+       space=st.sampled_from(["", " ", "  \t"]))
+def test_prompt_digit_inverts_every_phrasing(digit, phrasing, upper, space):
+    prompt = space + phrasing.format(d=digit, name=digits.NAMES[digit]) + space
+    assert digits.prompt_digit(prompt.upper() if upper else prompt) == digit
+
+
+def test_text_figures_are_written_for_each_guidance_scale_and_ddim_k_on_the_same_split(tiny_text):
+    f = json.loads((tiny_text / "figures.json").read_text())
+    assert f["samples"] == 6 and set(f["guidance"]) == {str(w) for w in digits.FIGURE_WS} == {"1", "2", "3", "5"}
+    for row in f["guidance"].values():
+        assert set(row["accuracy_ddim"]) == set(row["fd_ddim"]) == {str(k) for k in digits.FIGURE_KS}
+        assert all(0 <= a <= 1 for a in row["accuracy_ddim"].values())
+    assert f["vae_rmse_held_out"] > 0 and {"fd_floor_train_vs_held_out", "fd_vae_floor_train_vs_held_out"} <= set(f)
+    assert (tiny_text / "ddim50-w3.png").exists() and (tiny_text / "judge" / "config.json").exists()
+    assert json.loads((tiny_text / "split.json").read_text())["held_out"] == digits.split(0)[1].tolist()  # the same
+
+
+def test_a_stopped_text_teacher_resumes_to_the_same_weights(tiny_text, tmp_path):
+    shutil.copytree(tiny_text / "vae", tmp_path / "vae")  # the VAE stage done
+    train_teacher.main(["--out", str(tmp_path), *TINY_TEXT, "--only", "teacher", "--steps", "2"])
+    train_teacher.main(["--out", str(tmp_path), *TINY_TEXT, "--only", "teacher", "--resume"])
+    for weights in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        resumed, straight = load_file(tmp_path / weights), load_file(tiny_text / weights)
+        assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_the_committed_text_teacher_draws_the_prompted_digit_at_w_3():
+    """teachers/mnist-t2i: StableDiffusionPipeline's layout, the pixel teacher's split, and its DDIM-50 at w = 3
+    draws the digit its prompt names (figures.json: 99.2% of 500; here 40 samples, prompts in turn)."""
+    from diffusers import StableDiffusionPipeline
+    folder = ROOT / "teachers" / "mnist-t2i"
+    StableDiffusionPipeline.from_pretrained(folder, use_safetensors=True)
+    assert json.loads((folder / "split.json").read_text()) == json.loads((COMMITTED / "split.json").read_text())
+    figures = json.loads((folder / "figures.json").read_text())
+    assert figures["guidance"]["3"]["accuracy_ddim"]["50"] >= 0.9
+    parts = sd.load_teacher(str(folder), torch.float32, torch.device("cpu"))
+    listed = sd.read_prompts(folder / "prompts.txt")
+    texts = listed.read([i % len(listed) for i in range(40)])
+    encode = sd.PromptEncoder(parts, torch.device("cpu"), warn=False)
+    guided = parts.teacher.finish(boot.guided(sd.teacher_fn(parts.unet, parts.teacher.schedule, parts.teacher.prediction),
+                                           scale=3.0, null_cond=encode([""])))
+    eps = torch.randn(40, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    z = boot.ddim_sample(guided, eps, schedule=parts.teacher.schedule, steps=50, cond=encode(texts))
+    judge, _, _ = metrics.load_judge(folder / "judge")
+    drawn = metrics.judge_classes(judge, digits.decode(parts.vae, z))
+    assert drawn.eq(torch.tensor([digits.prompt_digit(t) for t in texts])).double().mean() >= 0.9

@@ -1,0 +1,743 @@
+"""Tests of train_sd.py, offline on the CPU: a tiny random Stable Diffusion, saved to a temp folder, is the teacher."""
+import json
+import math
+import os
+import shutil
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach the hub
+os.environ["OMP_NUM_THREADS"] = "1"  # tiny models: threads only contend with each other on a shared machine
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import boot
+from bootkit import card, digits, judging, pictures, sd
+import train_sd
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]  # the repository: its scripts, prompts.txt, teachers/
+RES = 16  # pixels; the tiny VAE halves it, so the latents are 8 x 8
+
+
+def make_tiny_sd(root: Path) -> str:
+    """A random SD-shaped pipeline saved in diffusers format (StableDiffusionPipeline.from_pretrained loads it),
+    with a tokenizer from a hand-written vocabulary, and an AutoencoderTiny in root/taesd."""
+    from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    letters = list(string.ascii_lowercase)
+    vocab = {t: i for i, t in enumerate(["<|startoftext|>", "<|endoftext|>"] + letters + [c + "</w>" for c in letters])}
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")  # no merges: one token per letter
+    tokenizer = CLIPTokenizer(vocab=str(root / "vocab.json"), merges=str(root / "merges.txt"), model_max_length=16)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
+                                                num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
+                                                bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), attention_head_dim=8,
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2, latent_channels=4,
+                        up_block_types=("UpDecoderBlock2D",) * 2, sample_size=RES)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)  # SD 1.x's schedule
+    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                            safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(root)
+    AutoencoderTiny(encoder_block_out_channels=(32, 32), decoder_block_out_channels=(32, 32), num_encoder_blocks=(1, 1),
+                    num_decoder_blocks=(1, 1)).save_pretrained(root / "taesd")
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> str:
+    return make_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def parts(tiny_sd):
+    return sd.load_teacher(tiny_sd, torch.float32, torch.device("cpu"))
+
+
+@pytest.fixture
+def prompts(tmp_path) -> str:
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red cat\n# a comment\n\n  a dog on a hill  \nblue sky\n")
+    return str(path)
+
+
+def train_args(teacher, prompts, out, *extra):
+    args = ["--teacher", teacher, "--prompts", prompts, "--out", out, "--device", "cpu", "--resolution", RES,
+            "--batch-size", "2", "--bootstrap-steps", "4", "--steps", "2", *extra]
+    return [str(a) for a in args]
+
+
+def run_cli(*args):
+    """train_sd.py in its own process: (exit status, stderr)."""
+    done = subprocess.run([sys.executable, str(ROOT / "train_sd.py"), *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    return done.returncode, done.stderr
+
+
+# ----------------------------------------------------------------------------------------------------
+# Prompts.
+
+
+def test_prompts_skip_blank_and_comment_lines(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_bytes("\ufeffun chat\r\n\r\n# skipped\r\n   \r\n  deux chiens \u00e0 Paris \r\n".encode())
+    prompts = sd.read_prompts(path)
+    assert prompts.read(range(len(prompts))) == ["un chat", "deux chiens \u00e0 Paris"]
+    assert prompts.read([1, 0, 1]) == ["deux chiens \u00e0 Paris", "un chat", "deux chiens \u00e0 Paris"]
+    assert list(prompts.lines) == [1, 5]
+
+
+def test_prompts_file_is_held_as_offsets_not_text(tmp_path):
+    """A million prompts cost 16 bytes each (offset and line number), whatever their length."""
+    path = tmp_path / "many.txt"
+    path.write_text("".join(f"prompt number {i} about {'many things ' * 10}\n" for i in range(100_000)))
+    prompts = sd.read_prompts(path)
+    assert len(prompts) == 100_000 and prompts.read([99_999])[0].startswith("prompt number 99999 about")
+    held = sum(a.buffer_info()[1] * a.itemsize for a in (prompts.offsets, prompts.lines))
+    assert held == 16 * 100_000 and set(vars(prompts)) == {"path", "offsets", "lines"}
+
+
+def test_long_prompts_are_truncated_with_one_warning(parts, capsys):
+    encode = sd.PromptEncoder(parts, torch.device("cpu"), warn=True)
+    assert encode(["a cat", "a very long prompt about many things"]).shape == (2, 16, 32)
+    assert encode(["another prompt far too long for it"]).shape == (1, 16, 32)
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1 and "truncated" in warnings[0] and "a very long prompt" in warnings[0]
+
+
+def test_training_encodes_each_steps_own_batch_only(tiny_sd, prompts, tmp_path, monkeypatch):
+    """No embedding is kept: the text encoder sees the empty prompt and the validation prompts once, then each
+    step's batch, so memory does not grow with the prompts file."""
+    from transformers import CLIPTextModel
+    batches, forward = [], CLIPTextModel.forward
+    spy = lambda self, ids, **kwargs: batches.append(len(ids)) or forward(self, ids, **kwargs)
+    monkeypatch.setattr(CLIPTextModel, "forward", spy)
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--steps", "3", "--validate-every", "1000"))
+    assert batches == [1, 3, 2, 2, 2]  # null, the 3 validation prompts, 3 steps of 2
+
+
+def test_shipped_prompts_file():
+    prompts = sd.read_prompts(ROOT / "prompts.txt")
+    texts = prompts.read(range(len(prompts)))
+    assert len(texts) >= 200 and len(set(texts)) == len(texts)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The student's parameterization and the guidance convention.
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_student_starts_as_the_teacher_at_T(tiny_sd, parts, prediction):
+    """The boundary: at initialisation g(eps, T, c) = f(eps, T, c), for any w fed to the student."""
+    schedule = boot.Schedule.discrete(parts.scheduler.alphas_cumprod)
+    student = sd.make_student(tiny_sd)
+    eps, cond, T = torch.randn(3, 4, 8, 8), torch.randn(3, 16, 32), torch.ones(3)
+    g = sd.student_fn(student, schedule, prediction, torch.tensor([1.0, 4.0, 9.0]))
+    f = sd.teacher_fn(parts.unet, schedule, prediction)
+    with torch.no_grad():
+        torch.testing.assert_close(g(eps, T, cond), f(eps, T, cond))
+        assert not torch.allclose(g(eps, T / 2, cond), f(eps, T, cond))  # the time input matters
+
+
+def test_guidance_embedding_is_lcms_embedding_of_w_minus_1():
+    """diffusers' convention: LCM's and StableDiffusionPipeline's guidance input embeds w - 1."""
+    from diffusers import LatentConsistencyModelPipeline
+    w = torch.tensor([1.0, 2.5, 7.5, 12.0])
+    lcm = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w - 1, embedding_dim=sd.GUIDANCE_DIM)
+    torch.testing.assert_close(sd.guidance_embedding(w, sd.GUIDANCE_DIM), lcm, atol=0, rtol=0)
+
+
+def test_student_reads_w(tiny_sd, parts):
+    schedule = boot.Schedule.discrete(parts.scheduler.alphas_cumprod)
+    student = sd.make_student(tiny_sd)
+    torch.nn.init.normal_(student.time_embedding.cond_proj.weight)  # as after some training
+    seen = []
+    student.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["timestep_cond"]), with_kwargs=True)
+    eps, cond, t = torch.randn(2, 4, 8, 8), torch.randn(2, 16, 32), torch.full((2,), 0.5)
+    w1, w8 = torch.full((2,), 1.0), torch.full((2,), 8.0)
+    with torch.no_grad():
+        y1 = sd.student_fn(student, schedule, "epsilon", w1)(eps, t, cond)
+        y8 = sd.student_fn(student, schedule, "epsilon", w8)(eps, t, cond)
+    torch.testing.assert_close(seen[0], sd.guidance_embedding(w1, sd.GUIDANCE_DIM))
+    assert not torch.allclose(y1, y8)
+
+
+def test_each_examples_w_guides_its_target_and_enters_the_student(tiny_sd, prompts, tmp_path, monkeypatch):
+    teacher_w, student_w = [], []
+    guided, student_fn = boot.guided, sd.student_fn
+
+    def spy_guided(teacher, *, scale, null_cond):
+        teacher_w.append(scale)
+        return guided(teacher, scale=scale, null_cond=null_cond)
+
+    def spy_student_fn(model, schedule, prediction, w=None):
+        student_w.append(w)
+        return student_fn(model, schedule, prediction, w)
+    monkeypatch.setattr(boot, "guided", spy_guided)
+    monkeypatch.setattr(sd, "student_fn", spy_student_fn)
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--guidance-range", "1,4", "--validate-every", "1000"))
+    assert (teacher_w[2] == 2.5).all()  # after one loss per step, the final picture at the validation w
+    for t_w, s_w in zip(teacher_w[:2], student_w[:2]):
+        assert s_w is t_w and s_w.shape == (2,) and ((1 <= s_w) & (s_w <= 4)).all() and s_w[0] != s_w[1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training, resuming, sampling.
+
+
+@pytest.mark.parametrize("ema", [None, "0.9"])
+def test_the_ema_is_the_target_network_with_the_runs_teacher_step_and_grid(ema, tiny_sd, prompts, tmp_path, monkeypatch):
+    losses, students, boot_loss, student_fn = [], [], boot.boot_loss, sd.student_fn
+
+    def spy_loss(student, teacher, eps, **kwargs):
+        losses.append(kwargs)
+        return boot_loss(student, teacher, eps, **kwargs)
+
+    def spy_student_fn(model, schedule, prediction, w=None):
+        students.append(model)
+        return student_fn(model, schedule, prediction, w)
+    monkeypatch.setattr(boot, "boot_loss", spy_loss)
+    monkeypatch.setattr(sd, "student_fn", spy_student_fn)
+    flags = ["--order", "2", "--spacing", "quadratic", "--validate-every", "1000"] + (["--ema", ema] if ema else [])
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", *flags))
+    schedule = sd.load_teacher(tiny_sd, torch.float32, torch.device("cpu")).teacher.schedule
+    assert len(losses) == 2
+    for kwargs in losses:
+        assert kwargs["config"].order == 2
+        torch.testing.assert_close(kwargs["grid"], boot.time_grid(schedule, 4, spacing="quadratic"))
+        assert (kwargs["target_student"] is None) == (ema is None)
+    live = students[0]
+    if ema:  # per step: the live student's loss, then the target network's, a model apart that does not train
+        assert students[:4:2] == [live, live] and students[1] is students[3] is not live and not students[1].training
+    else:
+        assert students[:2] == [live, live]
+    meta = json.loads((tmp_path / "run" / "boot_sd.json").read_text())
+    assert (meta["order"], meta["spacing"], meta["ema"]) == (2, "quadratic", ema and float(ema))
+    any_t, sample_any_t = [], boot.sample_any_t  # sampling with teacher steps: the run's own step and grid
+    monkeypatch.setattr(boot, "sample_any_t", lambda *a, **kw: any_t.append(kw) or sample_any_t(*a, **kw))
+    train_sd.main(["--sample", str(tmp_path / "run"), "--prompts", prompts, "--out", str(tmp_path / "images"),
+                   "--device", "cpu", "--teacher-steps", "2"])
+    assert any_t and all(kw["order"] == 2 for kw in any_t)
+    torch.testing.assert_close(any_t[0]["grid"], boot.time_grid(schedule, 4, spacing="quadratic"))
+
+
+def test_train_writes_a_student_that_reloads_and_resumes_exactly(tiny_sd, prompts, tmp_path, capsys):
+    from diffusers import UNet2DConditionModel
+    args = ["--guidance-range", "1,4", "--validate-every", "2", "--ckpt-every", "1", "--lr-schedule", "cosine"]
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", *args))
+    run = tmp_path / "run"
+    student = UNet2DConditionModel.from_pretrained(run / "student")
+    assert (run / "student" / "diffusion_pytorch_model.safetensors").exists()
+    assert student.config.time_cond_proj_dim == sd.GUIDANCE_DIM
+    validation = Image.open(run / "validation" / "step-00000002.png")
+    # 3 prompts; the teacher's row and the student's, labelled
+    assert validation.size == pictures.layout(RES, RES, 2, 3, title=True, col_labels=True)[0]
+    meta = json.loads((run / "boot_sd.json").read_text())
+    assert meta["guidance_range"] == [1, 4] and meta["guidance_scale"] == 2.5 and meta["steps"] == 2
+    assert meta["resolution"] == RES and meta["validation"]["step"] == 2 and meta["validation"]["prompts"] == 3
+    assert meta["dtype"] == "fp32"  # --dtype auto on the CPU: bf16 is emulated there
+    assert "judged" not in meta and not (run / "figures").exists()  # no judge/ in the teacher: none, and no word
+    assert 0 < meta["validation"]["rmse_to_teacher"] < float("inf")
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 2 and torch.isfinite(torch.tensor(records[-1]["loss"]))
+
+    assert records[-1]["lr"] == 0, "the cosine decay ends at 0 at --steps"
+
+    # Stopped after step 2 of 3 (its newest checkpoint removed), then resumed: the straight run's weights, bit for bit.
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "straight", *args, "--steps", "3"))
+    shutil.copytree(tmp_path / "straight", run, dirs_exist_ok=True)
+    shutil.rmtree(run / "checkpoints" / "step-00000003")
+    train_sd.main(train_args(tiny_sd, prompts, run, *args, "--steps", "3", "--resume"))
+    assert "at step 2" in capsys.readouterr().out
+    resumed = UNet2DConditionModel.from_pretrained(run / "student").state_dict()
+    straight = UNet2DConditionModel.from_pretrained(tmp_path / "straight" / "student").state_dict()
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_sample_draws_each_batch_in_one_unet_call(tiny_sd, prompts, tmp_path, monkeypatch):
+    """Named for the prompt's line; the student's weights stay float32, its UNet runs under --dtype's autocast."""
+    from diffusers import UNet2DConditionModel
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--guidance-range", "1,4", "--validate-every", "1000"))
+    calls, forward = [], UNet2DConditionModel.forward
+
+    def spy(self, *args, **kwargs):
+        calls.append((self.dtype, torch.is_autocast_enabled("cpu"), self.training))
+        return forward(self, *args, **kwargs)
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    train_sd.main(["--sample", str(tmp_path / "run"), "--prompts", prompts, "--out", str(tmp_path / "images"),
+                   "--device", "cpu", "--batch-size", "2", "--guidance-scale", "3", "--dtype", "bf16",
+                   "--tiny-vae", str(Path(tiny_sd) / "taesd")])
+    images = sorted((tmp_path / "images").glob("*.png"))
+    assert [p.name for p in images] == ["00000-line00001.png", "00001-line00004.png", "00002-line00005.png"]
+    assert calls == [(torch.float32, True, False)] * 2  # batches of 2 and 1
+    assert all(Image.open(p).size == (RES, RES) for p in images)
+
+
+def test_sample_with_teacher_steps_is_one_student_call_then_j_guided_teacher_steps(tiny_sd, prompts, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from diffusers import UNet2DConditionModel
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--validate-every", "1000"))  # N = 4
+    calls, forward = [], UNet2DConditionModel.forward
+
+    def spy(self, sample, *args, **kwargs):
+        calls.append(("student" if self.config.time_cond_proj_dim else "teacher", len(sample)))
+        return forward(self, sample, *args, **kwargs)
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    sample = ["--sample", str(tmp_path / "run"), "--prompts", prompts, "--device", "cpu", "--batch-size", "3"]
+    train_sd.main(sample + ["--out", str(tmp_path / "j2"), "--teacher-steps", "2"])
+    assert calls == [("student", 3)] + [("teacher", 6)] * 4, "Heun (the default): 2 steps of 2 guided calls each"
+    assert "1 student + 4 guided teacher calls each" in capsys.readouterr().out
+    calls.clear()
+    train_sd.main(sample + ["--out", str(tmp_path / "j0")])
+    assert calls == [("student", 3)]
+    differ = [Image.open(a).tobytes() != Image.open(b).tobytes() for a, b in
+              zip(sorted((tmp_path / "j2").glob("*.png")), sorted((tmp_path / "j0").glob("*.png")))]
+    assert len(differ) == 3 and any(differ)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(sample + ["--out", str(tmp_path / "j4"), "--teacher-steps", "4"])
+    check_failure(stop.value.code, capsys.readouterr().err, "--teacher-steps 4: must be in [0, 3]", tmp_path / "j4")
+
+
+def test_student_trains_in_train_mode_and_is_drawn_in_eval_mode(tiny_sd, prompts, tmp_path, monkeypatch):
+    from diffusers import UNet2DConditionModel
+    calls, forward, sample_student = [], UNet2DConditionModel.forward, boot.sample_student
+    drawing = []
+
+    def spy(self, *args, **kwargs):
+        if self.config.time_cond_proj_dim:  # the student (the teacher has no guidance input)
+            calls.append((bool(drawing), self.training, torch.is_grad_enabled()))
+        return forward(self, *args, **kwargs)
+
+    def spy_sample(*args, **kwargs):
+        drawing.append(1)
+        try:
+            return sample_student(*args, **kwargs)
+        finally:
+            drawing.pop()
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    monkeypatch.setattr(boot, "sample_student", spy_sample)
+    for run, extra in (("plain", []), ("ema", ["--ema", "0.9"])):
+        calls.clear()
+        train_sd.main(train_args(tiny_sd, prompts, tmp_path / run, "--validate-every", "1", *extra))
+        training, validation = [c for c in calls if not c[0]], [c for c in calls if c[0]]
+        assert training and all(c[1] for c in training if c[2]) and any(c[2] for c in training)
+        target = [c for c in training if not c[1]]  # with --ema, the target network: in eval mode, no gradient
+        assert len(target) == (2 if extra else 0) and not any(c[2] for c in target)
+        assert len(validation) == 2 and not any(c[1] or c[2] for c in validation)
+
+
+def test_every_run_ends_with_a_picture_of_its_final_student(tiny_sd, prompts, tmp_path):
+    chosen = tmp_path / "chosen.txt"
+    chosen.write_text("a green frog\nan old map\n")
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--steps", "3", "--validate-every", "2",
+                             "--validation-prompts", chosen))
+    written = sorted(p.name for p in (tmp_path / "run" / "validation").glob("*.png"))
+    assert written == ["step-00000002.png", "step-00000003.png"]
+    assert Image.open(tmp_path / "run" / "validation" / written[-1]).size == pictures.layout(
+        RES, RES, 2, 2, title=True, col_labels=True)[0]  # the 2 chosen
+    figures = [json.loads(line) for line in (tmp_path / "run" / "validation" / "log.jsonl").read_text().splitlines()]
+    assert [f["step"] for f in figures] == [2, 3] and all(f["prompts"] == 2 for f in figures)
+
+
+@pytest.mark.parametrize("large, flags, lr", [(False, [], train_sd.LR_SMALL), (True, [], train_sd.LR_LARGE),
+                                               (True, ["--lr", "2e-4"], 2e-4)])
+def test_default_lr_follows_the_unets_size_is_constant_and_an_explicit_lr_wins(large, flags, lr, tiny_sd, prompts, tmp_path,
+                                                                    monkeypatch):
+    if large:  # the tiny UNet counted as Stable Diffusion's size
+        monkeypatch.setattr(train_sd, "LARGE_UNET", 1)
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--validate-every", "1000", *flags))
+    meta = json.loads((tmp_path / "run" / "boot_sd.json").read_text())
+    last = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    assert meta["lr"] == lr and (meta["lr_schedule"], last["lr"]) == ("constant", lr)  # the default: no decay
+
+
+def test_resolution_defaults_to_the_teachers(tiny_sd, prompts, tmp_path):
+    args = train_args(tiny_sd, prompts, tmp_path / "run", "--steps", "1", "--validate-every", "1000")
+    i = args.index("--resolution")
+    train_sd.main(args[:i] + args[i + 2:])
+    assert json.loads((tmp_path / "run" / "boot_sd.json").read_text())["resolution"] == RES  # sample_size 8 x 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# The student inside diffusers: StableDiffusionPipeline draws what --sample draws; the model card.
+
+
+def student_with_trained_guidance(run: Path):
+    """Give the run's student a non-zero guidance projection (as after a long run): a wrong w convention then shows."""
+    from diffusers import UNet2DConditionModel
+    student = UNet2DConditionModel.from_pretrained(run / "student")
+    torch.manual_seed(1)
+    torch.nn.init.normal_(student.time_embedding.cond_proj.weight, std=0.1)
+    student.save_pretrained(run / "student")
+
+
+@pytest.mark.parametrize("guidance, vae", [(["--guidance-range", "1,4"], "full"), (["--guidance-scale", "3"], "tiny")])
+def test_stable_diffusion_pipeline_draws_what_sample_draws(guidance, vae, tiny_sd, tmp_path, monkeypatch):
+    """Same prompts, same noise (the seed), w = 3, fp32: the pipeline's images and latents are --sample's."""
+    from diffusers import AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionModel
+    from boot_diffusers import BootOneStepScheduler
+    texts = ["a red cat", "blue sky", "a dog on a hill"]
+    (tmp_path / "p.txt").write_text("\n".join(texts) + "\n")
+    run = tmp_path / "run"
+    train_sd.main(train_args(tiny_sd, tmp_path / "p.txt", run, *guidance, "--validate-every", "1000",
+                             "--dtype", "fp32"))
+    student_with_trained_guidance(run)
+    tiny_vae = ["--tiny-vae", str(Path(tiny_sd) / "taesd")] if vae == "tiny" else []
+    train_sd.main(["--sample", str(run), "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "images"),
+                   "--device", "cpu", "--batch-size", "3", "--guidance-scale", "3", "--dtype", "fp32",
+                   "--seed", "5", *tiny_vae])
+    sampled = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "images").glob("*.png"))])
+
+    calls, forward = [], UNet2DConditionModel.forward
+    spy = lambda *a, **k: calls.append(k["timestep_cond"]) or forward(*a, **k)
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    extra = {"vae": AutoencoderTiny.from_pretrained(Path(tiny_sd) / "taesd")} if vae == "tiny" else {}
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, unet=UNet2DConditionModel.from_pretrained(run / "student"),
+                                                   scheduler=BootOneStepScheduler.from_pretrained(run / "student"),
+                                                   **extra)
+    draw = lambda output_type: pipe(texts, guidance_scale=3.0, generator=torch.Generator().manual_seed(5),
+                                    output_type=output_type).images
+    images, latents = draw("np"), draw("latent")
+    assert len(calls) == 2 and calls[0].shape == (3, sd.GUIDANCE_DIM)  # one UNet call per draw, no CFG
+    torch.testing.assert_close(calls[0], sd.guidance_embedding(torch.full((3,), 3.0), sd.GUIDANCE_DIM),
+                               rtol=0, atol=0)
+    assert np.abs(images * 255 - sampled).max() <= 0.5 + 1e-3  # --sample rounds to uint8
+
+    parts = sd.load_teacher(tiny_sd, torch.float32, torch.device("cpu"), unet=False)
+    schedule = boot.Schedule.discrete(parts.scheduler.alphas_cumprod)
+    eps = torch.randn(latents.shape, generator=torch.Generator().manual_seed(5))
+    g = sd.student_fn(pipe.unet, schedule, "epsilon", torch.full((3,), 3.0))
+    cond = sd.PromptEncoder(parts, torch.device("cpu"), warn=False)(texts)
+    torch.testing.assert_close(latents, boot.sample_student(g, eps, cond), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("w", [1.0, 7.5])
+def test_guided_teacher_ddim_is_stable_diffusion_pipelines(w, prediction, tiny_sd, parts):
+    """The oracle: train_sd's guided teacher under boot.ddim_sample (N steps) is StableDiffusionPipeline with
+    DDIMScheduler (trailing timesteps, alpha 1 at the end, eta 0), from the same latents, prompts (one truncated)
+    and w, with an empty negative prompt: it pins prompt encoding, the null branch, CFG, the timestep map and the
+    latent scale. N divides the 1000 timesteps: diffusers' DDIM steps from t to t - 1000 // N, the next grid time
+    only then."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    texts, steps = ["a red cat", "a very long prompt about many things"], 4
+    schedule = boot.Schedule.discrete(parts.scheduler.alphas_cumprod)
+    encode = sd.PromptEncoder(parts, torch.device("cpu"), warn=False)
+    teacher = boot.guided(sd.teacher_fn(parts.unet, schedule, prediction), scale=torch.full((2,), w),
+                          null_cond=encode([""]))
+    eps = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ours = boot.ddim_sample(teacher, eps, schedule=schedule, steps=steps, cond=encode(texts))
+    ddim = DDIMScheduler.from_pretrained(tiny_sd, subfolder="scheduler", timestep_spacing="trailing",
+                                         set_alpha_to_one=True, clip_sample=False, prediction_type=prediction)
+    pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
+                                   scheduler=ddim, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    theirs = pipe(texts, guidance_scale=w, num_inference_steps=steps, latents=eps, eta=0.0, output_type="latent").images
+    # fp32 rounding alone: CFG on x0 (boot.guided) rather than on the prediction; the random UNet's latents reach
+    # about 50, where one ulp is 4e-6.
+    assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
+def test_scheduler_is_boots_conversion_at_t_T():
+    """BootOneStepScheduler.step is boot.TeacherStudent's to_x0 at the fixed alpha_T, sigma_T, bit for bit."""
+    from boot_diffusers import BootOneStepScheduler
+    schedule = boot.Schedule.discrete(torch.linspace(0.99, 0.01, 1000))
+    pred, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    for kind in boot.PREDICTIONS:
+        g = boot.TeacherStudent(lambda x, time, cond: pred, schedule, prediction=kind)
+        scheduler = BootOneStepScheduler(prediction_type=kind, alpha_T=g.alpha_a, sigma_T=g.sigma_a)
+        scheduler.set_timesteps(50)
+        assert scheduler.timesteps.tolist() == [-1] == schedule.network_time(torch.zeros(1)).tolist()
+        y = scheduler.step(pred.half(), scheduler.timesteps[0], eps.half()).prev_sample
+        assert y.dtype == torch.float16
+        torch.testing.assert_close(scheduler.step(pred, -1, eps).prev_sample, g(eps, torch.zeros(2)), rtol=0, atol=0)
+
+
+def test_model_card(tiny_sd, prompts, tmp_path):
+    """student/README.md: a model card whose YAML header the hub reads, and whose snippet runs as written."""
+    from huggingface_hub import ModelCard
+    run = tmp_path / "run"
+    train_sd.main(train_args(tiny_sd, prompts, run, "--guidance-scale", "3", "--validate-every", "1000"))
+    hub_card = ModelCard.load(run / "student" / "README.md")
+    assert hub_card.data.library_name == "diffusers" and "boot" in hub_card.data.tags
+    assert hub_card.data.base_model is None  # a local teacher folder is no hub id
+    assert tiny_sd in hub_card.text and "w = 3.0 only" in hub_card.text
+    assert hub_card.text.count("Heun-4 on the quadratic grid") == 2  # the fixed point, in the grid and validation rows
+    snippet = hub_card.text.split("```python\n")[1].split("```")[0]
+    assert snippet == card.diffusers_snippet(tiny_sd, str(run / "student"), 3.0, RES)
+    scope = {}
+    exec(snippet, scope)
+    assert len(scope["images"]) == 1 and scope["images"][0].size == (RES, RES)
+    meta = json.loads((run / "boot_sd.json").read_text())
+    g = sd.student_fn(scope["pipe"].unet, boot.Schedule.discrete([0.9, 0.5]), "epsilon")
+    hub = ModelCard(card.model_card({**meta, "teacher": "org/model"}, "student", g))
+    assert hub.data.base_model == "org/model"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Judged figures, with a digit teacher of teachers/train_teacher.py --kind text (barely trained: its numbers mean nothing).
+
+
+DIGIT_FLAGS = ["--kind", "text", "--vae-steps", "3", "--steps", "3", "--judge-steps", "2", "--ckpt-every", "2",
+               "--device", "cpu"]
+JUDGED = ["--dtype", "fp32", "--eval-samples", "10"]  # 10 samples: prompts.txt in turn names every digit once
+
+
+@pytest.fixture(scope="module")
+def digit_teacher(tmp_path_factory) -> Path:
+    """The teacher, its judge/ and prompts.txt in seconds; its own figures stage skipped (the test recomputes)."""
+    import train_teacher
+    out = tmp_path_factory.mktemp("digits") / "mnist-t2i"
+    for stage in ("judge", "vae", "teacher"):
+        train_teacher.main(["--out", str(out), "--only", stage, *DIGIT_FLAGS])
+    return out
+
+
+def digit_args(teacher: Path, out: Path, *extra):
+    return train_args(str(teacher), str(teacher / "prompts.txt"), out, "--validate-every", "1000", *extra)
+
+
+@pytest.fixture(scope="module")
+def digit_run(digit_teacher, tmp_path_factory) -> Path:
+    """Two steps over w in [1, 5] with a target network; the judge is the teacher folder's own (the default)."""
+    run = tmp_path_factory.mktemp("digit-run") / "run"
+    train_sd.main(digit_args(digit_teacher, run, "--guidance-range", "1,5", "--ema", "0.9", *JUDGED))
+    return run
+
+
+def test_judged_figures_of_the_student_and_every_ddim_k_per_w(digit_run, digit_teacher):
+    judged = json.loads((digit_run / "boot_sd.json").read_text())["judged"]
+    assert (judged["samples"], judged["seed"], judged["step"], judged["dtype"]) == (10, judging.JUDGE_SEED, 2, "fp32")
+    assert judged["judge"] == str((digit_teacher / "judge").resolve())
+    assert list(judged["guidance"]) == ["1", "2", "3", "5"]  # digits.FIGURE_WS, all inside [1, 5]
+    for w, row in judged["guidance"].items():
+        assert list(row["teacher_ddim"]) == [str(k) for k in digits.FIGURE_KS] == ["1", "2", "4", "8", "16", "50"]
+        for figures in [row["student"], *row["teacher_ddim"].values()]:
+            assert 0 <= figures["accuracy"] <= 1 and math.isfinite(figures["fd"]) and figures["fd"] >= 0
+        picture = Image.open(digit_run / row["picture"])
+        size, _ = pictures.layout(RES, RES, 5, 10, title=True, col_labels=True)  # 5 rows, 10 digits, labelled
+        assert row["picture"] == f"figures/judged-w{w}.png" and picture.size == size and size[0] >= pictures.MIN_WIDTH
+    card = (digit_run / "student" / "README.md").read_text()
+    assert "| judged | prompted-digit accuracy and FD" in card and "w = 5:" in card
+
+
+def test_judged_figures_are_the_students_and_teachers_own_from_the_same_noise(digit_run, digit_teacher):
+    """Recomputed here: the same noise (seed 1), prompts in turn, decoded to gray, scored by the judge. The bottom
+    row of each picture is the student's sample of each digit, enlarged."""
+    from bootkit import metrics
+    judged = json.loads((digit_run / "boot_sd.json").read_text())["judged"]
+    device = torch.device("cpu")
+    parts = sd.load_teacher(str(digit_teacher), torch.float32, device)
+    schedule = parts.teacher.schedule
+    judge, *reference = metrics.load_judge(digit_teacher / "judge")
+    listed = sd.read_prompts(digit_teacher / "prompts.txt")
+    texts = listed.read(range(10))
+    labels = torch.tensor([digits.prompt_digit(t) for t in texts])
+    assert labels.tolist() == list(range(10))
+    encode = sd.PromptEncoder(parts, device, warn=False)
+    cond, null = encode(texts), encode([""])
+    eps = torch.randn(10, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    student = sd.load_student(digit_run, "--evaluate", device)
+
+    def score(latents):
+        x = digits.decode(parts.vae, latents)
+        return x, {"accuracy": metrics.judge_classes(judge, x).eq(labels).double().mean().item(),
+                   "fd": metrics.judge_fd(judge, x, *reference)}
+    net = sd.teacher_fn(parts.unet, schedule, parts.teacher.prediction)
+    for w, row in judged["guidance"].items():
+        g = sd.student_fn(student, schedule, parts.teacher.prediction, torch.full((10,), float(w)))
+        mine, figures = score(boot.sample_student(g, eps, cond))
+        assert row["student"] == pytest.approx(figures, rel=1e-9)
+        teacher = parts.teacher.finish(boot.guided(net, scale=float(w), null_cond=null))
+        for k in (1, 4) if w == "3" else (1,):
+            _, figures = score(boot.ddim_sample(teacher, eps, schedule=schedule, steps=k, cond=cond))
+            assert row["teacher_ddim"][str(k)] == pytest.approx(figures, rel=1e-9)
+        assert row["student"]["fd"] != row["teacher_ddim"]["1"]["fd"]  # the figures tell the samplers apart
+        picture = np.asarray(Image.open(digit_run / row["picture"]))
+        pixels = ((mine[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        _, boxes = pictures.layout(RES, RES, 5, 10, title=True, col_labels=True)
+        for digit, (x0, y0, x1, y1) in enumerate(boxes[4]):  # prompt i names digit i: column i is sample i
+            zoom = (x1 - x0) // RES
+            np.testing.assert_array_equal(picture[y0:y1:zoom, x0:x1:zoom, 0], pixels[digit])
+
+
+def test_evaluate_redoes_a_finished_runs_judged_figures_at_its_one_w(digit_teacher, tmp_path):
+    run = tmp_path / "run"
+    train_sd.main(digit_args(digit_teacher, run, "--guidance-scale", "3", "--steps", "1", *JUDGED))
+    trained = json.loads((run / "boot_sd.json").read_text())["judged"]
+    assert list(trained["guidance"]) == ["3"] and [p.name for p in (run / "figures").iterdir()] == ["judged-w3.png"]
+    picture = (run / "figures" / "judged-w3.png").read_bytes()
+    (run / "figures" / "judged-w3.png").unlink()
+    train_sd.main(["--evaluate", str(run), "--prompts", str(digit_teacher / "prompts.txt"), "--device", "cpu", *JUDGED])
+    assert json.loads((run / "boot_sd.json").read_text())["judged"] == trained
+    assert (run / "figures" / "judged-w3.png").read_bytes() == picture
+
+
+@pytest.mark.parametrize("flags, note", [([], "names no single digit"), (["--judge", "none"], None)])
+def test_no_judged_figures_without_digit_prompts_or_with_judge_none(flags, note, digit_teacher, prompts, tmp_path, capsys):
+    train_sd.main(train_args(str(digit_teacher), prompts, tmp_path / "run", "--steps", "1", "--validate-every", "1000",
+                             *flags))
+    assert "judged" not in json.loads((tmp_path / "run" / "boot_sd.json").read_text())
+    assert not (tmp_path / "run" / "figures").exists()
+    said = capsys.readouterr().out
+    assert ("no judged evaluation" in said) == bool(note) and (note or "") in said
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad input: one line naming the problem, a non-zero exit, nothing written or overwritten.
+
+
+BAD_PROMPTS = {
+    "missing": (None, "no such file"),
+    "empty": (b"", "empty"),
+    "only comments": (b"# one\n\n   \n# two\n", "no prompt"),
+    "not utf-8": (b"caf\xe9 au lait\n", "not UTF-8"),
+    "unreadable": ("folder", "cannot be read"),
+}
+
+
+def check_failure(status, err, expected, out: Path, before=None):
+    assert status != 0 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and expected in err, err
+    if before is None:
+        assert not out.exists()
+    else:
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("case", BAD_PROMPTS)
+def test_bad_prompts_file(case, tmp_path):
+    content, expected = BAD_PROMPTS[case]
+    path = tmp_path / "prompts.txt"
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    status, err = run_cli("--prompts", path, "--out", tmp_path / "run", "--device", "cpu")
+    check_failure(status, err, expected, tmp_path / "run")
+
+
+@pytest.mark.parametrize("flags, expected", [(["--steps", "0"], "--steps"),
+                                             (["--guidance-range", "5,2"], "--guidance-range"),
+                                             (["--guidance-scale", "9", "--guidance-range", "1,4"], "outside"),
+                                             (["--dtype", "fp16"], "--dtype fp16 trains without loss scaling")])
+def test_out_of_range_flags(flags, expected, prompts, tmp_path):
+    status, err = run_cli("--prompts", prompts, "--out", tmp_path / "run", *flags)
+    check_failure(status, err, expected, tmp_path / "run")
+
+
+def test_existing_run_is_not_overwritten(prompts, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.jsonl").write_text("earlier run\n")
+    status, err = run_cli("--prompts", prompts, "--out", tmp_path / "run", "--device", "cpu")
+    check_failure(status, err, "not empty", tmp_path / "run", before={"log.jsonl": b"earlier run\n"})
+
+
+def test_teacher_that_is_not_a_diffusers_model(prompts, tmp_path):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "model.bin").write_bytes(b"not a model")
+    status, err = run_cli("--teacher", tmp_path / "junk", "--prompts", prompts, "--out", tmp_path / "run",
+                          "--device", "cpu")
+    check_failure(status, err, "--teacher", tmp_path / "run")
+    assert "does not load" in err
+
+
+def test_teacher_without_a_tokenizer(tiny_sd, prompts, tmp_path, capsys):
+    """transformers makes an empty tokenizer where its files are missing: that must fail too, not train on it."""
+    import shutil
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_sd, teacher, ignore=shutil.ignore_patterns("tokenizer"))
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(train_args(str(teacher), prompts, tmp_path / "run"))
+    check_failure(stop.value.code, capsys.readouterr().err, "its tokenizer does not load", tmp_path / "run")
+
+
+@pytest.mark.parametrize("flags, expected", [(["--bootstrap-steps", "2000"], "--bootstrap-steps"),
+                                             (["--resolution", "10"], "--resolution")])
+def test_flags_out_of_the_teachers_range(flags, expected, tiny_sd, prompts, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:  # in-process: the same cli wrapper, without loading diffusers again
+        train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run") + flags)
+    check_failure(stop.value.code, capsys.readouterr().err, expected, tmp_path / "run")
+
+
+def test_bench_runs_and_reports_every_part():
+    import sd_step
+    result = sd_step.run("cpu", batch=1, tiny=True, reps=1)
+    parts = result["teacher_ms"] + result["student_call_ms"] + result["student_train_ms"]
+    assert result["sum_ms"] == pytest.approx(parts)
+    assert result["step_ms"] > 0 and result["peak_gib"] is None and "| whole BOOT step |" in sd_step.table(result)
+
+
+def test_unet_that_needs_more_than_text_is_refused_before_anything_loads(tiny_sd, prompts, tmp_path, capsys):
+    """SDXL's UNet (addition_embed_type) is refused from its config: here no weights or text encoder exist at all."""
+    import shutil
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_sd, teacher, ignore=shutil.ignore_patterns("*.safetensors", "text_encoder"))
+    config = json.loads((teacher / "unet" / "config.json").read_text())
+    (teacher / "unet" / "config.json").write_text(json.dumps({**config, "addition_embed_type": "text_time"}))
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(train_args(str(teacher), prompts, tmp_path / "run"))
+    check_failure(stop.value.code, capsys.readouterr().err, "addition_embed_type='text_time'", tmp_path / "run")
+
+
+@pytest.mark.parametrize("trained, w", [(["--guidance-range", "1,4"], "4.5"), (["--guidance-scale", "3"], "4")])
+def test_sample_refuses_a_w_outside_the_trained_range(trained, w, tiny_sd, prompts, tmp_path, capsys):
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", *trained, "--steps", "1", "--validate-every", "1000"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(["--sample", str(tmp_path / "run"), "--prompts", prompts, "--out", str(tmp_path / "images"),
+                       "--device", "cpu", "--guidance-scale", w])
+    check_failure(stop.value.code, capsys.readouterr().err, f"--guidance-scale {float(w)}", tmp_path / "images")
+
+
+def test_transformers_4_without_set_tqdm_hook(tiny_sd, monkeypatch):
+    from transformers.utils import logging as transformers_logging
+    monkeypatch.delattr(transformers_logging, "set_tqdm_hook", raising=False)
+    assert sd.load_teacher(tiny_sd, torch.float32, torch.device("cpu"), unet=False).vae is not None
+
+
+def test_too_many_validation_prompts(prompts, tmp_path, capsys):
+    many = tmp_path / "many.txt"
+    many.write_text("".join(f"prompt {i}\n" for i in range(train_sd.MAX_VALIDATION_IMAGES + 1)))
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(["--prompts", prompts, "--validation-prompts", str(many), "--out", str(tmp_path / "run")])
+    check_failure(stop.value.code, capsys.readouterr().err, "at most 16", tmp_path / "run")
+
+
+@pytest.mark.parametrize("case", ["prompts without a digit", "no judge there", "judge of another size", "--sample",
+                                  "--evaluate with --judge none"])
+def test_bad_judge(case, digit_teacher, tiny_sd, prompts, tmp_path, capsys):
+    """A --judge that cannot judge: one line, exit status 2, before anything is written."""
+    judge, digit_prompts, run = str(digit_teacher / "judge"), str(digit_teacher / "prompts.txt"), tmp_path / "run"
+    before = None
+    if case == "--evaluate with --judge none":  # a finished run, as far as its boot_sd.json goes
+        run.mkdir()
+        (run / "boot_sd.json").write_text(json.dumps({"teacher": str(digit_teacher)}))
+        before = {"boot_sd.json": (run / "boot_sd.json").read_bytes()}
+    argv, expected = {
+        "prompts without a digit": (train_args(str(digit_teacher), prompts, run, "--judge", judge), "names no single digit"),
+        "no judge there": (train_args(str(digit_teacher), digit_prompts, run, "--judge", tmp_path / "nowhere"),
+                           "does not load"),
+        "judge of another size": (train_args(tiny_sd, digit_prompts, run, "--judge", judge, "--resolution", "32"),
+                                  "reads 16-pixel images, this run draws 32"),
+        "--sample": (["--sample", str(run), "--prompts", digit_prompts, "--judge", judge], "not of --sample"),
+        "--evaluate with --judge none": (["--evaluate", str(run), "--prompts", digit_prompts, "--judge", "none",
+                                          "--device", "cpu"], "nothing to evaluate"),
+    }[case]
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(argv)
+    assert stop.value.code == 2
+    check_failure(stop.value.code, capsys.readouterr().err, expected, run, before=before)
