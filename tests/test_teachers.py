@@ -1,6 +1,7 @@
 """Tests of teachers/train_teacher.py: a seconds-long run of the whole script in a tmp folder (each kind of teacher), and the
 committed teacher."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -251,3 +252,33 @@ def test_the_committed_text_teacher_draws_the_prompted_digit_at_w_3():
     judge, _, _ = metrics.load_judge(folder / "judge")
     drawn = metrics.judge_classes(judge, digits.decode(parts.vae, z))
     assert drawn.eq(torch.tensor([digits.prompt_digit(t) for t in texts])).double().mean() >= 0.9
+
+
+# --- the rectified-flow teacher (--kind flow) -----------------------------------------------------------------
+
+
+@settings(deadline=None, max_examples=20, derandomize=True)
+@given(seed=st.integers(0, 2 ** 16))
+def test_flow_noising_targets_the_velocity_that_carries_x0_to_eps(seed):
+    """x_t = (1 - t) x0 + t eps and v = eps - x0: x0 = x_t - t v and eps = x_t + (1 - t) v, with t the UNet's
+    timestep over 1000 (FlowMatchEulerDiscreteScheduler's sigma)."""
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(5, 1, 4, 4, generator=gen) * 2 - 1
+    x_t, timesteps, v = train_teacher.flow_noising(1000, "cpu")(x0, gen)
+    t = (timesteps / 1000).view(-1, 1, 1, 1)
+    assert ((timesteps >= 0) & (timesteps <= 1000)).all()
+    torch.testing.assert_close(x_t - t * v, x0, atol=1e-6, rtol=0)
+    eps = x_t + (1 - t) * v
+    torch.testing.assert_close((1 - t) * x0 + t * eps, x_t, atol=1e-6, rtol=0)
+
+
+def test_a_flow_teacher_is_a_flow_match_pipeline_with_euler_figures(tmp_path):
+    from diffusers import DDPMPipeline, FlowMatchEulerDiscreteScheduler
+    out = tmp_path / "flow"
+    train_teacher.main(["--kind", "flow", "--out", str(out), *TINY])
+    pipe = DDPMPipeline.from_pretrained(out, use_safetensors=True)
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler) and pipe.scheduler.config.shift == 1.0
+    f = json.loads((out / "figures.json").read_text())
+    assert list(f["fd_euler"]) == [str(k) for k in digits.FIGURE_KS] and len(f["class_shares_euler_50"]) == 10
+    assert all(math.isfinite(v) for v in f["fd_euler"].values())
+    assert (out / "euler50.png").is_file() and not (out / "ddim50.png").exists()
