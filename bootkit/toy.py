@@ -44,7 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--jump", type=pos, default=1, help="teacher steps per bootstrap target (fewer hops from T to 0)")
     p.add_argument("--weighting", choices=("inv_delta2", "constant"), default="inv_delta2", help="loss weight")
     p.add_argument("--boundary", choices=("exact", "loss"), default="exact", help="boundary condition at t = T")
-    p.add_argument("--schedule", choices=("cosine", "linear"), default="cosine", help="2-D teachers: noise schedule")
+    p.add_argument("--schedule", choices=("cosine", "linear", "flow", "edm"), default="cosine", help="exact teachers: noise "
+                   "schedule, variance preserving (cosine, linear), rectified flow (shift 1) or EDM (sigma_max 80, rho 7)")
     p.add_argument("--width", type=pos, help="student width, MLP (default 2-D 128, digits 512) or UNet base channels (pixels with --no-init-from-teacher: 64)")
     p.add_argument("--depth", type=pos, help="MLP student depth, residual blocks + 1 (default 2-D 8, digits 6)")
     p.add_argument("--ema", type=float, help="EMA decay of the student's weights (0: off); the EMA makes the bootstrap "
@@ -108,7 +109,7 @@ def build(args, device):
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     if args.init_from_teacher:  # read at lambda = 0, where the conversion has gain 1 (boot.TeacherStudent)
         anchor = schedule.snap(schedule.time_of(0.0)).item()
-        student = boot.TeacherStudent(pixel.AnchoredNet(unet, schedule, anchor).requires_grad_(True).train(), schedule,
+        student = boot.TeacherStudent(pixel.AnchoredNet(unet, schedule, anchor, read).requires_grad_(True).train(), schedule,
                                       prediction=prediction, anchor=anchor)
     else:
         student = boot.UNetStudent(channels=shape[0], base=args.width)
