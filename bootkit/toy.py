@@ -39,7 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=posf, help="peak Adam learning rate, warm-up then cosine decay to 0 (default 2-D 1e-2, digits 2e-3, pixels 2e-4)")
     p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
     p.add_argument("--bootstrap-steps", type=pos, help="N, the steps of the bootstrap time grid (default 2-D 8, digits and pixels 16)")
-    p.add_argument("--spacing", choices=boot.SPACINGS, default="quadratic", help="time grid: uniform in t, t = (k/N)^2, or uniform in lambda")
+    p.add_argument("--spacing", choices=boot.SPACINGS, help="time grid: uniform in t, t = (k/N)^2, or uniform in lambda "
+                   "(default quadratic; t on an EDM teacher, whose t is Karras' rho-spacing already)")
     p.add_argument("--order", type=int, choices=(1, 2), default=2, help="teacher step: 1 = DDIM, 2 = Heun (2 calls)")
     p.add_argument("--jump", type=pos, default=1, help="teacher steps per bootstrap target (fewer hops from T to 0)")
     p.add_argument("--weighting", choices=("inv_delta2", "constant"), default="inv_delta2", help="loss weight")
@@ -98,12 +99,14 @@ def build(args, device):
     """(teacher, schedule, student, sample shape, exact teacher or None)."""
     torch.manual_seed(args.seed)  # the student's initial weights: set by --seed, the same on every rank
     if args.teacher is None:
+        args.spacing = args.spacing or ("t" if args.schedule == "edm" else "quadratic")
         schedule = getattr(boot.Schedule, args.schedule)()
         toy = exact.digits_teacher(schedule) if args.data == "digits" else exact.toy_teacher(args.data, schedule)
         dim = toy.means.shape[1]  # the MLP reads and writes digits as flat 64-vectors
         student = boot.MLPStudent(dim=dim, width=args.width, depth=args.depth)
         return toy, schedule, student.to(device), (dim,), toy
     unet, read = pixel.load_pixel_teacher(args.teacher, device)
+    args.spacing = args.spacing or ("t" if read.family == "edm" else "quadratic")
     schedule, prediction = read.schedule, read.prediction
     teacher = pixel.pixel_teacher(unet, read)
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)

@@ -92,6 +92,7 @@ def test_exact_teachers_run_on_flow_and_edm_schedules(tmp_path, schedule):
     m = json.loads((tmp_path / schedule / "metrics.json").read_text())
     curve = {int(k): v for k, v in m["teacher_ddim_rmse"].items()}
     assert curve[32] < curve[4] < curve[1] and np.isfinite(m["student_rmse"]) and m["config"]["schedule"] == schedule
+    assert m["config"]["spacing"] == ("t" if schedule == "edm" else "quadratic"), "EDM's t is Karras' spacing already"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -222,6 +223,7 @@ def test_flow_and_edm_teachers_distil_from_train_toy(tmp_path, family):
     m = json.loads((out / "metrics.json").read_text())
     assert m["reference"] == "teacher DDIM-8 from the same noise" and set(m["teacher_ddim_rmse"]) == {"1", "2", "4"}
     assert all(np.isfinite(v) for v in [m["student_rmse"], *m["teacher_ddim_rmse"].values()])
+    assert m["config"]["spacing"] == ("t" if family == "edm" else "quadratic")
     arrays = np.load(out / "samples.npz")
     teacher, schedule = pixel.load(tmp_path / family, "cpu")
     assert not schedule.variance_preserving and schedule.name == ("flow3" if family == "flow" else "edm80")
