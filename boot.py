@@ -138,8 +138,7 @@ class Schedule:
         return torch.exp(0.5 * la2).to(out), torch.sqrt(neg).to(out), lam.to(out)
 
     def network_time(self, t: torch.Tensor) -> torch.Tensor:
-        """The time input of a network trained on this schedule: t itself (an adapter maps it on: boot_diffusers), or
-        the timestep t n - 1 if discrete."""
+        """The time input of a network trained on this schedule: t (adapters map it on), or the timestep t n - 1 if discrete."""
         return t * self.train_steps - 1 if self.train_steps else t
 
     def teacher_time(self, t: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 A Gaussian mixture sum_k pi_k N(mu_k, s_k^2 I) has the exact denoiser
     f(x_t, t) = sum_k r_k [mu_k + alpha s_k^2 / (alpha^2 s_k^2 + sigma^2) (x_t - alpha mu_k)],
     r_k ∝ pi_k N(x_t; alpha mu_k, (alpha^2 s_k^2 + sigma^2) I),
-and a finite data set {x_i} is the mixture with s_k = 0 and equal weights. No training, no error.
+and a finite data set {x_i} is the mixture with s_k = 0 and equal weights. No training, no error. The formulas hold for
+any x_t = alpha_t x0 + sigma_t eps: variance preserving, flow matching and EDM schedules alike.
 """
 import math
 
