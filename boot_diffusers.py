@@ -47,7 +47,8 @@ from diffusers import ConfigMixin, SchedulerMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
-PREDICTIONS = ("epsilon", "v_prediction", "sample")  # diffusers' names, as in boot.py (a student's, below)
+PREDICTIONS = ("epsilon", "v_prediction", "sample", "flow_prediction")  # diffusers' names, as in boot.py
+VP_PREDICTIONS = PREDICTIONS[:3]  # what a variance-preserving scheduler config may name
 FLOW, EDM = "FlowMatchEulerDiscreteScheduler", "EDMEulerScheduler"  # the classes of the other families boot reads
 FAMILY_WORDS = {"vp": "variance-preserving", "flow": "flow-matching", "edm": "EDM"}
 
@@ -59,7 +60,8 @@ class BootOneStepScheduler(SchedulerMixin, ConfigMixin):
     - the pipeline's latents are the noise eps itself (init_noise_sigma 1, no input scaling);
     - the UNet reads them at timestep -1, the time input of t = 0 (boot.Schedule.network_time: t n - 1);
     - its prediction becomes the sample at the FIXED alpha_T, sigma_T of t = T (not at t = 0), in float32:
-      epsilon: (eps - sigma_T pred) / alpha_T;  v_prediction: alpha_T eps - sigma_T pred;  sample: pred.
+      epsilon: (eps - sigma_T pred) / alpha_T;  v_prediction: alpha_T eps - sigma_T pred;  sample: pred;
+      flow_prediction: (eps - sigma_T pred) / (alpha_T + sigma_T) (train_sd.py refuses flow teachers, for now).
     Guidance reaches the student through its own input (time_cond_proj_dim): StableDiffusionPipeline then
     embeds w - 1 for it and runs no classifier-free guidance, so the UNet is called once whatever w is.
     One step whatever num_inference_steps asks for (pass 1 to keep the progress bar honest)."""
@@ -91,6 +93,8 @@ class BootOneStepScheduler(SchedulerMixin, ConfigMixin):
             x0 = (eps - sigma * pred) / alpha
         elif kind == "v_prediction":
             x0 = alpha * eps - sigma * pred
+        elif kind == "flow_prediction":
+            x0 = (eps - sigma * pred) / (alpha + sigma)
         else:
             x0 = pred
         x0 = x0.to(sample.dtype)
@@ -204,8 +208,9 @@ def scheduler_from_config(config: dict, *, what: str = "the teacher") -> Teacher
     # Only the settings the class itself takes: from_config keeps the others too, and PNDM (SD's) has no clip_sample.
     own = {k: v for k, v in scheduler.config.items() if k in inspect.signature(cls.__init__).parameters}
     prediction = own.get("prediction_type", "epsilon")
-    if prediction not in boot.PREDICTIONS:
-        raise UnsupportedTeacher(f"{what}: unsupported prediction type {prediction!r}; boot reads {', '.join(boot.PREDICTIONS)}")
+    if prediction not in VP_PREDICTIONS:
+        raise UnsupportedTeacher(f"{what}: unsupported prediction type {prediction!r}; boot reads {', '.join(VP_PREDICTIONS)} "
+                                 f"of a variance-preserving schedule (a flow teacher: {FLOW})")
     alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).clone()
     if own.get("rescale_betas_zero_snr"):
         alphas_cumprod[-1] = 0  # Euler-type schedulers store 2^-24 for the zero they mean

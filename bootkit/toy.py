@@ -82,6 +82,7 @@ def parse_args(argv=None):
         p.error(f"argument --ema: must be in [0, 1), got {args.ema}")
     if kind != "pixels":  # a formula is cheap to evaluate anywhere; a pixel teacher's evaluation is sized per device
         args.eval_samples, args.reference_steps = args.eval_samples or 4096, args.reference_steps or 4096
+        args.spacing = args.spacing or ("t" if args.schedule == "edm" else "quadratic")  # a pixel teacher's: in build
     if args.reference_steps is not None and args.reference_steps < 3:
         p.error(f"argument --reference-steps: at least 3 (the DDIM-k curve, k = 1, 2, ..., stops below it), "
                 f"got {args.reference_steps}")
@@ -99,14 +100,13 @@ def build(args, device):
     """(teacher, schedule, student, sample shape, exact teacher or None)."""
     torch.manual_seed(args.seed)  # the student's initial weights: set by --seed, the same on every rank
     if args.teacher is None:
-        args.spacing = args.spacing or ("t" if args.schedule == "edm" else "quadratic")
         schedule = getattr(boot.Schedule, args.schedule)()
         toy = exact.digits_teacher(schedule) if args.data == "digits" else exact.toy_teacher(args.data, schedule)
         dim = toy.means.shape[1]  # the MLP reads and writes digits as flat 64-vectors
         student = boot.MLPStudent(dim=dim, width=args.width, depth=args.depth)
         return toy, schedule, student.to(device), (dim,), toy
     unet, read = pixel.load_pixel_teacher(args.teacher, device)
-    args.spacing = args.spacing or ("t" if read.family == "edm" else "quadratic")
+    args.spacing = args.spacing or ("t" if read.family == "edm" else "quadratic")  # the family is known from here on
     schedule, prediction = read.schedule, read.prediction
     teacher = pixel.pixel_teacher(unet, read)
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)

@@ -198,6 +198,8 @@ def _config(**overrides):
     ({"beta_schedule": "cubic"}, "cubic is not implemented"),
     ({"_class_name": "NoSuchScheduler"}, "unknown scheduler class 'NoSuchScheduler'"),
     ({"prediction_type": "flow"}, "unsupported prediction type 'flow'"),
+    ({"_class_name": "DPMSolverMultistepScheduler", "prediction_type": "flow_prediction"},
+     "unsupported prediction type 'flow_prediction'; boot reads epsilon, v_prediction, sample of a variance-preserving"),
     ({"rescale_betas_zero_snr": True}, "zero terminal SNR with eps-prediction"),
     ({"_class_name": "EulerDiscreteScheduler", "rescale_betas_zero_snr": True}, "zero terminal SNR with eps-prediction"),
 ], ids=lambda v: str(v)[:40])
