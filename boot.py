@@ -20,11 +20,13 @@ denoiser, guided, MLPStudent, UNetStudent, TeacherStudent, BootConfig, bootstrap
 fixed_point, ddim_sample, sample_any_t.
 
 Notation (code -> paper):
-    t in [0, 1]        time; T = 1 is pure noise, 0 the data; the student's t
-    alpha, sigma       x_t = alpha_t x0 + sigma_t eps, alpha^2 + sigma^2 = 1 (variance preserving)
+    t in [0, 1]        time; T = 1 is pure noise, 0 the data (alpha_0 = 1, sigma_0 = 0); the student's t
+    alpha, sigma       x_t = alpha_t x0 + sigma_t eps: variance preserving (alpha^2 + sigma^2 = 1), flow matching
+                       (alpha + sigma = 1, alpha_T = 0) or EDM (alpha = 1, sigma_T = sigma_max)
     lam                lambda_t = log(alpha_t / sigma_t): half the log-SNR, DECREASING in t.
                        The paper's lambda is the negative of ours; only differences of lam are used.
-    eps                the student's input noise, also x_T of the teacher's trajectory
+    eps                the student's input noise; the teacher's trajectory starts at x_T = eps if variance
+                       preserving (diffusers' DDIM), else at x_T = sigma_T eps (flow: eps; EDM: sigma_max eps)
     y                  the signal y_t; teacher(x_t, t, cond) = f(x_t, t, c) = x0_hat; student = g
     delta              1 - exp(lam_t - lam_s), the weight of one DDIM step in signal space, in (0, 1]
     grid               T = t_N > ... > t_0 = 0, stored ascending: grid[k] = t_k
@@ -50,14 +52,16 @@ def _per_sample(a, x):
 
 
 # ----------------------------------------------------------------------------------------------------
-# 1. Variance-preserving schedules on continuous time t in [0, 1], computed in float64.
+# 1. Schedules on continuous time t in [0, 1], computed in float64.
 
 
 class Schedule:
-    """log alpha_t^2 as a function of t; alpha(0) = 1, sigma = sqrt(1 - alpha^2), lam = log(alpha / sigma)."""
+    """x_t = alpha_t x0 + sigma_t eps with alpha_0 = 1, sigma_0 = 0, lam = log(alpha / sigma). Variance preserving
+    from log alpha_t^2 (sigma = sqrt(1 - alpha^2)), or any other family from alpha_sigma(t) -> (alpha_t, sigma_t)."""
 
-    def __init__(self, log_alpha2: Callable[[torch.Tensor], torch.Tensor], *, name: str, train_steps: int = 0):
-        self.log_alpha2, self.name = log_alpha2, name
+    def __init__(self, log_alpha2: Optional[Callable] = None, *, name: str, train_steps: int = 0, alpha_sigma=None):
+        self.log_alpha2, self.alpha_sigma, self.name = log_alpha2, alpha_sigma, name
+        self.variance_preserving = alpha_sigma is None
         self.train_steps = train_steps  # > 0 for a discrete teacher: it may only be called at t = (i + 1) / n
 
     @classmethod
@@ -100,22 +104,41 @@ class Schedule:
             return torch.where(w == 0, tab[i], torch.where(w == 1, tab[i + 1], tab[i] * (1 - w) + tab[i + 1] * w))
         return cls(log_alpha2, name=f"discrete{n}", train_steps=n)
 
+    @classmethod
+    def flow(cls, shift: float = 1.0):
+        """Rectified flow x_t = (1 - sigma_t) x0 + sigma_t eps with SD3's shift, sigma_t = shift t / (1 + (shift - 1) t),
+        written with the denominator shift t + (1 - t) so that both ends are exact without rounding."""
+        def alpha_sigma(t):
+            d = shift * t + (1 - t)
+            return (1 - t) / d, shift * t / d
+        return cls(alpha_sigma=alpha_sigma, name=f"flow{shift:g}")
+
+    @classmethod
+    def edm(cls, sigma_max: float = 80.0, rho: float = 7.0):
+        """EDM (variance exploding): x_t = x0 + sigma_t eps, sigma_t = sigma_max t^rho, Karras' rho-spacing continued
+        to sigma_0 = 0; Karras' sampler from sigma_min is uniform in t from (sigma_min / sigma_max)^(1 / rho) to 1."""
+        return cls(alpha_sigma=lambda t: (torch.ones_like(t), sigma_max * t ** rho), name=f"edm{sigma_max:g}")
+
     def coefficients(self, t: torch.Tensor):
         """(alpha_t, sigma_t, lam_t), float64 inside; float64 out for float64 t, else float32.
 
         The guard makes the ends exact on any libm: alpha_0 = 1, sigma_0 = 0, lam_0 = +inf by definition,
         and log alpha^2 <= 0 elsewhere, so sigma^2 = 1 - alpha^2 can never round below 0 (a cosine whose sine
-        rounds up gave log alpha_0^2 = +2.7e-20 and a NaN sigma on some CPUs)."""
+        rounds up gave log alpha_0^2 = +2.7e-20 and a NaN sigma on some CPUs); other families: alpha, sigma >= 0."""
         t = torch.as_tensor(t)
         t64 = t.double().clamp(0, 1)
-        la2 = torch.where(t64 == 0, 0.0, self.log_alpha2(t64).clamp(max=0))
         out = torch.float64 if t.dtype == torch.float64 else torch.float32
+        if self.alpha_sigma is not None:
+            alpha, sigma = self.alpha_sigma(t64)
+            alpha, sigma = torch.where(t64 == 0, 1.0, alpha.clamp(min=0)), torch.where(t64 == 0, 0.0, sigma.clamp(min=0))
+            return alpha.to(out), sigma.to(out), (alpha.log() - sigma.log()).to(out)
+        la2 = torch.where(t64 == 0, 0.0, self.log_alpha2(t64).clamp(max=0))
         neg = 0.0 - torch.expm1(la2)  # sigma^2, accurate as alpha -> 1 (0.0 - : +0, not -0, at t = 0)
         lam = 0.5 * (la2 - torch.log(neg))
         return torch.exp(0.5 * la2).to(out), torch.sqrt(neg).to(out), lam.to(out)
 
     def network_time(self, t: torch.Tensor) -> torch.Tensor:
-        """The time input of a network trained on this schedule: t itself, or the timestep t n - 1 if discrete."""
+        """The time input of a network trained on this schedule: t (adapters map it on), or the timestep t n - 1 if discrete."""
         return t * self.train_steps - 1 if self.train_steps else t
 
     def teacher_time(self, t: torch.Tensor) -> torch.Tensor:
@@ -165,28 +188,34 @@ def time_grid(schedule: Schedule, steps: int, *, spacing: str = "t") -> torch.Te
 # ----------------------------------------------------------------------------------------------------
 # 2. Parameterizations: everything a network may predict, converted to x0 here and only here.
 
-PREDICTIONS = ("epsilon", "v_prediction", "sample")  # diffusers' names
+PREDICTIONS = ("epsilon", "v_prediction", "sample", "flow_prediction")  # diffusers' names
+# An EDM network is a "sample" teacher once preconditioned (D = c_skip x + c_out F(c_in x)): boot_diffusers does that.
 
 
 def to_x0(pred, *, kind: str, x_t, alpha, sigma):
-    """eps: x0 = (x_t - sigma eps) / alpha;  v: x0 = alpha x_t - sigma v;  sample: x0 = pred."""
+    """eps: x0 = (x_t - sigma eps) / alpha;  v (variance preserving): x0 = alpha x_t - sigma v;  sample: x0 = pred;
+    flow, the velocity v = eps - x0: x0 = (x_t - sigma v) / (alpha + sigma), x_t - sigma v for flow matching."""
     if kind == "epsilon":
         return (x_t - sigma * pred) / alpha
     if kind == "v_prediction":
         return alpha * x_t - sigma * pred
     if kind == "sample":
         return pred
+    if kind == "flow_prediction":
+        return (x_t - sigma * pred) / (alpha + sigma)
     raise ValueError(f"unknown prediction type {kind!r}; expected one of {PREDICTIONS}")
 
 
 def from_x0(x0, *, kind: str, x_t, alpha, sigma):
-    """The inverse of to_x0: eps = (x_t - alpha x0) / sigma;  v = alpha eps - sigma x0."""
+    """The inverse of to_x0: eps = (x_t - alpha x0) / sigma;  v = alpha eps - sigma x0;  flow: v = eps - x0."""
     if kind == "epsilon":
         return (x_t - alpha * x0) / sigma
     if kind == "v_prediction":
         return alpha * (x_t - alpha * x0) / sigma - sigma * x0
     if kind == "sample":
         return x0
+    if kind == "flow_prediction":
+        return (x_t - alpha * x0) / sigma - x0
     raise ValueError(f"unknown prediction type {kind!r}; expected one of {PREDICTIONS}")
 
 
@@ -211,9 +240,16 @@ def signal_step(*, y_t, x0, delta):
     return y_t + delta * (x0 - y_t)
 
 
-def start_signal(eps, *, alpha_T, sigma_T):
-    """y_T = (x_T - sigma_T eps) / alpha_T with x_T = eps, written alpha_T / (1 + sigma_T) eps (0 at alpha_T = 0)."""
-    return alpha_T / (1 + sigma_T) * eps
+def start_signal(eps, *, alpha_T, sigma_T, variance_preserving: bool = True):
+    """y_T = (x_T - sigma_T eps) / alpha_T where sampling starts: x_T = eps if variance preserving, written
+    alpha_T / (1 + sigma_T) eps (0 at alpha_T = 0); x_T = sigma_T eps otherwise (flow, EDM), so y_T = 0."""
+    return alpha_T / (1 + sigma_T) * eps if variance_preserving else torch.zeros_like(eps)
+
+
+def _start(schedule, eps, alpha, sigma):
+    """start_signal of the schedule's family, from (alpha, sigma) on a grid that ends at T."""
+    return start_signal(eps, alpha_T=alpha[-1].to(eps.dtype), sigma_T=sigma[-1].to(eps.dtype),
+                        variance_preserving=schedule.variance_preserving)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -221,11 +257,13 @@ def start_signal(eps, *, alpha_T, sigma_T):
 
 
 def denoiser(net, schedule: Schedule, *, prediction: str) -> Teacher:
-    """f(x_t, t, c) = to_x0(net(x_t, teacher_time(t), c)): wraps a network that predicts eps, v or x0."""
+    """f(x_t, t, c) = to_x0(net(x_t, teacher_time(t), c)): wraps a network that predicts eps, v, x0 or a velocity."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction type {prediction!r}; expected one of {PREDICTIONS}")
     if prediction == "epsilon" and schedule.coefficients(torch.ones(1))[0].item() == 0:
         raise ValueError("an eps-prediction teacher is undefined at alpha_T = 0; use a schedule with alpha_T > 0")
+    if prediction == "v_prediction" and not schedule.variance_preserving:
+        raise ValueError(f"v_prediction is alpha eps - sigma x0 of a variance-preserving schedule, not of {schedule.name}")
 
     def teacher(x_t, t, cond=None):
         alpha, sigma, _ = schedule.coefficients(schedule.snap(t.double()))
@@ -339,7 +377,7 @@ class TeacherStudent(nn.Module):
     - anchor=t_a < 1: net is the teacher's network read at t_a whatever t, with t entering through an extra input
       that starts at zero (the scripts add a zero-initialised time embedding), so g(eps, t) = f(eps, t_a) at
       initialisation. At lambda = 0 (anchor=schedule.time_of(0)) the conversion does not amplify: its gain is
-      sigma_a / alpha_a = 1 for eps, sigma_a < 1 for v, 1 for x0."""
+      sigma_a / alpha_a = 1 for eps, sigma_a < 1 for v, 1 for x0, 1/2 for a flow's velocity."""
 
     def __init__(self, net: nn.Module, schedule: Schedule, *, prediction: str, anchor: float = 1.0):
         super().__init__()
@@ -406,7 +444,7 @@ def bootstrap_target(student, teacher, eps, *, schedule, grid, k, cond=None, con
     n, j = len(grid) - 1, (k - config.jump).clamp(min=0)
     y = student(eps, grid[k].float(), cond).to(eps.dtype)
     if config.boundary == "exact":  # y_T is known: the student is never asked at T
-        y_T = start_signal(eps, alpha_T=alpha[-1].to(eps.dtype), sigma_T=sigma[-1].to(eps.dtype))
+        y_T = _start(schedule, eps, alpha, sigma)
         y = torch.where(_per_sample(k == n, eps), y_T, y)
     for i in range(config.jump):  # from t_{k - i} to t_{k - i - 1}; a sample already at its s stays there
         now, nxt = (k - i).clamp(min=0), (k - i - 1).clamp(min=0)
@@ -469,17 +507,19 @@ def fixed_point(teacher: Teacher, eps, *, schedule: Schedule, grid, cond=None, o
     """What a perfect student returns on the grid: y_T, then one teacher step per grid step down to y_0 (the
     teacher's N-step sampler in signal space). Shape (N + 1, *eps.shape); row k is the signal at t_k."""
     table = schedule.coefficients(grid)
-    y_T = start_signal(eps, alpha_T=table[0][-1].to(eps.dtype), sigma_T=table[1][-1].to(eps.dtype))
+    y_T = _start(schedule, eps, *table[:2])
     return torch.stack(_down_the_grid(teacher, y_T, eps, cond, grid=grid, table=table, k=len(grid) - 1, order=order)[::-1])
 
 
 @torch.no_grad()
-def ddim_sample(teacher: Teacher, eps, *, schedule: Schedule, steps: int, cond=None, spacing="t"):
-    """The teacher's reference sampler in x-space: `steps` DDIM steps from x_T = eps down to x_0."""
-    grid = time_grid(schedule, steps, spacing=spacing).to(eps.device)
+def ddim_sample(teacher: Teacher, eps, *, schedule: Schedule, steps: Optional[int] = None, cond=None, spacing="t",
+                grid=None):
+    """The teacher's reference sampler in x-space: `steps` DDIM steps on time_grid(schedule, steps, spacing=spacing),
+    or the steps of a given grid (ascending, grid[-1] = T), from x_T (eps, or sigma_T eps) down to x_0."""
+    grid = (time_grid(schedule, steps, spacing=spacing) if grid is None else grid).to(eps.device)
     alpha, sigma, _ = (c.to(eps.dtype) for c in schedule.coefficients(grid))
-    x = eps
-    for k in range(steps, 0, -1):
+    x = eps if schedule.variance_preserving else sigma[-1] * eps
+    for k in range(len(grid) - 1, 0, -1):
         x0 = teacher(x, grid[k].float().expand(eps.shape[0]), cond)
         x = ddim_step(x_t=x, x0=x0, alpha_t=alpha[k], sigma_t=sigma[k], alpha_s=alpha[k - 1], sigma_s=sigma[k - 1])
     return x
@@ -495,7 +535,7 @@ def sample_any_t(student, teacher: Teacher, eps, *, schedule: Schedule, grid, j:
     grid = grid.to(eps.device)
     table = schedule.coefficients(grid)
     if j == len(grid) - 1:
-        y = start_signal(eps, alpha_T=table[0][-1].to(eps.dtype), sigma_T=table[1][-1].to(eps.dtype))
+        y = _start(schedule, eps, *table[:2])
     else:
         y = student(eps, grid[j].float().expand(eps.shape[0]), cond).to(eps.dtype)
     return _down_the_grid(teacher, y, eps, cond, grid=grid, table=table, k=j, order=order)[-1]

@@ -14,11 +14,21 @@
     images = pipe(["a lighthouse on a cliff at dawn"], guidance_scale=7.5, num_inference_steps=1).images
 
 2. read_scheduler turns a teacher's scheduler config into what boot.py needs (a Schedule, the prediction type,
-   the clipping of x0) with the scheduler's own class, so its defaults are the ones diffusers applies, and
-   refuses, in one line (UnsupportedTeacher), what boot cannot distil exactly: schedules of another family (variance-exploding, flow
-   matching, EDM/Karras sigmas), beta schedules diffusers does not know, eps-prediction at zero terminal SNR.
+   the clipping of x0, how the network is called) with the scheduler's own class, so its defaults are the ones
+   diffusers applies. It reads three families:
+   - variance preserving, discrete (alphas_cumprod: DDPM, DDIM, PNDM, Euler, DPMSolver... configs);
+   - flow matching, FlowMatchEulerDiscreteScheduler with its `shift` (SD3): boot.Schedule.flow(shift), the
+     network predicts the velocity ("flow_prediction") at timestep n sigma_t (n = num_train_timesteps);
+   - EDM, EDMEulerScheduler: boot.Schedule.edm(sigma_max, rho), the network preconditioned here (unet_inputs):
+     D(x; sigma) = c_skip x + c_out F(c_in x, log(sigma) / 4), a "sample" (x0) teacher. Its sampler starts at
+     x_T = sigma_max eps, as diffusers' Cosmos pipelines do (EDMEulerScheduler.init_noise_sigma is
+     sqrt(sigma_max^2 + 1), the start of a variance-preserving reading, which no EDM pipeline uses).
+   It refuses, in one line (UnsupportedTeacher), what boot cannot distil exactly: other families (variance
+   exploding SDE, other flow or EDM schedulers), Karras/exponential/beta sigmas over a training schedule, dynamic
+   shifting and stochastic sampling, beta schedules diffusers does not know, eps-prediction at zero terminal SNR.
    Conventions, stated here once:
-   - Sampling is DDIM with "trailing" spacing and set_alpha_to_one (boot.Schedule.discrete), eta 0.
+   - Sampling is DDIM with "trailing" spacing and set_alpha_to_one (boot.Schedule.discrete), eta 0; for flow and
+     EDM teachers diffusers' own Euler step, which is the DDIM step of their (alpha, sigma), on sampler_grid.
    - clip_sample / thresholding apply to the (guided) x0 of each step, and the step's eps is recomputed from
      that x0: diffusers' DDIMScheduler.step with use_clipped_model_output=True. Its default (False) keeps the
      unclipped eps, which adds the clipped-off part to every step whatever its size: no ODE step, and not a
@@ -37,7 +47,10 @@ from diffusers import ConfigMixin, SchedulerMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
-PREDICTIONS = ("epsilon", "v_prediction", "sample")  # diffusers' names, as in boot.py
+PREDICTIONS = ("epsilon", "v_prediction", "sample", "flow_prediction")  # diffusers' names, as in boot.py
+VP_PREDICTIONS = PREDICTIONS[:3]  # what a variance-preserving scheduler config may name
+FLOW, EDM = "FlowMatchEulerDiscreteScheduler", "EDMEulerScheduler"  # the classes of the other families boot reads
+FAMILY_WORDS = {"vp": "variance-preserving", "flow": "flow-matching", "edm": "EDM"}
 
 
 class BootOneStepScheduler(SchedulerMixin, ConfigMixin):
@@ -47,7 +60,8 @@ class BootOneStepScheduler(SchedulerMixin, ConfigMixin):
     - the pipeline's latents are the noise eps itself (init_noise_sigma 1, no input scaling);
     - the UNet reads them at timestep -1, the time input of t = 0 (boot.Schedule.network_time: t n - 1);
     - its prediction becomes the sample at the FIXED alpha_T, sigma_T of t = T (not at t = 0), in float32:
-      epsilon: (eps - sigma_T pred) / alpha_T;  v_prediction: alpha_T eps - sigma_T pred;  sample: pred.
+      epsilon: (eps - sigma_T pred) / alpha_T;  v_prediction: alpha_T eps - sigma_T pred;  sample: pred;
+      flow_prediction: (eps - sigma_T pred) / (alpha_T + sigma_T) (train_sd.py refuses flow teachers, for now).
     Guidance reaches the student through its own input (time_cond_proj_dim): StableDiffusionPipeline then
     embeds w - 1 for it and runs no classifier-free guidance, so the UNet is called once whatever w is.
     One step whatever num_inference_steps asks for (pass 1 to keep the progress bar honest)."""
@@ -79,6 +93,8 @@ class BootOneStepScheduler(SchedulerMixin, ConfigMixin):
             x0 = (eps - sigma * pred) / alpha
         elif kind == "v_prediction":
             x0 = alpha * eps - sigma * pred
+        elif kind == "flow_prediction":
+            x0 = (eps - sigma * pred) / (alpha + sigma)
         else:
             x0 = pred
         x0 = x0.to(sample.dtype)
@@ -94,15 +110,42 @@ class UnsupportedTeacher(ValueError):
 
 
 _OTHER_SIGMAS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas")
+# Settings of the flow and EDM schedulers under which they sample something else than the ODE boot reads.
+_NOT_READ = {
+    "use_dynamic_shifting": "shifts its sigmas by the image size at sampling time (dynamic shifting, as FLUX); boot "
+                            "reads a fixed shift only",
+    "shift_terminal": "stretches its shifted sigmas to end at shift_terminal; boot reads the plain shift only",
+    "invert_sigmas": "inverts its sigmas; boot reads sigma_T = 1 at t = T only",
+    "stochastic_sampling": "samples stochastically; boot distils the deterministic flow ODE only",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class TeacherSchedule:
     """What a diffusers scheduler config says about its teacher, in boot's terms."""
     schedule: boot.Schedule  # a string under `from __future__ import annotations`: boot is not imported here
-    prediction: str                                      # epsilon | v_prediction | sample
+    prediction: str                                      # epsilon | v_prediction | sample | flow_prediction
     clip: Optional[Callable[[torch.Tensor], torch.Tensor]]  # x0 -> clipped x0 (clip_sample, thresholding), or None
     scheduler: object                                    # the diffusers scheduler the config built
+    family: str = "vp"                                   # vp | flow | edm
+
+    def unet_inputs(self, t):
+        """Flow and EDM teachers at boot times t: (c_in, timestep, c_skip, c_out), float32 tensors shaped like t, so
+        that the prediction of kind self.prediction is c_skip x + c_out unet(c_in x, timestep).sample (the
+        variance-preserving teacher reads boot.Schedule.teacher_time(t) and needs none of this).
+        - flow: (1, n sigma_t, 0, 1), diffusers' timestep of sigma_t (FlowMatchEulerDiscreteScheduler);
+        - EDM (Karras et al. 2022, diffusers' precondition_inputs/_noise/_outputs): c_in = 1 / sqrt(sigma^2 + sd^2),
+          timestep c_noise = log(sigma) / 4, c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2)
+          (negated for its v_prediction), sd = sigma_data: the denoiser D, a "sample" prediction."""
+        sigma, config = self.schedule.coefficients(torch.as_tensor(t).double())[1], self.scheduler.config
+        if self.family == "flow":
+            return torch.ones_like(sigma).float(), (config.num_train_timesteps * sigma).float(), \
+                torch.zeros_like(sigma).float(), torch.ones_like(sigma).float()
+        if self.family != "edm":
+            raise ValueError("a variance-preserving teacher reads boot.Schedule.teacher_time(t); it has no unet_inputs")
+        sd, norm = config.sigma_data, (sigma ** 2 + config.sigma_data ** 2).sqrt()
+        sign = -1 if config.prediction_type == "v_prediction" else 1
+        return (1 / norm).float(), (sigma.log() / 4).float(), (sd ** 2 / norm ** 2).float(), (sign * sigma * sd / norm).float()
 
     def finish(self, teacher):
         """The teacher as diffusers steps it: its (guided) x0, clipped where the config says so."""
@@ -156,15 +199,18 @@ def scheduler_from_config(config: dict, *, what: str = "the teacher") -> Teacher
         raise UnsupportedTeacher(f"{what}: {name} does not build from its config ({str(e).splitlines()[0][:200]})") from None
     finally:
         log.setLevel(level)
+    if name in (FLOW, EDM):
+        return _flow_or_edm(scheduler, name, what)
     alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
     if alphas_cumprod is None:
-        raise UnsupportedTeacher(f"{what}: {name} is not a variance-preserving discrete-time schedule (variance-exploding, "
-                         "flow matching or EDM); boot reads schedules with alphas_cumprod only")
+        raise UnsupportedTeacher(f"{what}: {name} is not a variance-preserving discrete-time schedule, nor one of the "
+                                 f"flow-matching and EDM schedulers boot reads ({FLOW}, {EDM})")
     # Only the settings the class itself takes: from_config keeps the others too, and PNDM (SD's) has no clip_sample.
     own = {k: v for k, v in scheduler.config.items() if k in inspect.signature(cls.__init__).parameters}
     prediction = own.get("prediction_type", "epsilon")
-    if prediction not in boot.PREDICTIONS:
-        raise UnsupportedTeacher(f"{what}: unsupported prediction type {prediction!r}; boot reads {', '.join(boot.PREDICTIONS)}")
+    if prediction not in VP_PREDICTIONS:
+        raise UnsupportedTeacher(f"{what}: unsupported prediction type {prediction!r}; boot reads {', '.join(VP_PREDICTIONS)} "
+                                 f"of a variance-preserving schedule (a flow teacher: {FLOW})")
     alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).clone()
     if own.get("rescale_betas_zero_snr"):
         alphas_cumprod[-1] = 0  # Euler-type schedulers store 2^-24 for the zero they mean
@@ -176,6 +222,36 @@ def scheduler_from_config(config: dict, *, what: str = "the teacher") -> Teacher
     except ValueError as e:
         raise UnsupportedTeacher(f"{what}: {name}: {e}") from None
     return TeacherSchedule(schedule, prediction, _clip(own), scheduler)
+
+
+def _flow_or_edm(scheduler, name: str, what: str) -> TeacherSchedule:
+    """A FlowMatchEulerDiscreteScheduler or EDMEulerScheduler teacher (see the top of this file), or UnsupportedTeacher."""
+    import boot
+    config = scheduler.config
+    for key, why in _NOT_READ.items():
+        if config.get(key):
+            raise UnsupportedTeacher(f"{what}: {name} with {key}={config[key]!r} {why}")
+    if name == FLOW:
+        return TeacherSchedule(boot.Schedule.flow(float(config.shift)), "flow_prediction", None, scheduler, "flow")
+    if config.prediction_type not in ("epsilon", "v_prediction"):
+        raise UnsupportedTeacher(f"{what}: {name} with prediction_type={config.prediction_type!r}; its "
+                                 "preconditioning is defined for epsilon and v_prediction only")
+    if config.final_sigmas_type != "zero":
+        raise UnsupportedTeacher(f"{what}: {name} with final_sigmas_type={config.final_sigmas_type!r} ends at sigma_min, "
+                                 "not at the data; boot distils trajectories that end at sigma = 0 only")
+    return TeacherSchedule(boot.Schedule.edm(float(config.sigma_max), float(config.rho)), "sample", None, scheduler, "edm")
+
+
+def sampler_grid(read: TeacherSchedule, scheduler) -> torch.Tensor:
+    """The ascending float64 boot grid (0 = t_0 < ... < t_N = 1) of a flow or EDM scheduler's own N steps, after its
+    set_timesteps(N): its sigmas at boot's t (flow: the inverse shift t = sigma / (shift - (shift - 1) sigma); EDM:
+    t = (sigma / sigma_max)^(1 / rho)), for boot.ddim_sample(..., grid=) or boot.fixed_point."""
+    sigmas, config = scheduler.sigmas.double().flip(0), scheduler.config
+    if read.family == "flow":
+        return sigmas / (config.shift - (config.shift - 1) * sigmas)
+    if read.family == "edm":
+        return (sigmas / config.sigma_max) ** (1 / config.rho)
+    raise ValueError("sampler_grid reads flow and EDM schedulers; a variance-preserving one steps on boot.time_grid")
 
 
 def _clip(config: dict) -> Optional[Callable]:

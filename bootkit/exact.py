@@ -3,7 +3,8 @@
 A Gaussian mixture sum_k pi_k N(mu_k, s_k^2 I) has the exact denoiser
     f(x_t, t) = sum_k r_k [mu_k + alpha s_k^2 / (alpha^2 s_k^2 + sigma^2) (x_t - alpha mu_k)],
     r_k ∝ pi_k N(x_t; alpha mu_k, (alpha^2 s_k^2 + sigma^2) I),
-and a finite data set {x_i} is the mixture with s_k = 0 and equal weights. No training, no error.
+and a finite data set {x_i} is the mixture with s_k = 0 and equal weights. No training, no error. The formulas hold for
+any x_t = alpha_t x0 + sigma_t eps: variance preserving, flow matching and EDM schedules alike.
 """
 import math
 
@@ -59,14 +60,17 @@ class MixtureTeacher:
 
 
 def gaussian_signal(eps, t, *, mean: float, std: float, schedule: boot.Schedule):
-    """y_t of the exact probability-flow trajectory from x_T = eps for N(mean, std^2 I): the ODE keeps
-    z = (x_t - alpha_t mean) / sqrt(alpha_t^2 std^2 + sigma_t^2) constant."""
+    """y_t of the exact probability-flow trajectory for N(mean, std^2 I) from where the schedule's sampling starts
+    (x_T = eps if variance preserving, else sigma_T eps: boot.start_signal), for any family: the ODE keeps
+    z = (x_t - alpha_t mean) / sqrt(alpha_t^2 std^2 + sigma_t^2) constant. Where alpha_t = 0 (t = T of a flow or
+    zero-terminal-SNR schedule) y_t is its limit, mean: any y_T gives the same x_T there."""
     a_T, s_T, _ = schedule.coefficients(torch.ones((), dtype=torch.float64))
     a, s, _ = schedule.coefficients(torch.as_tensor(t, dtype=torch.float64))
-    a, s = boot._per_sample(a, eps), boot._per_sample(s, eps)
-    z = (eps.double() - a_T * mean) / math.sqrt(a_T ** 2 * std ** 2 + s_T ** 2)
+    a, s, e = boot._per_sample(a, eps), boot._per_sample(s, eps), eps.double()
+    x_T = e if schedule.variance_preserving else s_T * e
+    z = (x_T - a_T * mean) / math.sqrt(a_T ** 2 * std ** 2 + s_T ** 2)
     x_t = a * mean + torch.sqrt(a ** 2 * std ** 2 + s ** 2) * z
-    return ((x_t - s * eps.double()) / a).to(eps.dtype)
+    return torch.where(a > 0, (x_t - s * e) / a, torch.full_like(x_t, mean)).to(eps.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------

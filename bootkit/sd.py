@@ -117,6 +117,10 @@ def load_teacher(name: str, dtype, device, *, unet: bool = True):
         read = boot_diffusers.read_scheduler(name, subfolder="scheduler", what=f"--teacher {name}")
     except boot_diffusers.UnsupportedTeacher as e:
         raise UsageError(str(e)) from None
+    if read.family != "vp":
+        raise UsageError(f"--teacher {name}: {type(read.scheduler).__name__} is a {boot_diffusers.FAMILY_WORDS[read.family]} "
+                         "teacher; text-to-image with flow-matching and EDM teachers (SD3's layout) is the next step, not "
+                         "in train_sd.py yet (train_toy.py --teacher distils unconditional ones)")
     if unet:
         check_unet_config(name)
     # No "Loading weights" bar per model (noise before a one-line error); the hub's download bars stay.

@@ -39,12 +39,14 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=posf, help="peak Adam learning rate, warm-up then cosine decay to 0 (default 2-D 1e-2, digits 2e-3, pixels 2e-4)")
     p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
     p.add_argument("--bootstrap-steps", type=pos, help="N, the steps of the bootstrap time grid (default 2-D 8, digits and pixels 16)")
-    p.add_argument("--spacing", choices=boot.SPACINGS, default="quadratic", help="time grid: uniform in t, t = (k/N)^2, or uniform in lambda")
+    p.add_argument("--spacing", choices=boot.SPACINGS, help="time grid: uniform in t, t = (k/N)^2, or uniform in lambda "
+                   "(default quadratic; t on an EDM teacher, whose t is Karras' rho-spacing already)")
     p.add_argument("--order", type=int, choices=(1, 2), default=2, help="teacher step: 1 = DDIM, 2 = Heun (2 calls)")
     p.add_argument("--jump", type=pos, default=1, help="teacher steps per bootstrap target (fewer hops from T to 0)")
     p.add_argument("--weighting", choices=("inv_delta2", "constant"), default="inv_delta2", help="loss weight")
     p.add_argument("--boundary", choices=("exact", "loss"), default="exact", help="boundary condition at t = T")
-    p.add_argument("--schedule", choices=("cosine", "linear"), default="cosine", help="2-D teachers: noise schedule")
+    p.add_argument("--schedule", choices=("cosine", "linear", "flow", "edm"), default="cosine", help="exact teachers: noise "
+                   "schedule, variance preserving (cosine, linear), rectified flow (shift 1) or EDM (sigma_max 80, rho 7)")
     p.add_argument("--width", type=pos, help="student width, MLP (default 2-D 128, digits 512) or UNet base channels (pixels with --no-init-from-teacher: 64)")
     p.add_argument("--depth", type=pos, help="MLP student depth, residual blocks + 1 (default 2-D 8, digits 6)")
     p.add_argument("--ema", type=float, help="EMA decay of the student's weights (0: off); the EMA makes the bootstrap "
@@ -80,6 +82,7 @@ def parse_args(argv=None):
         p.error(f"argument --ema: must be in [0, 1), got {args.ema}")
     if kind != "pixels":  # a formula is cheap to evaluate anywhere; a pixel teacher's evaluation is sized per device
         args.eval_samples, args.reference_steps = args.eval_samples or 4096, args.reference_steps or 4096
+        args.spacing = args.spacing or ("t" if args.schedule == "edm" else "quadratic")  # a pixel teacher's: in build
     if args.reference_steps is not None and args.reference_steps < 3:
         p.error(f"argument --reference-steps: at least 3 (the DDIM-k curve, k = 1, 2, ..., stops below it), "
                 f"got {args.reference_steps}")
@@ -103,12 +106,13 @@ def build(args, device):
         student = boot.MLPStudent(dim=dim, width=args.width, depth=args.depth)
         return toy, schedule, student.to(device), (dim,), toy
     unet, read = pixel.load_pixel_teacher(args.teacher, device)
+    args.spacing = args.spacing or ("t" if read.family == "edm" else "quadratic")  # the family is known from here on
     schedule, prediction = read.schedule, read.prediction
     teacher = pixel.pixel_teacher(unet, read)
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     if args.init_from_teacher:  # read at lambda = 0, where the conversion has gain 1 (boot.TeacherStudent)
         anchor = schedule.snap(schedule.time_of(0.0)).item()
-        student = boot.TeacherStudent(pixel.AnchoredNet(unet, schedule, anchor).requires_grad_(True).train(), schedule,
+        student = boot.TeacherStudent(pixel.AnchoredNet(unet, schedule, anchor, read).requires_grad_(True).train(), schedule,
                                       prediction=prediction, anchor=anchor)
     else:
         student = boot.UNetStudent(channels=shape[0], base=args.width)

@@ -86,6 +86,15 @@ def test_every_exact_teacher_runs(tmp_path, data):
     assert not finite or all(0 <= v <= 1 for v in m["same_point"].values())
 
 
+@pytest.mark.parametrize("schedule", ["flow", "edm"])
+def test_exact_teachers_run_on_flow_and_edm_schedules(tmp_path, schedule):
+    train_toy.main(["--schedule", schedule, "--out", str(tmp_path / schedule), *TINY])
+    m = json.loads((tmp_path / schedule / "metrics.json").read_text())
+    curve = {int(k): v for k, v in m["teacher_ddim_rmse"].items()}
+    assert curve[32] < curve[4] < curve[1] and np.isfinite(m["student_rmse"]) and m["config"]["schedule"] == schedule
+    assert m["config"]["spacing"] == ("t" if schedule == "edm" else "quadratic"), "EDM's t is Karras' spacing already"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--data", "moons"], "unknown exact teacher 'moons'"),
     (["--steps", "0"], "--steps: must be positive"),
@@ -189,6 +198,57 @@ def test_student_from_the_teacher_starts_as_the_teacher_read_at_lambda_zero_for_
     loss.backward()
     embedding = student.net.unet.class_embedding.linear_2.weight
     assert embedding.grad.abs().sum() > 0, "the student's time reaches it through the zero-initialised embedding"
+
+
+# --- flow-matching and EDM pixel teachers ----------------------------------------------------------------
+
+
+def _tiny_family(folder: Path, family: str):
+    """A random 3x8x8 UNet2DModel beside a FlowMatchEulerDiscreteScheduler (shift 3) or an EDMEulerScheduler."""
+    from diffusers import EDMEulerScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+                       norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet.save_pretrained(folder / "unet")
+    (FlowMatchEulerDiscreteScheduler(shift=3.0) if family == "flow" else EDMEulerScheduler()).save_pretrained(folder / "scheduler")
+
+
+@pytest.mark.parametrize("family", ["flow", "edm"])
+def test_flow_and_edm_teachers_distil_from_train_toy(tmp_path, family):
+    _tiny_family(tmp_path / family, family)
+    out = tmp_path / "run"
+    train_toy.main(["--teacher", str(tmp_path / family), "--out", str(out), *PIXEL_TINY, "--steps", "2", "--batch-size",
+                    "4", "--eval-samples", "16", "--reference-steps", "8", "--bootstrap-steps", "8"])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["reference"] == "teacher DDIM-8 from the same noise" and set(m["teacher_ddim_rmse"]) == {"1", "2", "4"}
+    assert all(np.isfinite(v) for v in [m["student_rmse"], *m["teacher_ddim_rmse"].values()])
+    assert m["config"]["spacing"] == ("t" if family == "edm" else "quadratic")
+    arrays = np.load(out / "samples.npz")
+    teacher, schedule = pixel.load(tmp_path / family, "cpu")
+    assert not schedule.variance_preserving and schedule.name == ("flow3" if family == "flow" else "edm80")
+    noise = torch.from_numpy(arrays["noise"][:4])
+    with torch.no_grad():
+        x = boot.ddim_sample(teacher, noise, schedule=schedule, steps=8)
+    assert torch.allclose(x, torch.from_numpy(arrays["teacher"][:4]), atol=1e-4), "the reference from the stored noise"
+
+
+@pytest.mark.parametrize("family", ["flow", "edm"])
+def test_flow_and_edm_students_from_the_teacher_start_as_the_teacher_at_lambda_zero(tmp_path, family):
+    _tiny_family(tmp_path / family, family)
+    args = toy.parse_args(["--teacher", str(tmp_path / family), "--out", str(tmp_path / "r")])
+    teacher, schedule, student, shape, _ = toy.build(args, "cpu")
+    t_a = torch.full((4,), schedule.time_of(0.0).item())
+    alpha, sigma, lam = schedule.coefficients(t_a.double())
+    assert lam.abs().max() < 1e-6, "anchored where alpha = sigma: x_T-scale input, no amplification"
+    eps = torch.randn(4, *shape)
+    with torch.no_grad():
+        expected = teacher(eps, t_a, None)  # the teacher read at lambda = 0 on eps, as if it were x_t
+        for t in (0.0, 0.3, 0.9):
+            assert torch.allclose(student(eps, torch.full((4,), t)), expected, atol=1e-5)
+    loss, _ = boot.boot_loss(student, teacher, eps, schedule=schedule, grid=boot.time_grid(schedule, 4))
+    loss.backward()
+    assert torch.isfinite(loss) and student.net.unet.class_embedding.linear_2.weight.grad.abs().sum() > 0
 
 
 # --- evaluation of pixel teachers: judge, samples, curve, sizes, progress ------------------------------
