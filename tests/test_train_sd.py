@@ -488,6 +488,64 @@ def test_model_card(tiny_sd, prompts, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------
+# --resume keeps the recipe: every flag outside train_sd.RESUMABLE is the run's own.
+
+
+@pytest.fixture(scope="module")
+def resumable(tiny_sd, tmp_path_factory):
+    """A run stopped after its first step (checkpoint step-00000001), and its prompts file."""
+    root = tmp_path_factory.mktemp("resumable")
+    (root / "prompts.txt").write_text("a red cat\nblue sky\n")
+    train_sd.main(train_args(tiny_sd, root / "prompts.txt", root / "run", "--steps", "1", "--validate-every", "1000"))
+    return root
+
+
+def files_of(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("flag, value, started", [
+    ("--lr", "1e-3", "0.0003"), ("--lr-schedule", "cosine", "constant"), ("--bootstrap-steps", "8", "4"),
+    ("--spacing", "t", "quadratic"), ("--order", "1", "2"), ("--batch-size", "1", "2"), ("--seed", "1", "0"),
+    ("--clip", "0.5", "1.0"), ("--guidance-scale", "3", "7.5"), ("--guidance-range", "1,4", "none"),
+    ("--ema", "0.9", "none"), ("--resolution", "32", "16"), ("--dtype", "bf16", "fp32"), ("--prompts", None, None),
+    ("--teacher", None, None)])
+def test_resume_refuses_every_change_of_the_recipe_in_one_line(flag, value, started, resumable, tiny_sd, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(resumable / "run", run)
+    before = files_of(run)
+    if flag == "--prompts":
+        value, started = tmp_path / "other.txt", resumable / "prompts.txt"
+        value.write_text("a red cat\nblue sky\n")  # the same text, another file: the run cannot know
+    if flag == "--teacher":
+        value, started = tmp_path / "teacher", Path(tiny_sd)
+        shutil.copytree(tiny_sd, value)
+    shown = {"--guidance-range": "1.0,4.0", "--guidance-scale": "3.0", "--lr": "0.001"}.get(flag, value)
+    argv = train_args(tiny_sd, resumable / "prompts.txt", run, "--steps", "2", "--validate-every", "1000", "--resume",
+                      flag, value)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: {flag} {shown}: this run was started with {started} "
+                             f"({run / 'checkpoints' / 'step-00000001'}); --resume continues a run with its own flags")
+    assert files_of(run) == before  # nothing written
+
+
+def test_a_resumed_run_records_the_recipe_its_optimizer_runs(resumable, tiny_sd, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(resumable / "run", run)
+    train_sd.main(train_args(tiny_sd, resumable / "prompts.txt", run, "--steps", "2", "--validate-every", "1000",
+                             "--resume"))
+    meta = json.loads((run / "boot_sd.json").read_text())
+    last = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert meta["steps"] == last["step"] == 2 and meta["lr"] == last["lr"] == train_sd.LR_SMALL
+    assert meta["prompts"] == str((resumable / "prompts.txt").resolve()) and meta["clip"] == 1.0
+    assert f"AdamW lr {meta['lr']} (constant)" in (run / "student" / "README.md").read_text()
+
+
+# ----------------------------------------------------------------------------------------------------
 # Judged figures, with a digit teacher of teachers/train_teacher.py --kind text (barely trained: its numbers mean nothing).
 
 
