@@ -13,8 +13,9 @@ digit teachers and bootkit/card.py writes what the run hands over. This file par
   Diffusion, unmeasured).
 - With --guidance-range every example draws its own w, which guides its teacher target and enters the student;
   without, w is the one --guidance-scale.
-- The run's student/ folder holds the UNet, a BootOneStepScheduler config (boot_diffusers.py) and a model card;
-  StableDiffusionPipeline with these two draws the same images as --sample, in one UNet call.
+- The run's pipeline/ folder is a StableDiffusionPipeline: the teacher's text encoder and VAE, the student UNet (its
+  unet/), BootOneStepScheduler (boot_diffusers.py) and a model card. boot_diffusers.BootPipeline loads it in one
+  call and draws the same images as --sample, in one UNet call.
 - --resume continues a run with the recipe it was started with: a changed flag outside RESUMABLE is refused.
 """
 import argparse
@@ -32,7 +33,7 @@ import boot
 from bootkit import card, judging, pictures, runtime, sd
 from bootkit.runtime import UsageError
 
-RUN_OUTPUTS = ("checkpoints", "validation", "figures", "student", "boot_sd.json", "log.jsonl")  # --overwrite clears
+RUN_OUTPUTS = ("checkpoints", "validation", "figures", sd.PIPELINE, "boot_sd.json", "log.jsonl")  # --overwrite clears
 # The flags that may change on --resume: where and how long the run goes, what it shows and checks at the end, and
 # the sampling-only ones (never set in training). Every other flag is the recipe, recorded and compared.
 RESUMABLE = {"out", "resume", "overwrite", "device", "steps", "ckpt_every", "validate_every", "validation_prompts",
@@ -172,12 +173,12 @@ def train(args, prompts):
         if figures.get("step") != trainer.step:  # every run ends with a picture of its final student
             validate(trainer.step)
         g = sd.student_fn(exported(), schedule, prediction)
-        exported().save_pretrained(out / "student")  # diffusers format, safetensors
-        card.save_for_diffusers(out / "student", g)
+        card.save_pipeline(out / sd.PIPELINE, teacher_name, exported(), g, resolution=resolution, guidance=(lo, hi),
+                           w=w_val)
         meta = {**config, "steps": trainer.step, "validation": figures}
         write_run(out, meta, g)  # the run is complete before the judged evaluation: --evaluate redoes that alone
-        d.say(f"student in {out / 'student'}; draw images with: python train_sd.py --sample {out} --prompts FILE, "
-              f"or with diffusers' StableDiffusionPipeline ({out / 'student' / 'README.md'})")
+        d.say(f"student in {out / sd.PIPELINE}; draw images with: python train_sd.py --sample {out} --prompts FILE, "
+              f"or with boot_diffusers.BootPipeline ({out / sd.PIPELINE / 'README.md'})")
         if judged_by is not None:
             with sd.evaluating(exported()) as model_now:
                 meta["judged"] = {"step": trainer.step, **judging.judge_student(
@@ -271,9 +272,9 @@ def evaluate(args, prompts):
 
 
 def write_run(out: Path, meta: dict, g: boot.TeacherStudent):
-    """boot_sd.json and the student's model card."""
+    """boot_sd.json and the pipeline's model card."""
     (out / "boot_sd.json").write_text(json.dumps(meta, indent=1))
-    (out / "student" / "README.md").write_text(card.model_card(meta, str(out / "student"), g))
+    (out / sd.PIPELINE / "README.md").write_text(card.model_card(meta, str(out / sd.PIPELINE), g))
 
 
 # ----------------------------------------------------------------------------------------------------

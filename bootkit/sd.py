@@ -32,6 +32,7 @@ DEFAULT_TEACHER = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GUIDANCE_DIM = 256  # width of the student's guidance embedding, as in LCM
 UNSUPPORTED_UNET = ("addition_embed_type", "class_embed_type")  # conditioning beyond text embeddings (SDXL's)
+PIPELINE = "pipeline"  # a run's diffusers pipeline folder (bootkit/card.py): its unet/ is the student
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -284,9 +285,9 @@ def read_run(run: Path, flag: str) -> dict:
 
 
 def load_student(run: Path, flag: str, device):
-    """The run's student UNet in float32 (--dtype is the autocast it runs under), in eval mode."""
+    """The run's student UNet (RUN/pipeline/unet) in float32 (--dtype is the autocast it runs under), in eval mode."""
     from diffusers import UNet2DConditionModel
     load = UNet2DConditionModel.from_pretrained
-    return loaded(f"{flag} {run}: its student", lambda: load(run / "student", torch_dtype=torch.float32,
+    return loaded(f"{flag} {run}: its student", lambda: load(run / PIPELINE / "unet", torch_dtype=torch.float32,
                                                              use_safetensors=True)).to(device).eval()
 

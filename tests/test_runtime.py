@@ -598,7 +598,7 @@ def test_sd_torchrun_two_processes(tiny_sd, tmp_path):  # noqa: F811
     assert status == 0, err
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 2] and records[-1]["ranks_identical"] is True
-    assert sorted(p.name for p in out.iterdir()) == ["boot_sd.json", "checkpoints", "log.jsonl", "student",
+    assert sorted(p.name for p in out.iterdir()) == ["boot_sd.json", "checkpoints", "log.jsonl", "pipeline",
                                                      "validation"]
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["log.jsonl", "step-00000002.png"]
     assert stdout.count("student in") == 1
