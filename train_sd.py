@@ -225,11 +225,11 @@ def sample(args, prompts):
     if args.overwrite:
         runtime.clear(out, ("*.png",))
     out.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator(d.device).manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)  # on the CPU: the same noise on every device, as the pipeline's
     for start in range(0, len(prompts), args.batch_size):
         batch = range(start, min(start + args.batch_size, len(prompts)))
         cond = encode(prompts.read(batch))
-        eps = torch.randn(len(batch), *shape, generator=gen, device=d.device)
+        eps = sd.noise(gen, len(batch), shape, d.device)
         with sd.autocast(d.device, dtype):  # the conversion to the image stays in fp32 (sd.student_fn)
             w_batch = torch.full((len(batch),), w, device=d.device)
             g = sd.student_fn(student, schedule, meta["prediction"], w_batch)

@@ -291,3 +291,9 @@ def load_student(run: Path, flag: str, device):
     return loaded(f"{flag} {run}: its student", lambda: load(run / PIPELINE / "unet", torch_dtype=torch.float32,
                                                              use_safetensors=True)).to(device).eval()
 
+
+def noise(generator: torch.Generator, n: int, shape: tuple, device) -> torch.Tensor:
+    """n standard normal latents of shape, drawn on the CPU from generator, then moved to device: the same noise on
+    every device, as diffusers draws a pipeline's latents from a CPU generator (the model card's snippet)."""
+    return torch.randn(n, *shape, generator=generator).to(device)
+

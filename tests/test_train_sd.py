@@ -432,6 +432,19 @@ def test_the_pipeline_folder_loads_in_one_call_and_draws_what_sample_draws(guida
     torch.testing.assert_close(latents, boot.sample_student(g, eps, cond), rtol=1e-5, atol=1e-5)
 
 
+def test_sample_noise_is_drawn_on_the_cpu_whatever_the_device():
+    """--sample's noise is a pipeline's from a CPU generator (diffusers' randn_tensor), drawn on the CPU, then moved:
+    the same on any device ("meta" stands in for an accelerator)."""
+    from diffusers.utils.torch_utils import randn_tensor
+    shape, cpu = (4, 8, 8), torch.device("cpu")
+    theirs = randn_tensor((3, *shape), generator=torch.Generator().manual_seed(5), device=cpu, dtype=torch.float32)
+    assert torch.equal(sd.noise(torch.Generator().manual_seed(5), 3, shape, cpu), theirs)
+    gen, drawn = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    torch.randn(3, *shape, generator=drawn)
+    assert sd.noise(gen, 3, shape, torch.device("meta")).device.type == "meta"
+    assert torch.equal(gen.get_state(), drawn.get_state())  # the CPU generator drew it
+
+
 def test_the_pipeline_refuses_what_a_one_step_student_cannot_honour(tiny_sd, prompts, tmp_path):
     """BootPipeline: a ValueError for each input it cannot honour. diffusers' own pipelines: a warning for other
     num_inference_steps, an error for img2img and inpainting (not AttributeError: add_noise)."""
