@@ -28,6 +28,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -206,10 +207,40 @@ def read_scheduler(source, *, subfolder: Optional[str] = None, what: str = "the 
     (one line naming `what` and the problem) for anything boot would get wrong."""
     import diffusers
     try:
-        config = diffusers.DDPMScheduler.load_config(source, subfolder=subfolder)
+        with quiet_hub():
+            config = diffusers.DDPMScheduler.load_config(source, subfolder=subfolder)
     except Exception as e:  # missing file, bad JSON, offline hub
+        offline = hub_unreachable(e)
+        if offline:
+            raise UnsupportedTeacher(f"{what}: {offline}") from None
         raise UnsupportedTeacher(f"{what}: its scheduler config does not load ({(str(e).splitlines() or [type(e).__name__])[0][:200]})") from None
     return scheduler_from_config(dict(config), what=what)
+
+
+@contextlib.contextmanager
+def quiet_hub():
+    """No warning that diffusers passes huggingface_hub a deprecated argument (local_dir_use_symlinks): noise,
+    printed before the one line that says why a load failed."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
+        yield
+
+
+def hub_unreachable(error: BaseException) -> Optional[str]:
+    """Where a load failed because the hub could not be reached and nothing of the model is cached, that, in words
+    (with what to do instead); else None. huggingface_hub says so (LocalEntryNotFoundError, OfflineModeIsEnabled)
+    in an exception that diffusers' message hides ("does not appear to have a file named ...")."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    offline = any(isinstance(e, OfflineModeIsEnabled) for e in chain)
+    if not offline and not any(isinstance(e, LocalEntryNotFoundError) for e in chain):
+        return None
+    why = "HF_HUB_OFFLINE is set" if offline else "no network, or it did not answer"
+    return (f"the hub could not be reached ({why}) and nothing of it is cached; pass a local folder in diffusers' "
+            "layout instead (one written by save_pretrained, or a copy of the model's files)")
 
 
 def scheduler_from_config(config: dict, *, what: str = "the teacher") -> TeacherSchedule:

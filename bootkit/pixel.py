@@ -51,12 +51,17 @@ def load_pixel_teacher(source: str, device):
     try:
         for sub in ("unet", None):
             try:  # safetensors only: a pickled .bin can run arbitrary code
-                unet = UNet2DModel.from_pretrained(source, subfolder=sub, use_safetensors=True)
+                with boot_diffusers.quiet_hub():
+                    unet = UNet2DModel.from_pretrained(source, subfolder=sub, use_safetensors=True)
                 break
             except Exception as e:  # diffusers raises OSError, ValueError, EnvironmentError... keep the first cause
-                errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+                errors.append(e)
         else:
-            raise UsageError(f"--teacher {source!r} is not a loadable diffusers UNet2DModel ({errors[0]})")
+            offline = boot_diffusers.hub_unreachable(errors[0])
+            if offline:
+                raise UsageError(f"--teacher {source!r}: {offline}")
+            first = str(errors[0]).splitlines()[0] if str(errors[0]) else type(errors[0]).__name__
+            raise UsageError(f"--teacher {source!r} is not a loadable diffusers UNet2DModel ({first})")
         teacher = boot_diffusers.read_scheduler(source, subfolder="scheduler" if sub else None, what=f"--teacher {source!r}")
     except boot_diffusers.UnsupportedTeacher as e:
         raise UsageError(str(e)) from None

@@ -87,10 +87,15 @@ def read_prompts(path, flag: str = "--prompts") -> Prompts:
 
 
 def loaded(what: str, load):
-    """load(), or one line saying what did not load and why."""
+    """load(), or one line saying what did not load and why (the hub out of reach, where that is why)."""
+    import boot_diffusers
     try:
-        return load()
+        with boot_diffusers.quiet_hub():
+            return load()
     except Exception as e:  # whatever the reason (missing file, bad config, offline hub), the input is unusable
+        offline = boot_diffusers.hub_unreachable(e)
+        if offline:
+            raise UsageError(f"{what} does not load: {offline}") from None
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UsageError(f"{what} does not load ({reason})") from None
 

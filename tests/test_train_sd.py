@@ -765,6 +765,20 @@ def test_existing_run_is_not_overwritten(prompts, tmp_path):
     check_failure(status, err, "not empty", tmp_path / "run", before={"log.jsonl": b"earlier run\n"})
 
 
+def test_a_hub_teacher_out_of_reach_says_so(prompts, tmp_path):
+    """HF_HUB_OFFLINE=1 (as in every test) and nothing cached: the cause, not diffusers' "does not appear to have a
+    file named scheduler_config.json", and what to do instead."""
+    status, err = run_cli("--teacher", "nobody/no-such-model", "--prompts", prompts, "--out", tmp_path / "run",
+                          "--device", "cpu")
+    check_failure(status, err, "--teacher nobody/no-such-model: the hub could not be reached (HF_HUB_OFFLINE is set) "
+                               "and nothing of it is cached; pass a local folder in diffusers' layout", tmp_path / "run")
+    assert status == 2
+    from diffusers import AutoencoderTiny  # the other loads (the teacher's parts, --tiny-vae) say it too
+    with pytest.raises(train_sd.UsageError, match=r"^--tiny-vae nobody/taesd does not load: the hub could not be "
+                                                  r"reached \(HF_HUB_OFFLINE is set\) and nothing of it is cached"):
+        sd.loaded("--tiny-vae nobody/taesd", lambda: AutoencoderTiny.from_pretrained("nobody/taesd"))
+
+
 def test_teacher_that_is_not_a_diffusers_model(prompts, tmp_path):
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "model.bin").write_bytes(b"not a model")
