@@ -15,7 +15,8 @@ def save_pipeline(folder: Path, teacher: str, unet, g: boot.TeacherStudent, *, r
     (lossless whatever their stored precision), the student UNet, and the BootOneStepScheduler that turns its
     prediction into the image at the student's own alpha_T, sigma_T (the very floats of g) and records the trained
     guidance [WMIN, WMAX] and w. The UNet's sample_size becomes the trained resolution's, so that the pipelines'
-    default height and width are the trained ones. No safety checker (the teacher's is not the student's business)."""
+    default height and width are the trained ones. No safety checker (requires_safety_checker False): it is another
+    model of 1.2 GB, not the student's; pass one to from_pretrained where it is wanted."""
     from boot_diffusers import BootOneStepScheduler, BootPipeline
     parts = sd.load_teacher(teacher, torch.float32, torch.device("cpu"), unet=False)
     unet.register_to_config(sample_size=resolution // sd.vae_scale(parts.vae))
@@ -96,15 +97,15 @@ With diffusers and `boot_diffusers.py` (one small file of the boot repository):
 
 Its default height and width are the trained {meta['resolution']} pixels. From the same prompts (one batch) and
 seed it draws the images of `python train_sd.py --sample RUN --prompts FILE --seed 0` in the boot repository:
-both draw the noise from a CPU generator, the same on any device. `BootPipeline` raises a ValueError for what one step from noise cannot honour: a
-`guidance_scale` outside the trained range (an error, not a warning: the student was never taught that w, and
-extrapolates), a `negative_prompt` (guidance is built into the student: there is no unconditional branch for it
-to replace), `num_inference_steps` other than 1.
+both draw the noise from a CPU generator, the same on any device. `BootPipeline` raises a ValueError for what one
+step from noise cannot honour: a `guidance_scale` outside the trained range (an error, not a warning: the student
+was never taught that w, and extrapolates), a `negative_prompt` (guidance is built into the student: there is no
+unconditional branch for it to replace), `num_inference_steps` other than 1.
 
 The folder is a `StableDiffusionPipeline`: after `import boot_diffusers`, diffusers' `DiffusionPipeline`,
 `StableDiffusionPipeline` and `AutoPipelineForText2Image` load it in one call too and draw the same images at the
-same `guidance_scale`. They check less. What the scheduler sees, it refuses: another `num_inference_steps` (their
-default is 50) gets a warning and one step; img2img and inpainting pipelines an error. What only the pipeline
+same `guidance_scale`. They check less. What the scheduler sees, it catches: another `num_inference_steps` (their
+default is 50) gets a warning and one step, img2img and inpainting pipelines an error. What only the pipeline
 sees, they cannot check: their default `guidance_scale` is 7.5, and any w outside the range is extrapolated
 without a word; a `negative_prompt` is dropped unseen.
 
