@@ -1,17 +1,19 @@
 """boot_diffusers.py: boot's bridge to diffusers: a student in diffusers' own pipelines, a teacher read exactly.
 
-1. BootOneStepScheduler draws with a train_sd.py student inside StableDiffusionPipeline, in one UNet call. That
-   part needs torch and diffusers only, not boot.py: the run's student folder and this file are all you need.
+1. A train_sd.py run writes RUN/pipeline, a StableDiffusionPipeline folder (the teacher's tokenizer, text encoder
+   and VAE, the student UNet, BootOneStepScheduler) that draws in one UNet call. BootPipeline loads it and refuses
+   what a one-step student cannot honour. That part needs torch and diffusers only, not boot.py: the folder and
+   this file are all you need.
 
     import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from boot_diffusers import BootOneStepScheduler
+    from boot_diffusers import BootPipeline
 
-    student = "runs/sd/student"  # the student folder of a train_sd.py run (UNet, scheduler config, model card)
-    pipe = StableDiffusionPipeline.from_pretrained(
-        "stable-diffusion-v1-5/stable-diffusion-v1-5", unet=UNet2DConditionModel.from_pretrained(student),
-        scheduler=BootOneStepScheduler.from_pretrained(student))
-    images = pipe(["a lighthouse on a cliff at dawn"], guidance_scale=7.5, num_inference_steps=1).images
+    pipe = BootPipeline.from_pretrained("runs/sd/pipeline")
+    images = pipe(["a lighthouse on a cliff at dawn"], generator=torch.Generator().manual_seed(0)).images
+
+   After `import boot_diffusers`, diffusers' own DiffusionPipeline, StableDiffusionPipeline and
+   AutoPipelineForText2Image load the folder too (diffusers finds the scheduler's class among the imported
+   modules) and draw the same images, but check less: see BootPipeline.
 
 2. read_scheduler turns a teacher's scheduler config into what boot.py needs (a Schedule, the prediction type,
    the clipping of x0, how the network is called) with the scheduler's own class, so its defaults are the ones
@@ -36,10 +38,13 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+import json
 import logging
 import math
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -51,6 +56,9 @@ PREDICTIONS = ("epsilon", "v_prediction", "sample", "flow_prediction")  # diffus
 VP_PREDICTIONS = PREDICTIONS[:3]  # what a variance-preserving scheduler config may name
 FLOW, EDM = "FlowMatchEulerDiscreteScheduler", "EDMEulerScheduler"  # the classes of the other families boot reads
 FAMILY_WORDS = {"vp": "variance-preserving", "flow": "flow-matching", "edm": "EDM"}
+ONE_STEP_ONLY = ("BootOneStepScheduler draws from pure noise in one step: img2img and inpainting (an image noised "
+                 "to a strength, then denoised) are not supported by a one-step BOOT student; use a text-to-image "
+                 "pipeline (BootPipeline)")
 
 
 class BootOneStepScheduler(SchedulerMixin, ConfigMixin):
@@ -64,13 +72,16 @@ class BootOneStepScheduler(SchedulerMixin, ConfigMixin):
       flow_prediction: (eps - sigma_T pred) / (alpha_T + sigma_T) (train_sd.py refuses flow teachers, for now).
     Guidance reaches the student through its own input (time_cond_proj_dim): StableDiffusionPipeline then
     embeds w - 1 for it and runs no classifier-free guidance, so the UNet is called once whatever w is.
-    One step whatever num_inference_steps asks for (pass 1 to keep the progress bar honest)."""
+    guidance_range [WMIN, WMAX] (equal: one w) and guidance_scale, the w it was trained on and the default w, are
+    what BootPipeline checks: the scheduler never sees w (None in configs written before them). One step whatever
+    num_inference_steps asks for, with a warning for any other number; img2img and inpainting are refused."""
 
     order = 1
     init_noise_sigma = 1.0
 
     @register_to_config
-    def __init__(self, prediction_type: str, alpha_T: float, sigma_T: float):
+    def __init__(self, prediction_type: str, alpha_T: float, sigma_T: float,
+                 guidance_range: Optional[list] = None, guidance_scale: Optional[float] = None):
         if prediction_type not in PREDICTIONS:
             raise ValueError(f"unknown prediction type {prediction_type!r}; expected one of {PREDICTIONS}")
         if prediction_type == "epsilon" and not alpha_T > 0:
@@ -78,7 +89,11 @@ class BootOneStepScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = torch.tensor([-1])
 
     def set_timesteps(self, num_inference_steps=None, device=None):
-        """The one timestep, -1, on device; num_inference_steps is ignored: the student needs one call."""
+        """The one timestep, -1, on device. Another num_inference_steps gets a warning, not an error:
+        StableDiffusionPipeline passes its default, 50, unasked, and its plain call must draw."""
+        if num_inference_steps not in (None, 1):
+            warnings.warn(f"num_inference_steps={num_inference_steps}: a BOOT student draws in one step, and takes "
+                          "one; pass num_inference_steps=1 (BootPipeline refuses any other)", stacklevel=2)
         self.timesteps = torch.tensor([-1], device=device)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
@@ -99,6 +114,74 @@ class BootOneStepScheduler(SchedulerMixin, ConfigMixin):
             x0 = pred
         x0 = x0.to(sample.dtype)
         return SchedulerOutput(prev_sample=x0) if return_dict else (x0,)
+
+    def set_begin_index(self, begin_index: int = 0):
+        """Refused: diffusers' img2img and inpainting pipelines call it (to start part-way down the schedule) and its
+        text-to-image ones do not, so this is where they stop, before an image is encoded."""
+        raise NotImplementedError(ONE_STEP_ONLY)
+
+    def add_noise(self, original_samples, noise, timesteps):
+        """Refused (ONE_STEP_ONLY): the student starts from pure noise, never from a noised image."""
+        raise NotImplementedError(ONE_STEP_ONLY)
+
+
+def _pipeline_class():
+    """BootPipeline, built on first use: importing StableDiffusionPipeline takes seconds and pulls in transformers'
+    image processors, which warn when torchvision is missing (nothing this pipeline uses), and read_scheduler's
+    users (train_sd.py, train_toy.py) need none of it."""
+    from transformers.utils import logging as transformers_logging
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        from diffusers import StableDiffusionPipeline
+    finally:
+        transformers_logging.set_verbosity(level)
+
+    class BootPipeline(StableDiffusionPipeline):
+        """StableDiffusionPipeline for a BOOT student that refuses, with a ValueError, what it cannot honour:
+        num_inference_steps other than 1; a negative prompt (the student has guidance built in, with no
+        unconditional branch to steer away from: the stock pipeline drops it unseen); a guidance_scale outside the
+        range recorded in its BootOneStepScheduler (the stock pipeline extrapolates, from its default 7.5 too).
+        guidance_scale defaults to the run's w; height and width, like the stock pipeline's, to the UNet's
+        sample_size times the VAE's scale (train_sd.py records the trained resolution there). Arguments past the
+        prompt are keywords. Saved, it is a StableDiffusionPipeline folder: every diffusers loader reads it."""
+
+        def __call__(self, prompt=None, *, num_inference_steps: int = 1, guidance_scale: Optional[float] = None,
+                     negative_prompt=None, negative_prompt_embeds=None, **kwargs):
+            trained, default = self.scheduler.config.get("guidance_range"), self.scheduler.config.get("guidance_scale")
+            if trained is None or default is None:
+                raise ValueError(f"BootPipeline: the scheduler ({type(self.scheduler).__name__}) records no trained "
+                                 "guidance range; expected a BootOneStepScheduler written by train_sd.py")
+            w = default if guidance_scale is None else guidance_scale
+            if num_inference_steps != 1:
+                raise ValueError(f"num_inference_steps={num_inference_steps}: a BOOT student draws in one step; "
+                                 "pass 1 (or leave it out)")
+            if negative_prompt is not None or negative_prompt_embeds is not None:
+                raise ValueError("negative_prompt: a BOOT student has guidance built in, with no unconditional branch "
+                                 "a negative prompt could replace; it cannot honour one")
+            lo, hi = trained
+            if not lo <= w <= hi:
+                raise ValueError(f"guidance_scale={w}: this student was trained at w = {lo} only" if lo == hi else
+                                 f"guidance_scale={w} is outside the range this student was trained on, "
+                                 f"[{lo}, {hi}]")
+            return super().__call__(prompt, num_inference_steps=1, guidance_scale=w, **kwargs)
+
+        def to_json_string(self) -> str:
+            """model_index.json names StableDiffusionPipeline, so that a re-saved BootPipeline (fp16, push_to_hub)
+            still loads with DiffusionPipeline and AutoPipelineForText2Image."""
+            config = json.loads(super().to_json_string())
+            return json.dumps({**config, "_class_name": StableDiffusionPipeline.__name__}, indent=2,
+                              sort_keys=True) + "\n"
+
+    BootPipeline.__module__, BootPipeline.__qualname__ = __name__, "BootPipeline"
+    return BootPipeline
+
+
+def __getattr__(name):
+    if name == "BootPipeline":  # from boot_diffusers import BootPipeline: built once, then an ordinary global
+        globals()[name] = _pipeline_class()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -167,10 +250,40 @@ def read_scheduler(source, *, subfolder: Optional[str] = None, what: str = "the 
     (one line naming `what` and the problem) for anything boot would get wrong."""
     import diffusers
     try:
-        config = diffusers.DDPMScheduler.load_config(source, subfolder=subfolder)
+        with quiet_hub():
+            config = diffusers.DDPMScheduler.load_config(source, subfolder=subfolder)
     except Exception as e:  # missing file, bad JSON, offline hub
+        offline = hub_unreachable(e)
+        if offline:
+            raise UnsupportedTeacher(f"{what}: {offline}") from None
         raise UnsupportedTeacher(f"{what}: its scheduler config does not load ({(str(e).splitlines() or [type(e).__name__])[0][:200]})") from None
     return scheduler_from_config(dict(config), what=what)
+
+
+@contextlib.contextmanager
+def quiet_hub():
+    """No warning that diffusers passes huggingface_hub a deprecated argument (local_dir_use_symlinks): noise,
+    printed before the one line that says why a load failed."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
+        yield
+
+
+def hub_unreachable(error: BaseException) -> Optional[str]:
+    """Where a load failed because the hub could not be reached and nothing of the model is cached, that, in words
+    (with what to do instead); else None. huggingface_hub says so (LocalEntryNotFoundError, OfflineModeIsEnabled)
+    in an exception that diffusers' message hides ("does not appear to have a file named ...")."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    offline = any(isinstance(e, OfflineModeIsEnabled) for e in chain)
+    if not offline and not any(isinstance(e, LocalEntryNotFoundError) for e in chain):
+        return None
+    why = "HF_HUB_OFFLINE is set" if offline else "no network, or it did not answer"
+    return (f"the hub could not be reached ({why}) and nothing of it is cached; pass a local folder in diffusers' "
+            "layout instead (one written by save_pretrained, or a copy of the model's files)")
 
 
 def scheduler_from_config(config: dict, *, what: str = "the teacher") -> TeacherSchedule:

@@ -13,8 +13,10 @@ digit teachers and bootkit/card.py writes what the run hands over. This file par
   Diffusion, unmeasured).
 - With --guidance-range every example draws its own w, which guides its teacher target and enters the student;
   without, w is the one --guidance-scale.
-- The run's student/ folder holds the UNet, a BootOneStepScheduler config (boot_diffusers.py) and a model card;
-  StableDiffusionPipeline with these two draws the same images as --sample, in one UNet call.
+- The run's pipeline/ folder is a StableDiffusionPipeline: the teacher's text encoder and VAE, the student UNet (its
+  unet/), BootOneStepScheduler (boot_diffusers.py) and a model card. boot_diffusers.BootPipeline loads it in one
+  call and draws the same images as --sample, in one UNet call.
+- --resume continues a run with the recipe it was started with: a changed flag outside RESUMABLE is refused.
 """
 import argparse
 import json
@@ -31,7 +33,11 @@ import boot
 from bootkit import card, judging, pictures, runtime, sd
 from bootkit.runtime import UsageError
 
-RUN_OUTPUTS = ("checkpoints", "validation", "figures", "student", "boot_sd.json", "log.jsonl")  # --overwrite clears
+RUN_OUTPUTS = ("checkpoints", "validation", "figures", sd.PIPELINE, "boot_sd.json", "log.jsonl")  # --overwrite clears
+# The flags that may change on --resume: where and how long the run goes, what it shows and checks at the end, and
+# the sampling-only ones (never set in training). Every other flag is the recipe, recorded and compared.
+RESUMABLE = {"out", "resume", "overwrite", "device", "steps", "ckpt_every", "validate_every", "validation_prompts",
+             "gradient_checkpointing", "judge", "eval_samples", "sample", "evaluate", "teacher_steps", "tiny_vae"}
 VALIDATION_IMAGES = 4  # prompts of the validation picture by default (the first training prompts)
 MAX_VALIDATION_IMAGES = 16  # a --validation-prompts file may hold up to this many
 # Default --lr by the UNet's size: measured on teachers/mnist-t2i's 1 M parameters (README); at Stable Diffusion's
@@ -104,14 +110,14 @@ def train(args, prompts):
     if args.ema:
         average = torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
         ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=average).eval()  # never trained itself
-    config = dict(teacher=teacher_name, resolution=resolution, guidance_range=args.guidance_range, ema=args.ema,
-                  bootstrap_steps=args.bootstrap_steps, spacing=args.spacing, order=args.order,
-                  batch_size=args.batch_size, lr=lr, lr_schedule=args.lr_schedule, seed=args.seed, dtype=args.dtype,
-                  prediction=prediction)
+    # The recipe as it runs (the defaults resolved): what a resume must repeat, and what boot_sd.json records.
+    config = {**{k: v for k, v in vars(args).items() if k not in RESUMABLE}, "teacher": teacher_name,
+              "prompts": str(Path(args.prompts).resolve()), "resolution": resolution, "lr": lr,
+              "guidance_scale": w_val, "prediction": prediction}
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
     trainer = runtime.Trainer(out=out, model=model, optimizer=optimizer, lr_schedule=lr_schedule(optimizer, args),
                               ema=ema, dist_info=d, config=config, ckpt_every=args.ckpt_every, clip=args.clip)
-    if args.resume and not trainer.resume(same_keys=("teacher", "resolution", "guidance_range", "ema")):
+    if args.resume and not trainer.resume(same_keys=sorted(set(config) - {"prediction"})):  # the teacher's own
         d.say(f"--resume: no checkpoint in {out} yet; starting from the teacher")
     teacher = sd.teacher_fn(parts.unet, schedule, prediction)
 
@@ -167,12 +173,12 @@ def train(args, prompts):
         if figures.get("step") != trainer.step:  # every run ends with a picture of its final student
             validate(trainer.step)
         g = sd.student_fn(exported(), schedule, prediction)
-        exported().save_pretrained(out / "student")  # diffusers format, safetensors
-        card.save_for_diffusers(out / "student", g)
-        meta = {**config, "guidance_scale": w_val, "steps": trainer.step, "validation": figures}
+        card.save_pipeline(out / sd.PIPELINE, teacher_name, exported(), g, resolution=resolution, guidance=(lo, hi),
+                           w=w_val)
+        meta = {**config, "steps": trainer.step, "validation": figures}
         write_run(out, meta, g)  # the run is complete before the judged evaluation: --evaluate redoes that alone
-        d.say(f"student in {out / 'student'}; draw images with: python train_sd.py --sample {out} --prompts FILE, "
-              f"or with diffusers' StableDiffusionPipeline ({out / 'student' / 'README.md'})")
+        d.say(f"student in {out / sd.PIPELINE}; draw images with: python train_sd.py --sample {out} --prompts FILE, "
+              f"or with boot_diffusers.BootPipeline ({out / sd.PIPELINE / 'README.md'})")
         if judged_by is not None:
             with sd.evaluating(exported()) as model_now:
                 meta["judged"] = {"step": trainer.step, **judging.judge_student(
@@ -219,11 +225,11 @@ def sample(args, prompts):
     if args.overwrite:
         runtime.clear(out, ("*.png",))
     out.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator(d.device).manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)  # on the CPU: the same noise on every device, as the pipeline's
     for start in range(0, len(prompts), args.batch_size):
         batch = range(start, min(start + args.batch_size, len(prompts)))
         cond = encode(prompts.read(batch))
-        eps = torch.randn(len(batch), *shape, generator=gen, device=d.device)
+        eps = sd.noise(gen, len(batch), shape, d.device)
         with sd.autocast(d.device, dtype):  # the conversion to the image stays in fp32 (sd.student_fn)
             w_batch = torch.full((len(batch),), w, device=d.device)
             g = sd.student_fn(student, schedule, meta["prediction"], w_batch)
@@ -266,9 +272,9 @@ def evaluate(args, prompts):
 
 
 def write_run(out: Path, meta: dict, g: boot.TeacherStudent):
-    """boot_sd.json and the student's model card."""
+    """boot_sd.json and the pipeline's model card."""
     (out / "boot_sd.json").write_text(json.dumps(meta, indent=1))
-    (out / "student" / "README.md").write_text(card.model_card(meta, str(out / "student"), g))
+    (out / sd.PIPELINE / "README.md").write_text(card.model_card(meta, str(out / sd.PIPELINE), g))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -342,7 +348,8 @@ def parser():
                    help="checkpoint every this many steps (and on SIGINT/SIGTERM)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise, prompts, times and w of every step")
     again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    again.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out, with the "
+                       "flags the run was started with (only where and how long it runs, and what it shows, may change)")
     again.add_argument("--overwrite", action="store_true", help="replace what an earlier run wrote in --out")
     p.add_argument("--judge", metavar="FOLDER",
                    help="a digit teacher's judge (teachers/train_teacher.py's judge/): at the end of training (or with --evaluate), "

@@ -1,38 +1,50 @@
-"""bootkit/card.py: what a train_sd.py run hands over: the one-step scheduler config beside the student's UNet,
-the diffusers snippet that draws with it, and the Hugging Face model card."""
+"""bootkit/card.py: what a train_sd.py run hands over: RUN/pipeline, a diffusers pipeline folder with the student and
+the one-step scheduler, the snippet that draws with it, and its Hugging Face model card."""
 from pathlib import Path
 
+import torch
+
 import boot
+from bootkit import sd
 
 
-def save_for_diffusers(folder: Path, g: boot.TeacherStudent):
-    """Next to the UNet in folder: the BootOneStepScheduler config that turns its prediction into the image
-    at the student's own alpha_T, sigma_T (the very floats boot.TeacherStudent uses)."""
-    from boot_diffusers import BootOneStepScheduler
-    BootOneStepScheduler(prediction_type=g.prediction, alpha_T=g.alpha_a, sigma_T=g.sigma_a).save_pretrained(folder)
+def save_pipeline(folder: Path, teacher: str, unet, g: boot.TeacherStudent, *, resolution: int, guidance: tuple,
+                  w: float):
+    """folder: a StableDiffusionPipeline folder (model_index.json) that BootPipeline, and diffusers' own loaders
+    after `import boot_diffusers`, read in one call: the teacher's tokenizer, text encoder and VAE in float32
+    (lossless whatever their stored precision), the student UNet, and the BootOneStepScheduler that turns its
+    prediction into the image at the student's own alpha_T, sigma_T (the very floats of g) and records the trained
+    guidance [WMIN, WMAX] and w. The UNet's sample_size becomes the trained resolution's, so that the pipelines'
+    default height and width are the trained ones. No safety checker (requires_safety_checker False): it is another
+    model of 1.2 GB, not the student's; pass one to from_pretrained where it is wanted."""
+    from boot_diffusers import BootOneStepScheduler, BootPipeline
+    parts = sd.load_teacher(teacher, torch.float32, torch.device("cpu"), unet=False)
+    unet.register_to_config(sample_size=resolution // sd.vae_scale(parts.vae))
+    scheduler = BootOneStepScheduler(prediction_type=g.prediction, alpha_T=g.alpha_a, sigma_T=g.sigma_a,
+                                     guidance_range=list(guidance), guidance_scale=w)
+    BootPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=unet,
+                 scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                 requires_safety_checker=False).save_pretrained(folder)  # safetensors
 
 
-def diffusers_snippet(teacher: str, student: str, w: float, resolution: int) -> str:
-    """Python that draws images with the student through StableDiffusionPipeline (README and model card)."""
+def diffusers_snippet(pipeline: str, w: float) -> str:
+    """Python that draws images with the run's pipeline folder through BootPipeline (README and model card)."""
     return f'''import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-from boot_diffusers import BootOneStepScheduler  # one small file of the boot repository
+from boot_diffusers import BootPipeline  # one small file of the boot repository
 
-student = "{student}"  # the run's student folder, or its hub id
-pipe = StableDiffusionPipeline.from_pretrained(
-    "{teacher}", unet=UNet2DConditionModel.from_pretrained(student),
-    scheduler=BootOneStepScheduler.from_pretrained(student))
-# On a GPU: torch_dtype=torch.float16 in both from_pretrained calls, then pipe.to("cuda").
-images = pipe(["a lighthouse on a cliff at dawn"], guidance_scale={w}, num_inference_steps=1,
-              height={resolution}, width={resolution}, generator=torch.Generator().manual_seed(0)).images
+pipe = BootPipeline.from_pretrained("{pipeline}")  # the run's pipeline folder, or its hub id
+# On a GPU: from_pretrained(..., torch_dtype=torch.float16), then pipe.to("cuda").
+images = pipe(["a lighthouse on a cliff at dawn"], guidance_scale={w},
+              generator=torch.Generator().manual_seed(0)).images
 '''
 
 
-def model_card(meta: dict, student: str, g: boot.TeacherStudent) -> str:
-    """student/README.md: a Hugging Face model card (YAML header, then what the student is and how to use it)."""
+def model_card(meta: dict, pipeline: str, g: boot.TeacherStudent) -> str:
+    """pipeline/README.md: a Hugging Face model card (YAML header, then what the student is and how to use it)."""
     teacher, w, rng, n = meta["teacher"], meta["guidance_scale"], meta["guidance_range"], meta["bootstrap_steps"]
     base = "" if Path(teacher).is_dir() else f"base_model: {teacher}\n"  # the hub wants an id, not a local folder
-    guidance = f"any w in [{rng[0]}, {rng[1]}] (the snippet uses {w})" if rng else f"w = {w} only (guidance_scale={w})"
+    guidance = (f"any w in [{rng[0]}, {rng[1]}] (default {w})" if rng else f"w = {w} only (guidance_scale={w})") + \
+        "; BootPipeline refuses any other"
     training = (f"{meta['steps']} steps, batch {meta['batch_size']} per process, AdamW lr {meta['lr']} "
                 f"({meta.get('lr_schedule', 'constant')}), {meta['dtype']}, "
                 f"EMA {meta['ema'] or 'none'}, seed {meta['seed']}")
@@ -81,9 +93,21 @@ an image in one UNet call.
 With diffusers and `boot_diffusers.py` (one small file of the boot repository):
 
 ```python
-{diffusers_snippet(teacher, student, w, meta['resolution'])}```
+{diffusers_snippet(pipeline, w)}```
 
-Or `python train_sd.py --sample RUN --prompts FILE` in the boot repository (the same images from the same noise).
+Its default height and width are the trained {meta['resolution']} pixels. From the same prompts (one batch) and
+seed it draws the images of `python train_sd.py --sample RUN --prompts FILE --seed 0` in the boot repository:
+both draw the noise from a CPU generator, the same on any device. `BootPipeline` raises a ValueError for what one
+step from noise cannot honour: a `guidance_scale` outside the trained range (an error, not a warning: the student
+was never taught that w, and extrapolates), a `negative_prompt` (guidance is built into the student: there is no
+unconditional branch for it to replace), `num_inference_steps` other than 1.
+
+The folder is a `StableDiffusionPipeline`: after `import boot_diffusers`, diffusers' `DiffusionPipeline`,
+`StableDiffusionPipeline` and `AutoPipelineForText2Image` load it in one call too and draw the same images at the
+same `guidance_scale`. They check less. What the scheduler sees, it catches: another `num_inference_steps` (their
+default is 50) gets a warning and one step, img2img and inpainting pipelines an error. What only the pipeline
+sees, they cannot check: their default `guidance_scale` is 7.5, and any w outside the range is extrapolated
+without a word; a `negative_prompt` is dropped unseen.
 
 ## Conventions (what BootOneStepScheduler encodes)
 

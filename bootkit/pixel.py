@@ -41,7 +41,7 @@ class AnchoredNet(torch.nn.Module):
         from diffusers import UNet2DModel
         if unet.config.class_embed_type is not None or unet.config.num_class_embeds:
             raise UsageError("--init-from-teacher: a class-conditional UNet2DModel cannot take the student's "
-                                     "time embedding")
+                             "time embedding")
         self.unet = UNet2DModel.from_config({**unet.config, "class_embed_type": "timestep"}).to(unet.device)
         self.unet.load_state_dict(unet.state_dict(), strict=False)  # all but the new class_embedding
         torch.nn.init.zeros_(self.unet.class_embedding.linear_2.weight)
@@ -72,12 +72,17 @@ def load_pixel_teacher(source: str, device):
     try:
         for sub in ("unet", None):
             try:  # safetensors only: a pickled .bin can run arbitrary code
-                unet = UNet2DModel.from_pretrained(source, subfolder=sub, use_safetensors=True)
+                with boot_diffusers.quiet_hub():
+                    unet = UNet2DModel.from_pretrained(source, subfolder=sub, use_safetensors=True)
                 break
             except Exception as e:  # diffusers raises OSError, ValueError, EnvironmentError... keep the first cause
-                errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+                errors.append(e)
         else:
-            raise UsageError(f"--teacher {source!r} is not a loadable diffusers UNet2DModel ({errors[0]})")
+            offline = boot_diffusers.hub_unreachable(errors[0])
+            if offline:
+                raise UsageError(f"--teacher {source!r}: {offline}")
+            first = str(errors[0]).splitlines()[0] if str(errors[0]) else type(errors[0]).__name__
+            raise UsageError(f"--teacher {source!r} is not a loadable diffusers UNet2DModel ({first})")
         teacher = boot_diffusers.read_scheduler(source, subfolder="scheduler" if sub else None, what=f"--teacher {source!r}")
     except boot_diffusers.UnsupportedTeacher as e:
         raise UsageError(str(e)) from None
@@ -90,7 +95,6 @@ def pixel_teacher(unet, read) -> boot.Teacher:
     """f(x_t, t) -> x0 as diffusers' DDIM computes it from this UNet and its boot_diffusers.TeacherSchedule
     (clipping included)."""
     return read.finish(boot.denoiser(DiffusersNet(unet, read), read.schedule, prediction=read.prediction))
-
 
 
 def load(folder, device):

@@ -266,6 +266,26 @@ def stop_requests():
             signal.signal(s, h)
 
 
+def flag_of(key: str) -> str:
+    """The command-line flag of an argparse destination: batch_size -> --batch-size."""
+    return "--" + key.replace("_", "-")
+
+
+def show_value(value) -> str:
+    """A flag's value as it is typed: 1.0,4.0 for a range, none where it was not given."""
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def recipe_changed(key: str, old, new, path: Path) -> str:
+    """The line that refuses a resume with another value of a flag than the run was started with."""
+    return (f"{flag_of(key)} {show_value(new)}: this run was started with {show_value(old)} ({path}); --resume "
+            "continues a run with its own flags: pass that value, or start afresh (--overwrite, or another --out)")
+
+
 class Trainer:
     """Owns the optimisation loop: skip non-finite steps, clip, EMA, log, checkpoint, resume, stop cleanly."""
 
@@ -300,14 +320,21 @@ class Trainer:
         return self.saved[1] if self.saved else None
 
     def resume(self, same_keys=()) -> bool:
-        """Load the latest checkpoint in out (every rank reads it). False when there is none."""
+        """Load the latest checkpoint in out (every rank reads it). False when there is none. same_keys: the config
+        entries (each a flag's value) that must be the checkpoint's: any other is refused in one line. One the
+        checkpoint does not record (an older version wrote it) is taken from this run, with a warning."""
         found = latest_checkpoint(self.out)
         if found is not None:
             path, weights, state = found
             for key in same_keys:
-                if state["config"].get(key) != self.config.get(key):
-                    raise UsageError(f"--resume: {path} was made with {key}={state['config'].get(key)!r}, "
-                                     f"this run asks for {self.config.get(key)!r}")
+                if key not in state["config"]:
+                    self.d.say(f"warning: --resume: {path} does not record {flag_of(key)} (an older version wrote it); "
+                               f"going on with {show_value(self.config.get(key))}")
+                elif state["config"][key] != self.config.get(key):
+                    raise UsageError(recipe_changed(key, state["config"][key], self.config.get(key), path))
+            if (self.lr_schedule is None) != ("lr_schedule" not in state):  # a schedule must resume with its state
+                raise UsageError(f"--resume: {path} was trained {'with' if 'lr_schedule' in state else 'without'} a "
+                                 f"learning-rate schedule, and this run has {'none' if self.lr_schedule is None else 'one'}")
             self.student.load_state_dict(weights["student"])
             self.optimizer.load_state_dict(state["optimizer"])
             if self.lr_schedule is not None:

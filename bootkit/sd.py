@@ -32,6 +32,7 @@ DEFAULT_TEACHER = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GUIDANCE_DIM = 256  # width of the student's guidance embedding, as in LCM
 UNSUPPORTED_UNET = ("addition_embed_type", "class_embed_type")  # conditioning beyond text embeddings (SDXL's)
+PIPELINE = "pipeline"  # a run's diffusers pipeline folder (bootkit/card.py): its unet/ is the student
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -86,10 +87,15 @@ def read_prompts(path, flag: str = "--prompts") -> Prompts:
 
 
 def loaded(what: str, load):
-    """load(), or one line saying what did not load and why."""
+    """load(), or one line saying what did not load and why (the hub out of reach, where that is why)."""
+    import boot_diffusers
     try:
-        return load()
+        with boot_diffusers.quiet_hub():
+            return load()
     except Exception as e:  # whatever the reason (missing file, bad config, offline hub), the input is unusable
+        offline = boot_diffusers.hub_unreachable(e)
+        if offline:
+            raise UsageError(f"{what} does not load: {offline}") from None
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UsageError(f"{what} does not load ({reason})") from None
 
@@ -288,9 +294,15 @@ def read_run(run: Path, flag: str) -> dict:
 
 
 def load_student(run: Path, flag: str, device):
-    """The run's student UNet in float32 (--dtype is the autocast it runs under), in eval mode."""
+    """The run's student UNet (RUN/pipeline/unet) in float32 (--dtype is the autocast it runs under), in eval mode."""
     from diffusers import UNet2DConditionModel
     load = UNet2DConditionModel.from_pretrained
-    return loaded(f"{flag} {run}: its student", lambda: load(run / "student", torch_dtype=torch.float32,
+    return loaded(f"{flag} {run}: its student", lambda: load(run / PIPELINE / "unet", torch_dtype=torch.float32,
                                                              use_safetensors=True)).to(device).eval()
+
+
+def noise(generator: torch.Generator, n: int, shape: tuple, device) -> torch.Tensor:
+    """n standard normal latents of shape, drawn on the CPU from generator, then moved to device: the same noise on
+    every device, as diffusers draws a pipeline's latents from a CPU generator (the model card's snippet)."""
+    return torch.randn(n, *shape, generator=generator).to(device)
 

@@ -224,6 +224,19 @@ def test_clipping_follows_the_schedulers_own_defaults():
     assert boot_diffusers.scheduler_from_config(ddpm).clip is not None
 
 
+def test_a_hub_teacher_out_of_reach_says_so():
+    """HF_HUB_OFFLINE=1 and nothing cached: the cause, in train_toy's teacher and in read_scheduler (train_sd's)."""
+    from bootkit.runtime import UsageError
+    said = "the hub could not be reached (HF_HUB_OFFLINE is set) and nothing of it is cached; pass a local folder"
+    with pytest.raises(UsageError) as refused:
+        pixel.load_pixel_teacher("nobody/no-such-model", "cpu")
+    assert str(refused.value).startswith(f"--teacher 'nobody/no-such-model': {said}")
+    with pytest.raises(boot_diffusers.UnsupportedTeacher) as refused:
+        boot_diffusers.read_scheduler("nobody/no-such-model", subfolder="scheduler", what="--teacher x")
+    assert str(refused.value).startswith(f"--teacher x: {said}")
+    assert boot_diffusers.hub_unreachable(OSError("no file named config.json")) is None  # any other failure: its own words
+
+
 def test_bad_scheduler_config_from_the_command_line_is_one_line_and_exit_2(tmp_path):
     folder = Path(_save_teacher(tmp_path / "teacher"))
     path = folder / "scheduler" / "scheduler_config.json"

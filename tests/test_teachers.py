@@ -181,7 +181,7 @@ def test_train_sd_reads_the_text_teacher_and_its_prompts_file(tiny_text, tmp_pat
     train_sd.main(["--teacher", str(tiny_text), "--prompts", str(tiny_text / "prompts.txt"), "--out", str(run),
                    "--device", "cpu", "--dtype", "fp32", "--batch-size", "2", "--bootstrap-steps", "4", "--steps", "2",
                    "--guidance-range", "1,5", "--ema", "0.9", "--order", "2", "--spacing", "quadratic", "--eval-samples", "10"])
-    assert (run / "student" / "diffusion_pytorch_model.safetensors").exists()
+    assert (run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").exists()
     meta = json.loads((run / "boot_sd.json").read_text())
     assert (meta["guidance_range"], meta["ema"], meta["order"], meta["spacing"]) == ([1, 5], 0.9, 2, "quadratic")
 

@@ -237,8 +237,8 @@ def test_train_writes_a_student_that_reloads_and_resumes_exactly(tiny_sd, prompt
     args = ["--guidance-range", "1,4", "--validate-every", "2", "--ckpt-every", "1", "--lr-schedule", "cosine"]
     train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", *args))
     run = tmp_path / "run"
-    student = UNet2DConditionModel.from_pretrained(run / "student")
-    assert (run / "student" / "diffusion_pytorch_model.safetensors").exists()
+    student = UNet2DConditionModel.from_pretrained(run / "pipeline" / "unet")
+    assert (run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").exists()
     assert student.config.time_cond_proj_dim == sd.GUIDANCE_DIM
     validation = Image.open(run / "validation" / "step-00000002.png")
     # 3 prompts; the teacher's row and the student's, labelled
@@ -260,8 +260,8 @@ def test_train_writes_a_student_that_reloads_and_resumes_exactly(tiny_sd, prompt
     shutil.rmtree(run / "checkpoints" / "step-00000003")
     train_sd.main(train_args(tiny_sd, prompts, run, *args, "--steps", "3", "--resume"))
     assert "at step 2" in capsys.readouterr().out
-    resumed = UNet2DConditionModel.from_pretrained(run / "student").state_dict()
-    straight = UNet2DConditionModel.from_pretrained(tmp_path / "straight" / "student").state_dict()
+    resumed = UNet2DConditionModel.from_pretrained(run / "pipeline" / "unet").state_dict()
+    straight = UNet2DConditionModel.from_pretrained(tmp_path / "straight" / "pipeline" / "unet").state_dict()
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
 
@@ -378,17 +378,20 @@ def test_resolution_defaults_to_the_teachers(tiny_sd, prompts, tmp_path):
 def student_with_trained_guidance(run: Path):
     """Give the run's student a non-zero guidance projection (as after a long run): a wrong w convention then shows."""
     from diffusers import UNet2DConditionModel
-    student = UNet2DConditionModel.from_pretrained(run / "student")
+    student = UNet2DConditionModel.from_pretrained(run / "pipeline" / "unet")
     torch.manual_seed(1)
     torch.nn.init.normal_(student.time_embedding.cond_proj.weight, std=0.1)
-    student.save_pretrained(run / "student")
+    student.save_pretrained(run / "pipeline" / "unet")
 
 
-@pytest.mark.parametrize("guidance, vae", [(["--guidance-range", "1,4"], "full"), (["--guidance-scale", "3"], "tiny")])
-def test_stable_diffusion_pipeline_draws_what_sample_draws(guidance, vae, tiny_sd, tmp_path, monkeypatch):
-    """Same prompts, same noise (the seed), w = 3, fp32: the pipeline's images and latents are --sample's."""
-    from diffusers import AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionModel
-    from boot_diffusers import BootOneStepScheduler
+@pytest.mark.parametrize("guidance, vae", [(["--guidance-range", "1,5"], "full"), (["--guidance-scale", "3"], "tiny")])
+def test_the_pipeline_folder_loads_in_one_call_and_draws_what_sample_draws(guidance, vae, tiny_sd, tmp_path,
+                                                                           monkeypatch):
+    """Same prompts, same seed, the run's w (3), fp32: RUN/pipeline, loaded in one call by BootPipeline and by
+    diffusers' own loaders, draws --sample's images, in one UNet call fed w - 1."""
+    import boot_diffusers
+    from diffusers import (AutoencoderTiny, AutoPipelineForText2Image, DiffusionPipeline, StableDiffusionPipeline,
+                           UNet2DConditionModel)
     texts = ["a red cat", "blue sky", "a dog on a hill"]
     (tmp_path / "p.txt").write_text("\n".join(texts) + "\n")
     run = tmp_path / "run"
@@ -397,31 +400,84 @@ def test_stable_diffusion_pipeline_draws_what_sample_draws(guidance, vae, tiny_s
     student_with_trained_guidance(run)
     tiny_vae = ["--tiny-vae", str(Path(tiny_sd) / "taesd")] if vae == "tiny" else []
     train_sd.main(["--sample", str(run), "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "images"),
-                   "--device", "cpu", "--batch-size", "3", "--guidance-scale", "3", "--dtype", "fp32",
-                   "--seed", "5", *tiny_vae])
+                   "--device", "cpu", "--batch-size", "3", "--dtype", "fp32", "--seed", "5", *tiny_vae])
     sampled = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "images").glob("*.png"))])
 
     calls, forward = [], UNet2DConditionModel.forward
     spy = lambda *a, **k: calls.append(k["timestep_cond"]) or forward(*a, **k)
     monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
     extra = {"vae": AutoencoderTiny.from_pretrained(Path(tiny_sd) / "taesd")} if vae == "tiny" else {}
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, unet=UNet2DConditionModel.from_pretrained(run / "student"),
-                                                   scheduler=BootOneStepScheduler.from_pretrained(run / "student"),
-                                                   **extra)
-    draw = lambda output_type: pipe(texts, guidance_scale=3.0, generator=torch.Generator().manual_seed(5),
-                                    output_type=output_type).images
-    images, latents = draw("np"), draw("latent")
-    assert len(calls) == 2 and calls[0].shape == (3, sd.GUIDANCE_DIM)  # one UNet call per draw, no CFG
-    torch.testing.assert_close(calls[0], sd.guidance_embedding(torch.full((3,), 3.0), sd.GUIDANCE_DIM),
-                               rtol=0, atol=0)
-    assert np.abs(images * 255 - sampled).max() <= 0.5 + 1e-3  # --sample rounds to uint8
+    for load in (boot_diffusers.BootPipeline, StableDiffusionPipeline, DiffusionPipeline, AutoPipelineForText2Image):
+        pipe = load.from_pretrained(run / "pipeline", **extra)
+        assert isinstance(pipe.scheduler, boot_diffusers.BootOneStepScheduler), load
+        calls.clear()
+        generator = torch.Generator().manual_seed(5)
+        if load is boot_diffusers.BootPipeline:  # its defaults: the run's w, one step
+            images = pipe(texts, generator=generator, output_type="np").images
+        else:  # the stock ones: w given, their default of 50 steps gets a warning and one step
+            with pytest.warns(UserWarning, match="num_inference_steps=50"):
+                images = pipe(texts, guidance_scale=3.0, generator=generator, output_type="np").images
+        assert len(calls) == 1, load  # one UNet call, no CFG
+        torch.testing.assert_close(calls[0], sd.guidance_embedding(torch.full((3,), 3.0), sd.GUIDANCE_DIM),
+                                   rtol=0, atol=0)
+        assert np.abs(images * 255 - sampled).max() <= 0.5 + 1e-3, load  # --sample rounds to uint8
 
+    latents = pipe(texts, guidance_scale=3.0, num_inference_steps=1, generator=torch.Generator().manual_seed(5),
+                   output_type="latent").images
     parts = sd.load_teacher(tiny_sd, torch.float32, torch.device("cpu"), unet=False)
     schedule = boot.Schedule.discrete(parts.scheduler.alphas_cumprod)
     eps = torch.randn(latents.shape, generator=torch.Generator().manual_seed(5))
     g = sd.student_fn(pipe.unet, schedule, "epsilon", torch.full((3,), 3.0))
     cond = sd.PromptEncoder(parts, torch.device("cpu"), warn=False)(texts)
     torch.testing.assert_close(latents, boot.sample_student(g, eps, cond), rtol=1e-5, atol=1e-5)
+
+
+def test_sample_noise_is_drawn_on_the_cpu_whatever_the_device():
+    """--sample's noise is a pipeline's from a CPU generator (diffusers' randn_tensor), drawn on the CPU, then moved:
+    the same on any device ("meta" stands in for an accelerator)."""
+    from diffusers.utils.torch_utils import randn_tensor
+    shape, cpu = (4, 8, 8), torch.device("cpu")
+    theirs = randn_tensor((3, *shape), generator=torch.Generator().manual_seed(5), device=cpu, dtype=torch.float32)
+    assert torch.equal(sd.noise(torch.Generator().manual_seed(5), 3, shape, cpu), theirs)
+    gen, drawn = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    torch.randn(3, *shape, generator=drawn)
+    assert sd.noise(gen, 3, shape, torch.device("meta")).device.type == "meta"
+    assert torch.equal(gen.get_state(), drawn.get_state())  # the CPU generator drew it
+
+
+def test_the_pipeline_refuses_what_a_one_step_student_cannot_honour(tiny_sd, prompts, tmp_path):
+    """BootPipeline: a ValueError for each input it cannot honour. diffusers' own pipelines: a warning for other
+    num_inference_steps, an error for img2img and inpainting (not AttributeError: add_noise)."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
+    from boot_diffusers import BootOneStepScheduler, BootPipeline
+    run = tmp_path / "run"
+    train_sd.main(train_args(tiny_sd, prompts, run, "--guidance-range", "1,4", "--steps", "1", "--validate-every", "1000"))
+    pipe = BootPipeline.from_pretrained(run / "pipeline")
+    draw = lambda **kwargs: pipe(["a red cat"], output_type="latent", **kwargs).images
+    assert draw().shape == (1, 4, 8, 8)  # the defaults draw: the run's w, 2.5
+    for kwargs, message in [
+            (dict(guidance_scale=7.5), r"guidance_scale=7.5 is outside the range this student was trained on, \[1.0, 4.0\]"),
+            (dict(guidance_scale=0.5), r"guidance_scale=0.5 is outside the range"),
+            (dict(negative_prompt="blurry"), "negative_prompt: a BOOT student has guidance built in"),
+            (dict(negative_prompt_embeds=torch.zeros(1, 16, 32)), "negative_prompt: .* cannot honour one"),
+            (dict(num_inference_steps=4), "num_inference_steps=4: a BOOT student draws in one step")]:
+        with pytest.raises(ValueError, match=message):
+            draw(**kwargs)
+    config = dict(pipe.scheduler.config)
+    pipe.scheduler = BootOneStepScheduler.from_config({**config, "guidance_range": [3.0, 3.0], "guidance_scale": 3.0})
+    with pytest.raises(ValueError, match=r"guidance_scale=4.0: this student was trained at w = 3.0 only"):
+        draw(guidance_scale=4.0)
+    pipe.scheduler = BootOneStepScheduler.from_config({**config, "guidance_range": None, "guidance_scale": None})
+    with pytest.raises(ValueError, match="records no trained guidance range"):  # a scheduler config of before
+        draw(guidance_scale=2.0)
+
+    stock = StableDiffusionPipeline.from_pretrained(run / "pipeline")
+    with pytest.warns(UserWarning, match="num_inference_steps=4: a BOOT student draws in one step, and takes one"):
+        stock(["a red cat"], num_inference_steps=4, guidance_scale=2.0, output_type="latent")
+    image = Image.new("RGB", (RES, RES))
+    for cls, extra in [(StableDiffusionImg2ImgPipeline, {}), (StableDiffusionInpaintPipeline, {"mask_image": image})]:
+        with pytest.raises(NotImplementedError, match="img2img and inpainting .* not supported by a one-step BOOT"):
+            cls.from_pretrained(run / "pipeline")(["a red cat"], image=image, num_inference_steps=1, **extra)
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
@@ -459,7 +515,9 @@ def test_scheduler_is_boots_conversion_at_t_T():
     for kind in boot.PREDICTIONS:
         g = boot.TeacherStudent(lambda x, time, cond: pred, schedule, prediction=kind)
         scheduler = BootOneStepScheduler(prediction_type=kind, alpha_T=g.alpha_a, sigma_T=g.sigma_a)
-        scheduler.set_timesteps(50)
+        assert scheduler.config.guidance_range is None  # as in a config written before the trained range was recorded
+        with pytest.warns(UserWarning, match="num_inference_steps=50: a BOOT student draws in one step"):
+            scheduler.set_timesteps(50)
         assert scheduler.timesteps.tolist() == [-1] == schedule.network_time(torch.zeros(1)).tolist()
         y = scheduler.step(pred.half(), scheduler.timesteps[0], eps.half()).prev_sample
         assert y.dtype == torch.float16
@@ -467,24 +525,85 @@ def test_scheduler_is_boots_conversion_at_t_T():
 
 
 def test_model_card(tiny_sd, prompts, tmp_path):
-    """student/README.md: a model card whose YAML header the hub reads, and whose snippet runs as written."""
+    """pipeline/README.md: a model card whose YAML header the hub reads, and whose snippet runs as written, at the
+    trained resolution by default (32 here; the teacher's own is 16)."""
     from huggingface_hub import ModelCard
     run = tmp_path / "run"
-    train_sd.main(train_args(tiny_sd, prompts, run, "--guidance-scale", "3", "--validate-every", "1000"))
-    hub_card = ModelCard.load(run / "student" / "README.md")
+    args = train_args(tiny_sd, prompts, run, "--guidance-scale", "3", "--validate-every", "1000", "--resolution", "32")
+    train_sd.main(args)
+    hub_card = ModelCard.load(run / "pipeline" / "README.md")
     assert hub_card.data.library_name == "diffusers" and "boot" in hub_card.data.tags
     assert hub_card.data.base_model is None  # a local teacher folder is no hub id
-    assert tiny_sd in hub_card.text and "w = 3.0 only" in hub_card.text
+    assert tiny_sd in hub_card.text and "w = 3.0 only" in hub_card.text and "BootPipeline refuses any other" in hub_card.text
     assert hub_card.text.count("Heun-4 on the quadratic grid") == 2  # the fixed point, in the grid and validation rows
+    assert "cannot check: their default `guidance_scale` is 7.5" in hub_card.text
     snippet = hub_card.text.split("```python\n")[1].split("```")[0]
-    assert snippet == card.diffusers_snippet(tiny_sd, str(run / "student"), 3.0, RES)
+    assert snippet == card.diffusers_snippet(str(run / "pipeline"), 3.0)
     scope = {}
     exec(snippet, scope)
-    assert len(scope["images"]) == 1 and scope["images"][0].size == (RES, RES)
+    assert len(scope["images"]) == 1 and scope["images"][0].size == (32, 32)
     meta = json.loads((run / "boot_sd.json").read_text())
     g = sd.student_fn(scope["pipe"].unet, boot.Schedule.discrete([0.9, 0.5]), "epsilon")
-    hub = ModelCard(card.model_card({**meta, "teacher": "org/model"}, "student", g))
+    hub = ModelCard(card.model_card({**meta, "teacher": "org/model"}, "pipeline", g))
     assert hub.data.base_model == "org/model"
+
+
+# ----------------------------------------------------------------------------------------------------
+# --resume keeps the recipe: every flag outside train_sd.RESUMABLE is the run's own.
+
+
+@pytest.fixture(scope="module")
+def resumable(tiny_sd, tmp_path_factory):
+    """A run stopped after its first step (checkpoint step-00000001), and its prompts file."""
+    root = tmp_path_factory.mktemp("resumable")
+    (root / "prompts.txt").write_text("a red cat\nblue sky\n")
+    train_sd.main(train_args(tiny_sd, root / "prompts.txt", root / "run", "--steps", "1", "--validate-every", "1000"))
+    return root
+
+
+def files_of(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("flag, value, started", [
+    ("--lr", "1e-3", "0.0003"), ("--lr-schedule", "cosine", "constant"), ("--bootstrap-steps", "8", "4"),
+    ("--spacing", "t", "quadratic"), ("--order", "1", "2"), ("--batch-size", "1", "2"), ("--seed", "1", "0"),
+    ("--clip", "0.5", "1.0"), ("--guidance-scale", "3", "7.5"), ("--guidance-range", "1,4", "none"),
+    ("--ema", "0.9", "none"), ("--resolution", "32", "16"), ("--dtype", "bf16", "fp32"), ("--prompts", None, None),
+    ("--teacher", None, None)])
+def test_resume_refuses_every_change_of_the_recipe_in_one_line(flag, value, started, resumable, tiny_sd, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(resumable / "run", run)
+    before = files_of(run)
+    if flag == "--prompts":
+        value, started = tmp_path / "other.txt", resumable / "prompts.txt"
+        value.write_text("a red cat\nblue sky\n")  # the same text, another file: the run cannot know
+    if flag == "--teacher":
+        value, started = tmp_path / "teacher", Path(tiny_sd)
+        shutil.copytree(tiny_sd, value)
+    shown = {"--guidance-range": "1.0,4.0", "--guidance-scale": "3.0", "--lr": "0.001"}.get(flag, value)
+    argv = train_args(tiny_sd, resumable / "prompts.txt", run, "--steps", "2", "--validate-every", "1000", "--resume",
+                      flag, value)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: {flag} {shown}: this run was started with {started} "
+                             f"({run / 'checkpoints' / 'step-00000001'}); --resume continues a run with its own flags")
+    assert files_of(run) == before  # nothing written
+
+
+def test_a_resumed_run_records_the_recipe_its_optimizer_runs(resumable, tiny_sd, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(resumable / "run", run)
+    train_sd.main(train_args(tiny_sd, resumable / "prompts.txt", run, "--steps", "2", "--validate-every", "1000",
+                             "--resume"))
+    meta = json.loads((run / "boot_sd.json").read_text())
+    last = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert meta["steps"] == last["step"] == 2 and meta["lr"] == last["lr"] == train_sd.LR_SMALL
+    assert meta["prompts"] == str((resumable / "prompts.txt").resolve()) and meta["clip"] == 1.0
+    assert f"AdamW lr {meta['lr']} (constant)" in (run / "pipeline" / "README.md").read_text()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -530,7 +649,7 @@ def test_judged_figures_of_the_student_and_every_ddim_k_per_w(digit_run, digit_t
         picture = Image.open(digit_run / row["picture"])
         size, _ = pictures.layout(RES, RES, 5, 10, title=True, col_labels=True)  # 5 rows, 10 digits, labelled
         assert row["picture"] == f"figures/judged-w{w}.png" and picture.size == size and size[0] >= pictures.MIN_WIDTH
-    card = (digit_run / "student" / "README.md").read_text()
+    card = (digit_run / "pipeline" / "README.md").read_text()
     assert "| judged | prompted-digit accuracy and FD" in card and "w = 5:" in card
 
 
@@ -644,6 +763,20 @@ def test_existing_run_is_not_overwritten(prompts, tmp_path):
     (tmp_path / "run" / "log.jsonl").write_text("earlier run\n")
     status, err = run_cli("--prompts", prompts, "--out", tmp_path / "run", "--device", "cpu")
     check_failure(status, err, "not empty", tmp_path / "run", before={"log.jsonl": b"earlier run\n"})
+
+
+def test_a_hub_teacher_out_of_reach_says_so(prompts, tmp_path):
+    """HF_HUB_OFFLINE=1 (as in every test) and nothing cached: the cause, not diffusers' "does not appear to have a
+    file named scheduler_config.json", and what to do instead."""
+    status, err = run_cli("--teacher", "nobody/no-such-model", "--prompts", prompts, "--out", tmp_path / "run",
+                          "--device", "cpu")
+    check_failure(status, err, "--teacher nobody/no-such-model: the hub could not be reached (HF_HUB_OFFLINE is set) "
+                               "and nothing of it is cached; pass a local folder in diffusers' layout", tmp_path / "run")
+    assert status == 2
+    from diffusers import AutoencoderTiny  # the other loads (the teacher's parts, --tiny-vae) say it too
+    with pytest.raises(train_sd.UsageError, match=r"^--tiny-vae nobody/taesd does not load: the hub could not be "
+                                                  r"reached \(HF_HUB_OFFLINE is set\) and nothing of it is cached"):
+        sd.loaded("--tiny-vae nobody/taesd", lambda: AutoencoderTiny.from_pretrained("nobody/taesd"))
 
 
 def test_teacher_that_is_not_a_diffusers_model(prompts, tmp_path):
