@@ -375,7 +375,7 @@ def _clip(config: dict) -> Optional[Callable]:
     if config.get("clip_sample"):
         r = config.get("clip_sample_range", 1.0)
         if not (isinstance(r, (int, float)) and math.isfinite(r) and r > 0):
-                    raise UnsupportedTeacher(f"the scheduler's clip_sample_range must be a positive number, got {r!r}")
+            raise UnsupportedTeacher(f"the scheduler's clip_sample_range must be a positive number, got {r!r}")
         return lambda x0: x0.clamp(-r, r)
     return None
 

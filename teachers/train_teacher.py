@@ -379,7 +379,7 @@ def grid_picture(path, x, *, title: str, col_labels=None):
     """The first 100 of images x (B, 1, H, W) as a labelled 10 x 10 picture, sample i in row i // 10, column i % 10."""
     rows = [list(x[r * 10:(r + 1) * 10]) for r in range(min(10, -(-len(x) // 10)))]
     pictures.save_labelled(path, rows, row_labels=[f"samples {10 * r}-{10 * r + 9}" for r in range(len(rows))],
-                           col_labels=col_labels or [str(c) for c in range(10)], title=title)
+                           col_labels=col_labels or [f"+{c}" for c in range(10)], title=title)
 
 
 def teacher_sampler(kind: str, out: Path, device):

@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 from safetensors.torch import load_file
 
 import boot
-from bootkit import digits, metrics, sd
+from bootkit import digits, metrics, pixel, sd
 import train_teacher
 
 torch.set_num_threads(1)
@@ -282,3 +282,26 @@ def test_a_flow_teacher_is_a_flow_match_pipeline_with_euler_figures(tmp_path):
     assert list(f["fd_euler"]) == [str(k) for k in digits.FIGURE_KS] and len(f["class_shares_euler_50"]) == 10
     assert all(math.isfinite(v) for v in f["fd_euler"].values())
     assert (out / "euler50.png").is_file() and not (out / "ddim50.png").exists()
+
+
+def test_the_committed_flow_teacher_shares_the_judge_and_boot_samples_it_as_diffusers_does():
+    """teachers/mnist16-flow: the same split and judge as teachers/mnist16 (so their FDs compare), read by boot as a
+    flow teacher, whose sampler on the scheduler's own Euler-8 steps is diffusers' loop from the same noise."""
+    from diffusers import DDPMPipeline
+    import boot_diffusers
+    folder = ROOT / "teachers" / "mnist16-flow"
+    for name in ("split.json", "judge/model.safetensors", "judge/reference.safetensors"):
+        assert (folder / name).read_bytes() == (COMMITTED / name).read_bytes(), name
+    pipe = DDPMPipeline.from_pretrained(folder, use_safetensors=True)
+    teacher, schedule = pixel.load(folder, "cpu")
+    unet, read = pixel.load_pixel_teacher(str(folder), "cpu")
+    assert read.family == "flow" and read.prediction == "flow_prediction"
+    eps = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(8)
+    x = eps
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(pipe.unet(x, t.expand(len(x))).sample, t, x).prev_sample
+    mine = boot.ddim_sample(teacher, eps, schedule=schedule, grid=boot_diffusers.sampler_grid(read, scheduler))
+    torch.testing.assert_close(mine, x, atol=1e-4, rtol=0)
