@@ -52,7 +52,9 @@ from bootkit import evaluation, exact, metrics, runtime, toy
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"  # the committed figures: exact.json, learned.json, t2i.json
 
-LEARNED = {"mnist16": "teachers/mnist16"}  # committed network teachers (teachers/train_teacher.py): name -> folder under ROOT
+# Committed network teachers (teachers/train_teacher.py): name -> folder under ROOT. A flow teacher's DDIM-k is the
+# Euler-k of its ODE (the same step).
+LEARNED = {"mnist16": "teachers/mnist16", "mnist16-flow": "teachers/mnist16-flow"}
 TEXT = {"mnist-t2i": "teachers/mnist-t2i"}  # committed text-to-image teachers, distilled by train_sd.py
 EXACT = exact.TOYS + ("digits",)
 TEACHERS = EXACT + tuple(LEARNED) + tuple(TEXT)
@@ -68,7 +70,7 @@ CPU_CAPS = {"mixture": CPU_EVAL, "unequal": CPU_EVAL,
             "digits": CPU_EVAL | {"--eval-samples": 512},
             # A network teacher: a call costs what it costs (a tenth of a second a batch here); train_toy sizes its
             # evaluation to the device (256 noises, DDIM-64 on the CPU).
-            "mnist16": {"--steps": 600}}
+            "mnist16": {"--steps": 600}, "mnist16-flow": {"--steps": 600}}
 LEARNED_KD = ((1024, 8), (2048, 32))  # learned teachers: a call costs what it costs (2,048 DDIM-32: 2 CPU minutes)
 QUICK = ["--steps", "24", "--batch-size", "64", "--eval-samples", "64", "--reference-steps", "256"]
 QUICK_KD = ((64, 2), (128, 4))
@@ -403,7 +405,8 @@ def learned_section(fid) -> list:
         return []
     out = ["\n### Learned teachers (networks that teachers/train_teacher.py trained): judged, and timed as they run\n",
            "FD: the judge's Frechet distance to its held-out digits; class shares: the judge's classes (uniform: 0.100). "
-           "Samples/s: one student call and the teacher's own DDIM-k, the same batch on this machine.\n"]
+           "Samples/s: one student call and the teacher's own DDIM-k, the same batch on this machine. A flow teacher's "
+           "DDIM-k is the Euler-k of its ODE.\n"]
     rows = []
     for name, f in fid.items():
         a, m = f["recipe"], f["final"]

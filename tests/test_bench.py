@@ -163,12 +163,13 @@ def test_bad_flags_get_one_line_and_a_nonzero_exit(argv, capsys):
     assert len(err.splitlines()) == 1 and "error" in err
 
 
-def test_a_learned_teacher_is_judged_and_timed_as_it_runs(tmp_path):
+@pytest.mark.parametrize("name", ["mnist16", "mnist16-flow"])  # a DDPM and a rectified flow
+def test_a_learned_teacher_is_judged_and_timed_as_it_runs(name, tmp_path):
     path = tmp_path / "learned.json"
-    bench.main(["--quick", "--device", "cpu", "--teachers", "mnist16", "--json", str(path)])
+    bench.main(["--quick", "--device", "cpu", "--teachers", name, "--json", str(path)])
     r, markdown = json.loads(path.read_text()), path.with_suffix(".md").read_text()
-    f = r["fidelity"]["mnist16"]
-    assert f["flags"][:2] == ["--teacher", "teachers/mnist16"] and f["recipe"]["init_from_teacher"]
+    f = r["fidelity"][name]
+    assert f["flags"][:2] == ["--teacher", f"teachers/{name}"] and f["recipe"]["init_from_teacher"]
     judge = f["final"]["judge"]
     for row in f["boot"] + f["kd"]:  # every student on the evaluation's noise, by the judge and the clock
         assert _sane(row["rmse"]) and _sane(row["fd"]) and row["seconds"] >= 0
