@@ -413,18 +413,20 @@ class BootConfig:
             raise ValueError(f"bad BootConfig {self}: order must be 1 or 2, jump at least 1")
 
 
-def _teacher_step(teacher, y, eps, cond, *, t, s, at_t, at_s, order):
+def _teacher_step(teacher, y, eps, cond, *, t, s, at_t, at_s, order, final=False):
     """One teacher step of the Signal-ODE dy/dlam = f(alpha y + sigma eps) - y from t down to s, no gradient:
-    DDIM (order 1, one call) or Heun (order 2, two). at_t, at_s = (alpha, sigma, lam) at t and at s."""
+    DDIM (order 1, one call) or Heun (order 2, two). at_t, at_s = (alpha, sigma, lam) at t and at s.
+    final: every sample steps to s = 0, so Heun's second call is not made (see below)."""
     (alpha_t, sigma_t, lam_t), (alpha_s, sigma_s, lam_s) = at_t, at_s
     x_t = _per_sample(alpha_t, eps) * y + _per_sample(sigma_t, eps) * eps
     f_t = teacher(x_t, t.float(), cond).to(y.dtype)
     delta = _per_sample(signal_delta(lam_t=lam_t, lam_s=lam_s), y)
     y_s = signal_step(y_t=y, x0=f_t, delta=delta)
-    if order == 1:
+    if order == 1 or final:
         return y_s
     # Heun: f linear in lam over [lam_t, lam_s] integrates to y_s + (f_s - f_t)(1 - delta / h), h = lam_s - lam_t.
-    # The last step (s = 0, h = inf) stays first order: the teacher is never called at sigma = 0.
+    # The last step (s = 0, h = inf) stays first order: the teacher is never called at sigma = 0. In a batch that
+    # mixes it with other steps (training) its rows still ride along in the one batched call, their answer unused.
     last = s == 0
     s_call = torch.where(last, t, s)
     alpha_call, sigma_call = torch.where(last, alpha_t, alpha_s), torch.where(last, sigma_t, sigma_s)
@@ -528,8 +530,9 @@ def ddim_sample(teacher: Teacher, eps, *, schedule: Schedule, steps: Optional[in
 @torch.no_grad()
 def sample_any_t(student, teacher: Teacher, eps, *, schedule: Schedule, grid, j: int, cond=None, order: int = 1):
     """BOOT's own knob: one student call to the grid time t_j, then j teacher steps of the Signal-ODE down the grid
-    (DDIM, or Heun with order 2): 1 + order j calls. j = 0 is sample_student; at j = N the start is the exact y_T.
-    A perfect student gives the teacher's N-step sampler (fixed_point) for every j."""
+    (DDIM, or Heun with order 2): 1 + j calls, or 2j with Heun (its last step, to s = 0, makes one). j = 0 is
+    sample_student; at j = N the start is the exact y_T. A perfect student gives the teacher's N-step sampler
+    (fixed_point) for every j."""
     if not 0 <= j < len(grid):
         raise ValueError(f"j must be a grid index in [0, {len(grid) - 1}], got {j}")
     grid = grid.to(eps.device)
@@ -543,9 +546,9 @@ def sample_any_t(student, teacher: Teacher, eps, *, schedule: Schedule, grid, j:
 
 def _down_the_grid(teacher, y, eps, cond, *, grid, table, k, order):
     """[y at t_k, then after each teacher step down the grid, ..., y at t_0]."""
-    b, ys = eps.shape[0], [y]
+    b, ys, ends_at_0 = eps.shape[0], [y], bool(grid[0] == 0)
     for i in range(k, 0, -1):
         at_t, at_s = ([c[m].expand(b) for c in table] for m in (i, i - 1))
         ys.append(_teacher_step(teacher, ys[-1], eps, cond, t=grid[i].expand(b), s=grid[i - 1].expand(b), at_t=at_t,
-                                at_s=at_s, order=order))
+                                at_s=at_s, order=order, final=ends_at_0 and i == 1))
     return ys

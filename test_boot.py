@@ -771,3 +771,28 @@ def test_any_t_sampling_of_a_perfect_student_is_the_teachers_grid_sampler_for_ev
     for j in (1, 5, 8):
         x = boot.sample_any_t(perfect, teacher, eps, schedule=schedule, grid=grid, j=j, order=2)
         assert _close(x, heun[0], 1e-9), j
+
+
+def test_heuns_last_step_to_t_0_makes_one_teacher_call_and_the_same_sample():
+    """fixed_point and sample_any_t with Heun: 2 calls a step, 1 on the step to t_0 (its second answer would go
+    unused); the samples are those of the step taken with both calls (the last step is first order either way)."""
+    schedule = boot.Schedule.cosine()
+    mixture, calls = exact.toy_teacher("mixture", schedule), []
+    counting = lambda x, t, c=None: calls.append(len(x)) or mixture(x, t, c)
+    grid, eps = boot.time_grid(schedule, 6, spacing="quadratic"), torch.randn(5, 2, dtype=torch.float64)
+    ys = boot.fixed_point(counting, eps, schedule=schedule, grid=grid, order=2)
+    assert calls == [5] * 11, "6 Heun steps: 2 calls each, 1 on the last"
+    table = schedule.coefficients(grid)
+    y_1 = ys[1]
+    both = boot._teacher_step(mixture, y_1, eps, None, t=grid[1].expand(5), s=grid[0].expand(5),
+                              at_t=[c[1].expand(5) for c in table], at_s=[c[0].expand(5) for c in table], order=2)
+    assert torch.equal(ys[0], both), "the one-call last step is the two-call step's answer"
+    student = boot.MLPStudent(dim=2, width=8).double()
+    for j in (1, 3):
+        calls.clear()
+        boot.sample_any_t(student, counting, eps, schedule=schedule, grid=grid, j=j, order=2)
+        assert len(calls) == 2 * j - 1, j
+    calls.clear()
+    off_zero = grid[1:]  # a grid that stops short of t = 0: its last step is a full Heun step
+    boot.fixed_point(counting, eps, schedule=schedule, grid=off_zero, order=2)
+    assert len(calls) == 2 * (len(off_zero) - 1)

@@ -242,7 +242,8 @@ def sample(args, prompts):
                 latents = boot.sample_student(g, eps, cond)
         for i, image in zip(batch, sd.decode(decoder, latents)):
             Image.fromarray(image).save(out / f"{i:05d}-line{prompts.lines[i]:05d}.png")
-    teacher_calls = meta.get("order", 1) * args.teacher_steps  # Heun: two guided calls a step
+    order = meta.get("order", 1)  # Heun: two guided calls a step, one on the last (to t = 0)
+    teacher_calls = order * args.teacher_steps - (order == 2)
     calls = f"1 student + {teacher_calls} guided teacher calls" if args.teacher_steps else "one UNet call"
     d.say(f"{len(prompts)} images at w = {w} in {out}, {calls} each")
 

@@ -500,9 +500,10 @@ def toy_sections(r) -> list:
         out.append(f"\ndigits, share of samples nearest the very training image the converged teacher ends on, from the same "
                    f"noise: student {same['student']:.2f}, teacher DDIM-8 {same['teacher_ddim_8']:.2f}")
     out += ["\n## Any-t sampling: one student call to the grid time t_j, then j teacher steps (boot.sample_any_t)\n",
-            "Calls in all (1 + order x j) against RMSE to the converged teacher, the one-call student first; the "
-            "teacher steps are the training's own (Heun: 2 calls a step), so a perfect student's RMSE is the grid's "
-            "fixed point at every j.\n"]
+            "Calls in all, as the run counted them, against RMSE to the converged teacher, the one-call student first; "
+            "the teacher steps are the training's own, so a perfect student's RMSE is the grid's fixed point at every j. "
+            "Heun: 2 calls a step; until 2026-12-01 also on the last step (1 + 2j), whose second answer was unused; "
+            "since then 1 there (2j).\n"]
     out += table("teacher | calls: RMSE (effective NFE)", [
         [name, ", ".join([f"1: {f['final']['student_rmse']:.4f} ({f['final']['effective_nfe']:.1f})"] +
                          [f"{a['calls']}: {a['rmse']:.4f} ({a['effective_nfe']:.1f})" for a in f["final"]["any_t"]])]

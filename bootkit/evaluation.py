@@ -62,7 +62,8 @@ def evaluate(args, teacher, schedule, student, shape, device, toy, judge=None):
     # BOOT's any-t sampling: the student to the grid time t_j, then j teacher steps of the training's order.
     grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing).to(device)
     js = [j for j in (1, 2, 4, 8, 16, 32) if j < args.bootstrap_steps]
-    with tqdm(total=chunks * args.order * sum(js), desc="any-t sampling", unit="call", dynamic_ncols=True) as bar:
+    calls = lambda j: args.order * j - (args.order == 2)  # teacher calls of j steps: Heun's last, to t = 0, makes one
+    with tqdm(total=chunks * sum(map(calls, js)), desc="any-t sampling", unit="call", dynamic_ncols=True) as bar:
         any_t = {j: metrics.batched(lambda e: boot.sample_any_t(student, ticking(teacher, bar), e, schedule=schedule,
                                                                 grid=grid, j=j, order=args.order), eps, batch) for j in js}
     speed_eps = eps[:batch or n]
@@ -70,7 +71,7 @@ def evaluate(args, teacher, schedule, student, shape, device, toy, judge=None):
         "student_rmse": student_rmse,
         "teacher_ddim_rmse": {str(k): v for k, v in curve.items()},
         "effective_nfe": metrics.effective_nfe(student_rmse, curve),
-        "any_t": [dict(teacher_steps=j, calls=1 + args.order * j, rmse=err, effective_nfe=metrics.effective_nfe(err, curve))
+        "any_t": [dict(teacher_steps=j, calls=1 + calls(j), rmse=err, effective_nfe=metrics.effective_nfe(err, curve))
                   for j, err in ((j, metrics.rmse(x, reference, per_pixel)) for j, x in any_t.items())],
         "samples_per_s": {"student": metrics.samples_per_second(lambda e: boot.sample_student(student, e), speed_eps),
                           **{f"teacher_ddim_{k}": metrics.samples_per_second(

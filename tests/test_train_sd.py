@@ -297,8 +297,8 @@ def test_sample_with_teacher_steps_is_one_student_call_then_j_guided_teacher_ste
     monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
     sample = ["--sample", str(tmp_path / "run"), "--prompts", prompts, "--device", "cpu", "--batch-size", "3"]
     train_sd.main(sample + ["--out", str(tmp_path / "j2"), "--teacher-steps", "2"])
-    assert calls == [("student", 3)] + [("teacher", 6)] * 4, "Heun (the default): 2 steps of 2 guided calls each"
-    assert "1 student + 4 guided teacher calls each" in capsys.readouterr().out
+    assert calls == [("student", 3)] + [("teacher", 6)] * 3, "Heun (the default): 2 guided calls, 1 on the last step"
+    assert "1 student + 3 guided teacher calls each" in capsys.readouterr().out
     calls.clear()
     train_sd.main(sample + ["--out", str(tmp_path / "j0")])
     assert calls == [("student", 3)]
