@@ -47,7 +47,7 @@ import torch
 
 import boot
 import sd_step
-from bootkit import evaluation, exact, metrics, runtime, toy
+from bootkit import evaluation, exact, kd, metrics, runtime, toy
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"  # the committed figures: exact.json, learned.json, t2i.json
@@ -127,32 +127,6 @@ def boot_teacher_calls(args) -> int:
 # 1 and 2: fidelity of BOOT at a few budgets and of the KD baseline, on the same fixed noise.
 
 
-def train_kd(args, d, student, noise, target, out):
-    """Regress g(noise, 0) on the teacher's samples with toy.train's optimizer, schedule, EMA and loop."""
-    optimizer, lr_schedule, ema = toy.optimization(args, student)
-    trainer = runtime.Trainer(out=out, model=student, optimizer=optimizer, lr_schedule=lr_schedule, ema=ema,
-                              dist_info=d, config={}, ckpt_every=args.ckpt_every)
-
-    def loss_fn(step):
-        gen = runtime.step_generator(args.seed, d.rank, step, d.device)
-        i = torch.randint(len(noise), (args.batch_size,), generator=gen, device=d.device)
-        loss = (student(noise[i], noise.new_zeros(len(i))) - target[i]).pow(2).flatten(1).mean(1).mean()
-        return loss, {"loss": loss.detach()}
-
-    trainer.fit(args.steps, loss_fn, desc=f"kd {Path(out).name}")
-    return (ema.module if ema is not None else student).eval()
-
-
-def scored(student, noise, reference, curve, per_pixel, judge) -> dict:
-    """RMSE and effective NFE of a one-call student on the evaluation's noise; with a judge, FD and class shares."""
-    x = metrics.batched(lambda e: boot.sample_student(student, e), noise, 256)
-    err = metrics.rmse(x, reference, per_pixel)
-    row = dict(rmse=err, effective_nfe=metrics.effective_nfe(err, curve))
-    if judge is not None:
-        row |= {key: value["student"] for key, value in evaluation.judged(judge, {"student": x}).items()}
-    return row
-
-
 def fidelity(name, opts, d, tmp):
     """BOOT at a few budgets, KD at a few (P, k), all scored on the noise and reference of the full BOOT run;
     each with the seconds it took here (KD: its pairs and its training)."""
@@ -174,7 +148,7 @@ def fidelity(name, opts, d, tmp):
             curve = {int(k): v for k, v in final["teacher_ddim_rmse"].items()}
             per_pixel = shape != (2,)  # as evaluate: images per pixel, 2-D points per sample
         boot_rows.append(dict(steps=steps, teacher_calls=boot_teacher_calls(args), seconds=seconds,
-                              **scored(student, noise, reference, curve, per_pixel, judge)))
+                              **evaluation.score(student, noise, reference, curve, per_pixel, judge)))
     gen = torch.Generator().manual_seed(opts.seed + 100)  # pair noises apart from the evaluation's (seed + 1)
     for pairs, k in QUICK_KD if opts.quick else LEARNED_KD if name in LEARNED else KD_PAIRS:
         say(f"{name}: KD, {pairs} pairs of teacher DDIM-{k}")
@@ -183,9 +157,9 @@ def fidelity(name, opts, d, tmp):
         target = metrics.batched(lambda e: boot.ddim_sample(teacher, e, schedule=schedule, steps=k), x,
                                  1024 if exact_teacher is not None else evaluation.eval_sizes(full, d.device, schedule)[2])
         student = toy.build(full, d.device)[2]  # seeded by --seed: the initial weights of BOOT's student
-        student = train_kd(full, d, student, x, target, f"{tmp}/{name}-kd-{pairs}x{k}")
+        student = kd.train(full, d, student, x, target, f"{tmp}/{name}-kd-{pairs}x{k}")
         kd_rows.append(dict(pairs=pairs, k=k, teacher_calls=pairs * k, seconds=time.perf_counter() - start,
-                            **scored(student, noise, reference, curve, per_pixel, judge)))
+                            **evaluation.score(student, noise, reference, curve, per_pixel, judge)))
     shown = lambda value: value.replace(str(ROOT) + os.sep, "") if isinstance(value, str) else value  # as run from ROOT
     return dict(recipe={k: shown(v) for k, v in vars(full).items()} | {"out": None}, flags=list(map(shown, flags)),
                 final=final, boot=boot_rows, kd=kd_rows,
@@ -380,15 +354,6 @@ def text_goals(judged: dict, seconds: float) -> dict:
 # Report.
 
 
-def machine(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [l.split(":", 1)[1].strip() for l in cpuinfo.read_text().splitlines() if l.startswith("model name")] \
-        if cpuinfo.exists() else []
-    return f"{names[0] if names else platform.processor() or 'CPU'}, {torch.get_num_threads()} torch threads of {os.cpu_count()} CPUs"
-
-
 def mark(value, target, fmt="{:.2f}", higher=True) -> str:
     ok = value >= target if higher else value <= target
     return fmt.format(value) + ("" if ok else f" **{'below' if higher else 'above'} target {target}**")
@@ -568,7 +533,7 @@ def main(argv=None):
     path.parent.mkdir(parents=True, exist_ok=True)  # before the run, not after it
     d = runtime.setup(opts.device)
     start = time.perf_counter()
-    r = dict(quick=opts.quick, machine=machine(d.device), torch=torch.__version__, targets=TARGETS, teacher_calls=CALLS,
+    r = dict(quick=opts.quick, machine=runtime.machine_name(d.device), torch=torch.__version__, targets=TARGETS, teacher_calls=CALLS,
              date=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
              command=shlex.join(["python", "bench/benchmark.py", *argv]), fidelity={}, step={}, sampling={}, text={})
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:

@@ -36,6 +36,17 @@ def judged(judge, sets: dict) -> dict:
             "class_share": {name: metrics.mode_shares(metrics.judge_classes(model, x), classes) for name, x in sets.items()}}
 
 
+def score(student, noise, reference, curve, per_pixel, judge) -> dict:
+    """RMSE and effective NFE of a one-call student on fixed noise against the teacher's reference from it and
+    its DDIM-k curve; with a judge, FD and class shares."""
+    x = metrics.batched(lambda e: boot.sample_student(student, e), noise, 256)
+    err = metrics.rmse(x, reference, per_pixel)
+    row = dict(rmse=err, effective_nfe=metrics.effective_nfe(err, curve))
+    if judge is not None:
+        row |= {key: value["student"] for key, value in judged(judge, {"student": x}).items()}
+    return row
+
+
 def evaluate(args, teacher, schedule, student, shape, device, toy, judge=None):
     """Fidelity on fixed noise: the student's one call against the teacher's converged DDIM from the same
     noise, the teacher's own DDIM-k curve (k below the reference's steps), effective NFE, speed; for exact

@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import os
+import platform
 import pickle
 import shutil
 import signal
@@ -286,6 +287,28 @@ def recipe_changed(key: str, old, new, path: Path) -> str:
             "continues a run with its own flags: pass that value, or start afresh (--overwrite, or another --out)")
 
 
+def machine_name(device) -> str:
+    """The GPU's name, or the CPU's with the threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [l.split(":", 1)[1].strip() for l in cpuinfo.read_text().splitlines() if l.startswith("model name")] \
+        if cpuinfo.exists() else []
+    return f"{names[0] if names else platform.processor() or 'CPU'}, {torch.get_num_threads()} torch threads of {os.cpu_count()} CPUs"
+
+
+def cpu_seconds():
+    """(this process's CPU seconds, every other process's) so far, from /proc/stat; None where there is none.
+    The difference of two readings says whether a timed run had the machine to itself."""
+    stat = Path("/proc/stat")
+    if not stat.exists():
+        return None
+    ticks = [int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:9]]
+    busy = (sum(ticks[:3]) + sum(ticks[5:8])) / os.sysconf("SC_CLK_TCK")  # user nice system, irq softirq steal
+    own = sum(os.times()[:4])  # user and system, with children waited for
+    return own, busy - own
+
+
 class Trainer:
     """Owns the optimisation loop: skip non-finite steps, clip, EMA, log, checkpoint, resume, stop cleanly."""
 
@@ -358,14 +381,19 @@ class Trainer:
             with open(self.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def fit(self, steps: int, loss_fn, *, desc="boot", every=None):
-        """loss_fn(step) -> (loss, logs). every: optional (n, fn(step)) called every n steps (validation)."""
+    def fit(self, steps: int, loss_fn, *, desc="boot", every=None, until=None):
+        """loss_fn(step) -> (loss, logs). every: optional (n, fn(step)) called every n steps (validation).
+        until: a time.perf_counter() deadline (a budget of seconds): no step starts after it, and the run
+        ends there as at its last step (logged, checkpointed)."""
         self.out.mkdir(parents=True, exist_ok=True)
         params = [p for p in self.model.parameters() if p.requires_grad]
         start, start_step = time.perf_counter(), self.step
         bar = tqdm(total=steps, initial=self.step, desc=desc, disable=not self.d.main, dynamic_ncols=True)
         with stop_requests() as stop, bar:  # the bar is closed before an error line is printed
             while self.step < steps:
+                if until is not None and time.perf_counter() >= until:
+                    self.log({"step": self.step, "event": f"the budget ran out at step {self.step} of {steps}"})
+                    break
                 loss, logs = loss_fn(self.step)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # always: under DDP every rank joins the gradient all-reduce

@@ -128,8 +128,9 @@ def optimization(args, student):
     return optimizer, runtime.warmup_cosine(optimizer, args.steps, args.warmup), ema
 
 
-def train(args, d: runtime.Dist, teacher, schedule, student, shape):
-    """BOOT on the teacher through runtime.Trainer; returns the student to evaluate (the EMA if on)."""
+def train(args, d: runtime.Dist, teacher, schedule, student, shape, until=None):
+    """BOOT on the teacher through runtime.Trainer; returns the student to evaluate (the EMA if on). until: a
+    time.perf_counter() deadline (runtime.Trainer.fit)."""
     grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing).to(d.device)
     config = boot.BootConfig(weighting=args.weighting, boundary=args.boundary, order=args.order, jump=args.jump)
     model = DistributedDataParallel(student) if d.world > 1 else student
@@ -148,6 +149,6 @@ def train(args, d: runtime.Dist, teacher, schedule, student, shape):
             return boot.boot_loss(model, teacher, eps, schedule=schedule, grid=grid, config=config, k=k,
                                   target_student=ema.module if ema is not None else None)
 
-    trainer.fit(args.steps, loss_fn, desc=f"boot {Path(args.out).name}")
+    trainer.fit(args.steps, loss_fn, desc=f"boot {Path(args.out).name}", until=until)
     return (ema.module if ema is not None else student).eval()
 

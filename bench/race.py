@@ -1,0 +1,309 @@
+"""bench/race.py: BOOT against knowledge distillation at equal budgets of seconds on this machine.
+
+    python bench/race.py --budgets 2 5 15 --json bench/results/race.json    # teachers/mnist16 (minutes per budget)
+    python bench/race.py --quick --json /tmp/race.json                        # seconds-long budgets: the pieces only
+    python bench/race.py --render bench/results/race.json                     # the markdown and PNG again, from JSON
+
+Each budget B is wall-clock seconds of this one process, both methods in turn, on the same student (train_toy's
+pixel default: the teacher's copy, the same seed) with train_toy's optimizer and loop:
+- BOOT: train_toy's recipe. A pilot of PILOT steps (on a copy, counted in B) times a step; the steps are what is
+  left of B over that, the warm-up WARMUP_SHARE of them (the default's 200 of 2,500); no step starts after B.
+- KD (Luhman & Luhman 2021): the first PAIR_SHARE of B makes pairs (noise, the teacher's DDIM-k from it), k the
+  largest of KD_KS that gives KD_MIN_PAIRS pairs there (else the smallest), as a user sizes it; then a pilot and
+  its steps fitted to the rest, regressed at t = 0.
+Both are judged on the same noises (seed + 1, as train_toy's evaluation) against the teacher's DDIM-REF from them,
+and by the teacher's judge (FD to held-out digits, class shares). Teacher calls are counted as made (rows the
+teacher evaluates, pilots included). Every other process's CPU seconds during each run (/proc/stat) say whether
+the machine was otherwise idle. Writes JSON, markdown beside it, and a PNG (FD and RMSE against seconds and calls).
+"""
+import copy
+import datetime
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: spinning made small steps 60x slower on a busy CPU
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's root: boot.py and bootkit/
+
+import torch
+
+import boot
+from bootkit import evaluation, kd, metrics, runtime, toy
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER = "teachers/mnist16"
+PILOT = 8              # steps that time a step before a budget's steps are fixed
+WARMUP_SHARE = 0.08    # train_toy's pixel default: 200 warm-up steps of 2,500
+PAIR_SHARE = 0.15      # KD: the budget's share spent on pairs
+KD_KS, KD_MIN_PAIRS = (8, 16, 32), 1024
+EVAL, REF = 1000, 64   # evaluation noises, the reference's DDIM steps (train_toy's CPU default reference)
+CURVE_KS = (1, 2, 4, 8, 16, 32)
+QUICK = dict(budgets=[0.05, 0.1], eval=32, ref=8, flags=["--batch-size", "8"])
+
+
+def say(*args):
+    print("race:", *args, file=sys.stderr, flush=True)
+
+
+def parse_args(argv):
+    p = runtime.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--teacher", default=TEACHER, help="a pixel teacher folder with a judge/ (teachers/train_teacher.py)")
+    p.add_argument("--budgets", nargs="+", type=runtime.positive(float), default=[2, 5, 15, 30, 60], metavar="MIN",
+                   help="budgets in minutes of this machine, each run by both methods")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                   help="also race BOOT with these train_toy flags, e.g. 'constant weight=--weighting constant'")
+    p.add_argument("--seed", type=int, default=0, help="seed of both methods' runs (weights, noises, pairs)")
+    p.add_argument("--quick", action="store_true", help="budgets of seconds, 32 noises: checks the pieces, not the figures")
+    p.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "race.json"),
+                   help="where the figures go; markdown beside it (.md), the picture as NAME.png")
+    p.add_argument("--render", metavar="JSON", help="measure nothing: the markdown and picture of a --json file")
+    opts = p.parse_args(argv)
+    variants = {}
+    for v in opts.variant:
+        name, sep, flags = v.partition("=")
+        if not sep or not name.strip() or name.strip() in ("BOOT", "KD"):
+            p.error(f"argument --variant: NAME=FLAGS with a name other than BOOT and KD, got {v!r}")
+        variants[name.strip()] = shlex.split(flags)
+    opts.variants = variants
+    return opts
+
+
+class Counting:
+    """The teacher, counting the rows it evaluates (per-sample teacher calls)."""
+
+    def __init__(self, teacher):
+        self.teacher, self.rows = teacher, 0
+
+    def __call__(self, x_t, t, cond=None):
+        self.rows += len(x_t)
+        return self.teacher(x_t, t, cond)
+
+
+def kd_k(seconds: float, call_seconds: float, batch: int) -> int:
+    """KD's k: the largest of KD_KS whose pairs, at call_seconds a teacher call on `batch` rows, reach KD_MIN_PAIRS
+    in `seconds`; the smallest when none does."""
+    fits = [k for k in KD_KS if seconds / (k * call_seconds) * batch >= KD_MIN_PAIRS]
+    return max(fits, default=min(KD_KS))
+
+
+def fitted_steps(seconds_left: float, step_seconds: float) -> int:
+    return max(1, int(seconds_left / step_seconds))
+
+
+def last_step(out: Path) -> int:
+    return max(json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines())
+
+
+def step_seconds(out: Path) -> float:
+    """A step's seconds in a pilot, from its log (toy.train's own loop, set-up left out)."""
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return 1 / [r for r in records if "steps_per_s" in r][-1]["steps_per_s"]
+
+
+def recipe(opts, extra, steps, out, device) -> "argparse.Namespace":
+    flags = ["--teacher", opts.teacher, "--seed", str(opts.seed), "--device", str(device)] + opts.flags + extra
+    return toy.parse_args(flags + ["--steps", str(steps), "--warmup", str(round(WARMUP_SHARE * steps)), "--out", str(out)])
+
+
+def boot_run(opts, extra, budget, d, tmp):
+    start, busy = time.perf_counter(), runtime.cpu_seconds()
+    pilot = recipe(opts, extra, PILOT, tmp / "pilot", d.device)
+    teacher, schedule, student, shape, _ = toy.build(pilot, d.device)  # sets the family's grid spacing
+    counting = Counting(teacher)
+    toy.train(pilot, d, counting, schedule, copy.deepcopy(student), shape)
+    per_step = step_seconds(tmp / "pilot")
+    steps = fitted_steps(start + budget - time.perf_counter(), per_step)
+    args = recipe(opts, extra, steps, tmp / "run", d.device)
+    args.spacing = args.spacing or pilot.spacing
+    student = toy.train(args, d, counting, schedule, student, shape, until=start + budget)
+    return student, dict(seconds=time.perf_counter() - start, busy=busy, pilot_step_s=per_step, steps=steps,
+                         steps_done=last_step(tmp / "run"), warmup=args.warmup, teacher_calls=counting.rows)
+
+
+def kd_run(opts, budget, d, tmp):
+    start, busy = time.perf_counter(), runtime.cpu_seconds()
+    args = recipe(opts, [], PILOT, tmp / "pilot", d.device)
+    teacher, schedule, student, shape, _ = toy.build(args, d.device)
+    counting = Counting(teacher)
+    gen = torch.Generator().manual_seed(opts.seed + 100)  # pair noises apart from the evaluation's (seed + 1)
+    probe = torch.randn(args.batch_size, *shape, generator=gen).to(d.device)
+    clock = time.perf_counter()
+    boot.ddim_sample(counting, probe, schedule=schedule, steps=1)  # one teacher call times a call
+    k = kd_k(PAIR_SHARE * budget - (time.perf_counter() - start), time.perf_counter() - clock, args.batch_size)
+    most = int(PAIR_SHARE * budget / (time.perf_counter() - clock) / k * args.batch_size * 2) + args.batch_size
+    noise = torch.randn(most, *shape, generator=gen).to(d.device)
+    x, target = kd.pairs(counting, schedule, noise, k=k, batch=args.batch_size, until=start + PAIR_SHARE * budget)
+    pair_seconds = time.perf_counter() - start
+    kd.train(args, d, copy.deepcopy(student), x, target, tmp / "pilot")
+    per_step = step_seconds(tmp / "pilot")
+    steps = fitted_steps(start + budget - time.perf_counter(), per_step)
+    args = recipe(opts, [], steps, tmp / "run", d.device)
+    student = kd.train(args, d, student, x, target, tmp / "run", until=start + budget)
+    return student, dict(seconds=time.perf_counter() - start, busy=busy, pilot_step_s=per_step, steps=steps,
+                         steps_done=last_step(tmp / "run"), warmup=args.warmup, teacher_calls=counting.rows, k=k,
+                         pairs=len(x), pair_seconds=pair_seconds)
+
+
+def teacher_figures(opts, d):
+    """The evaluation's noise, the teacher's DDIM-REF from it, its DDIM-k curve and judged figures."""
+    args = recipe(opts, [], 1, "unused", d.device)
+    teacher, schedule, _, shape, _ = toy.build(args, d.device)
+    judge = evaluation.find_judge(args, shape, d.device)
+    if judge is None:
+        raise runtime.UsageError(f"--teacher {opts.teacher}: no judge/ folder (teachers/train_teacher.py writes one)")
+    eps = torch.randn(opts.eval, *shape, generator=torch.Generator().manual_seed(opts.seed + 1)).to(d.device)
+    sample = lambda k: metrics.batched(lambda e: boot.ddim_sample(teacher, e, schedule=schedule, steps=k), eps, 64)
+    say(f"the teacher's DDIM-{opts.ref} and DDIM-k on {opts.eval} noises (not timed)")
+    reference = sample(opts.ref)
+    ddim = {k: sample(k) for k in CURVE_KS if k < opts.ref}
+    curve = {k: metrics.rmse(x, reference, True) for k, x in ddim.items()}
+    scores = evaluation.judged(judge, {"reference": reference, **{str(k): x for k, x in ddim.items()}})
+    rows = {str(k): dict(rmse=curve.get(k, 0.0), fd=scores["fd"][key], class_share=scores["class_share"][key])
+            for k, key in [*[(k, str(k)) for k in ddim], (opts.ref, "reference")]}
+    return eps, reference, curve, judge, rows
+
+
+def winner(rows: list, budget: float) -> str:
+    at = {r["method"]: r for r in rows if r["budget_min"] == budget}
+    if "BOOT" not in at or "KD" not in at:
+        return ""
+    b, k = at["BOOT"]["fd"], at["KD"]["fd"]
+    gap = abs(b - k) / min(b, k)
+    return f"{'BOOT' if b <= k else 'KD'} by {gap:.0%} in FD" + (" (under 10%: one seed does not settle it)" if gap < 0.1 else "")
+
+
+def busy_line(r) -> str:
+    others = [row["other_cpu_s"] for row in r["runs"] if row.get("other_cpu_s") is not None]
+    if not others:
+        return "other processes' CPU time: not measured (no /proc/stat)"
+    share = max(row["other_cpu_s"] / row["seconds"] for row in r["runs"] if row.get("other_cpu_s") is not None)
+    idle = "otherwise idle" if share < 0.05 else "NOT idle: other processes ran during the race"
+    return (f"other processes' CPU time during each run: {min(others):.1f} to {max(others):.1f} CPU s, at most "
+            f"{share:.1%} of one core: the machine was {idle}")
+
+
+def report(r) -> str:
+    out = ["# BOOT against knowledge distillation at equal seconds\n",
+           f"- machine: {r['machine']}; torch {r['torch']}; {r['date']}; {r['wall_s'] / 60:.1f} minutes in all",
+           f"- command: `{r['command']}`",
+           f"- teacher: {r['teacher']}; the student: train_toy's pixel default (the teacher's copy), seed {r['seed']}",
+           f"- {busy_line(r)}",
+           "- BOOT: train_toy's recipe, steps fitted to the budget by a pilot of "
+           f"{PILOT} steps (counted), warm-up {WARMUP_SHARE:.0%} of the steps. KD: {PAIR_SHARE:.0%} of the budget "
+           f"on pairs of the teacher's DDIM-k (k the largest of {', '.join(map(str, KD_KS))} that gives "
+           f"{KD_MIN_PAIRS:,} pairs), then the same student, optimizer and loop regressed at t = 0.",
+           f"- judged alike: {r['eval']} noises (seed + 1), RMSE per pixel to the teacher's DDIM-{r['ref']} from them, "
+           "effective NFE on its DDIM-k curve, FD of the teacher's judge to held-out digits, class shares (uniform 0.100)."
+           " Teacher calls: rows the teacher evaluated, pilots included.\n",
+           "| budget | method | recipe | teacher calls | seconds | RMSE | effective NFE | FD | class shares, min - max |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for row in r["runs"]:
+        what = f"{row['steps_done']:,} of {row['steps']:,} steps, warm-up {row['warmup']}"
+        if row["method"] == "KD":
+            what = f"{row['pairs']:,} pairs of DDIM-{row['k']} ({row['pair_seconds']:.0f} s), " + what
+        out.append(f"| {row['budget_min']:g} min | {row['method']} | {what} | {row['teacher_calls']:,} | "
+                   f"{row['seconds']:.0f} | {row['rmse']:.4f} | {row['effective_nfe']:.1f} | {row['fd']:.1f} | "
+                   f"{min(row['class_share']):.3f} - {max(row['class_share']):.3f} |")
+    out += ["\nThe teacher on the same noises:\n", "| sampler | RMSE | FD | class shares, min - max |", "|---|---|---|---|"]
+    for k, t in r["teacher_ddim"].items():
+        out.append(f"| DDIM-{k}{' (the reference)' if int(k) == r['ref'] else ''} | {t['rmse']:.4f} | {t['fd']:.1f} | "
+                   f"{min(t['class_share']):.3f} - {max(t['class_share']):.3f} |")
+    out.append("\nWho wins each budget: " + "; ".join(f"{b:g} min: {winner(r['runs'], b)}" for b in r["budgets_min"]) + ".")
+    out.append(f"\n![FD and RMSE against seconds and teacher calls]({Path(r['picture']).name})")
+    return "\n".join(out)
+
+
+def picture(r, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    methods = list(dict.fromkeys(row["method"] for row in r["runs"]))
+    for (i, metric), (j, x) in [((i, m), (j, x)) for i, m in enumerate(("fd", "rmse")) for j, x in
+                                enumerate(("seconds", "teacher_calls"))]:
+        ax = axes[i][j]
+        for method in methods:
+            rows = [row for row in r["runs"] if row["method"] == method]
+            ax.plot([row[x] for row in rows], [row[metric] for row in rows], "o-", label=method)
+        for k in ("8", "16"):  # the teacher's DDIM-8 and DDIM-16 as levels to reach (the reference is RMSE 0)
+            level = r["teacher_ddim"].get(k, {}).get(metric, 0)
+            if int(k) < r["ref"] and level > 0:
+                ax.axhline(level, ls="--", lw=0.8, color="gray")
+                ax.text(0.01, level, f"teacher DDIM-{k}", transform=ax.get_yaxis_transform(), fontsize=8, color="gray",
+                        va="bottom")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("seconds on this machine" if x == "seconds" else "teacher calls (per sample)")
+        ax.set_ylabel("FD to held-out digits" if metric == "fd" else f"RMSE per pixel to the teacher's DDIM-{r['ref']}")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"BOOT against KD at equal budgets, {r['teacher']} ({r['machine']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def render(path: Path) -> str:
+    try:
+        r = json.loads(path.read_text())
+        text = report(r)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise runtime.UsageError(f"--render {path}: not figures of this race ({type(e).__name__}: {e})") from None
+    path.with_suffix(".md").write_text(text + "\n")
+    picture(r, path.with_suffix(".png"))
+    return text
+
+
+@runtime.cli
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    opts = parse_args(argv)
+    if opts.render:
+        return render(Path(opts.render))
+    path = Path(opts.json)
+    if path.is_dir() or path.suffix != ".json":
+        raise runtime.UsageError(f"--json {path}: name a file ending .json (the markdown and picture go beside it)")
+    if not Path(opts.teacher).is_absolute() and not Path(opts.teacher).exists() and (ROOT / opts.teacher).exists():
+        opts.teacher = str(ROOT / opts.teacher)
+    opts.eval, opts.ref, opts.flags = (QUICK["eval"], QUICK["ref"], QUICK["flags"]) if opts.quick else (EVAL, REF, [])
+    budgets = QUICK["budgets"] if opts.quick else opts.budgets
+    path.parent.mkdir(parents=True, exist_ok=True)
+    d = runtime.setup("cpu" if opts.quick else "auto")
+    start = time.perf_counter()
+    shown = opts.teacher.replace(str(ROOT) + os.sep, "")
+    r = dict(machine=runtime.machine_name(d.device), torch=torch.__version__, teacher=shown, seed=opts.seed,
+             date=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), budgets_min=budgets,
+             command=shlex.join(["python", "bench/race.py", *argv]), eval=opts.eval, ref=opts.ref,
+             picture=str(path.with_suffix(".png").name), runs=[])
+    eps, reference, curve, judge, r["teacher_ddim"] = teacher_figures(opts, d)
+    methods = [("BOOT", None)] + [(name, flags) for name, flags in opts.variants.items()] + [("KD", None)]
+    with tempfile.TemporaryDirectory(prefix="race-") as tmp:
+        for budget in budgets:
+            for method, flags in methods:
+                say(f"{budget:g} min: {method}")
+                where = Path(tmp) / f"{method}-{budget:g}".replace(" ", "_")
+                seconds = 60 * budget
+                student, row = kd_run(opts, seconds, d, where) if method == "KD" else \
+                    boot_run(opts, flags or [], seconds, d, where)
+                busy, now = row.pop("busy"), runtime.cpu_seconds()
+                row["other_cpu_s"] = None if busy is None else now[1] - busy[1]
+                row |= evaluation.score(student, eps, reference, curve, True, judge)
+                r["runs"].append(dict(budget_min=budget, method=method, flags=flags or [], **row))
+                say(f"{budget:g} min: {method}: RMSE {row['rmse']:.4f}, FD {row['fd']:.1f}, {row['seconds']:.0f} s")
+                path.write_text(json.dumps(r | {"wall_s": time.perf_counter() - start}, indent=1))  # kept if stopped
+    r["wall_s"] = time.perf_counter() - start
+    text = report(r)
+    print(text)
+    path.write_text(json.dumps(r, indent=1))
+    path.with_suffix(".md").write_text(text + "\n")
+    picture(r, path.with_suffix(".png"))
+    say(f"wrote {path}, {path.with_suffix('.md')} and {path.with_suffix('.png')}")
+    return r
+
+
+if __name__ == "__main__":
+    main()
