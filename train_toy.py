@@ -5,9 +5,10 @@
     python train_toy.py --teacher teachers/mnist16                        # the committed MNIST DDPM, judged
     python train_toy.py --teacher google/ddpm-cifar10-32 --device cuda    # a diffusers pixel model
 
-Writes into --out: metrics.json, samples.npz, samples.png, student.safetensors, checkpoints/ (resume with
---resume) and log.jsonl. torchrun --nproc_per_node N train_toy.py ... runs DDP. The recipe and its flags are
-bootkit/toy.py's, the figures bootkit/evaluation.py's; this file parses, builds, runs and writes.
+Writes into --out: metrics.json, samples.npz, samples.png, error_map.png (where on the grid the student's error
+enters), student.safetensors, checkpoints/ (resume with --resume) and log.jsonl. torchrun --nproc_per_node N
+train_toy.py ... runs DDP. The recipe and its flags are bootkit/toy.py's, the figures bootkit/evaluation.py's;
+this file parses, builds, runs and writes.
 """
 import json
 import os
@@ -21,7 +22,8 @@ from safetensors.torch import save_file
 import boot
 from bootkit import evaluation, pictures, runtime, toy
 
-RUN_OUTPUTS = ("checkpoints", "metrics.json", "samples.npz", "samples.png", "student.safetensors", "log.jsonl")
+RUN_OUTPUTS = ("checkpoints", "metrics.json", "samples.npz", "samples.png", "error_map.png", "student.safetensors",
+               "log.jsonl")
 PICTURE_KS = (1, 4, 16)  # the teacher's DDIM-k rows of a pixel teacher's samples.png, between the student and the reference
 PICTURE_NOISES = 8
 
@@ -55,8 +57,8 @@ def main(argv=None):
     judge = evaluation.find_judge(args, shape, d.device)
     if args.overwrite and d.main:
         runtime.clear(out, RUN_OUTPUTS)
+    what = f"exact {args.data} teacher" if exact_teacher is not None else f"teacher {args.teacher}"
     if d.main:
-        what = f"exact {args.data} teacher" if exact_teacher is not None else f"teacher {args.teacher}"
         print(f"BOOT: {what}, {sum(p.numel() for p in student.parameters()):,}-parameter student, "
               f"N = {args.bootstrap_steps}, {args.steps} steps of batch {args.batch_size}")
     evaluated = toy.train(args, d, teacher, schedule, student, shape)
@@ -76,8 +78,9 @@ def main(argv=None):
         pictures.plot_2d(out / "samples.png", arrays, evaluated, ys.cpu(), grid)
     else:  # digits: rows of data, teacher (converged DDIM) and student (one call)
         write_digits_picture(out / "samples.png", arrays, exact_teacher.shape)
+    pictures.plot_error_map(out / "error_map.png", m["error_map"], what)
     evaluation.print_table(m)
-    print(f"\nwrote {out}/: metrics.json, samples.png, samples.npz, student.safetensors, checkpoints/")
+    print(f"\nwrote {out}/: metrics.json, samples.png, error_map.png, samples.npz, student.safetensors, checkpoints/")
 
 if __name__ == "__main__":
     main()

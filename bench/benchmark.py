@@ -29,7 +29,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import shlex
 import shutil
 import statistics

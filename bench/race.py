@@ -105,7 +105,7 @@ def step_seconds(out: Path) -> float:
     return 1 / [r for r in records if "steps_per_s" in r][-1]["steps_per_s"]
 
 
-def recipe(opts, extra, steps, out, device) -> "argparse.Namespace":
+def recipe(opts, extra, steps, out, device):
     flags = ["--teacher", opts.teacher, "--seed", str(opts.seed), "--device", str(device)] + opts.flags + extra
     return toy.parse_args(flags + ["--steps", str(steps), "--warmup", str(round(WARMUP_SHARE * steps)), "--out", str(out)])
 
@@ -292,6 +292,12 @@ def main(argv=None):
                 busy, now = row.pop("busy"), runtime.cpu_seconds()
                 row["other_cpu_s"] = None if busy is None else now[1] - busy[1]
                 row |= evaluation.score(student, eps, reference, curve, True, judge)
+                if method != "KD":  # where a BOOT student's error enters, on its training grid (KD trains t = 0 only)
+                    args = recipe(opts, flags or [], 1, "unused", d.device)
+                    teacher, schedule, *_ = toy.build(args, d.device)
+                    grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing)
+                    row["error_map"] = evaluation.error_map(teacher, schedule, student, eps[:evaluation.ERROR_MAP_NOISES],
+                                                            grid=grid, order=args.order, per_pixel=True, batch=64)
                 r["runs"].append(dict(budget_min=budget, method=method, flags=flags or [], **row))
                 say(f"{budget:g} min: {method}: RMSE {row['rmse']:.4f}, FD {row['fd']:.1f}, {row['seconds']:.0f} s")
                 path.write_text(json.dumps(r | {"wall_s": time.perf_counter() - start}, indent=1))  # kept if stopped

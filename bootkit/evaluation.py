@@ -1,6 +1,7 @@
 """bootkit/evaluation.py: how close one call gets (BOOT.md section 6), as train_toy.py and the benchmark measure
 it: on fixed noise, the student's one call against the teacher's converged DDIM, the teacher's own DDIM-k curve,
-effective NFE, any-t sampling, speed; for exact teachers distance to the data, with a judge FD and class shares."""
+effective NFE, any-t sampling, speed, the error map (where on the grid the student's error enters); for exact teachers
+distance to the data, with a judge FD and class shares."""
 import math
 from pathlib import Path
 
@@ -18,6 +19,9 @@ def eval_sizes(args, device, schedule):
     cuda = device.type == "cuda"
     n, steps = args.eval_samples or (1000 if cuda else 256), args.reference_steps or (4096 if cuda else 64)
     return n, min(steps, schedule.train_steps or steps), 250 if cuda else 64  # a discrete teacher has n steps at most
+
+
+ERROR_MAP_NOISES = 256  # a pixel teacher's error map: the first this many evaluation noises (2 N teacher steps a batch)
 
 
 def ticking(teacher, bar):
@@ -47,10 +51,42 @@ def score(student, noise, reference, curve, per_pixel, judge) -> dict:
     return row
 
 
+@torch.no_grad()
+def error_map(teacher, schedule, student, eps, *, grid, order, per_pixel, batch=None) -> dict:
+    """Where the error enters, on the training grid T = t_N > ... > t_0 = 0, from the noises eps:
+    - to_fixed_point[k], k = 0 ... N: the student's g(eps, t_k) against its fixed point (fixed_point's row k, the
+      teacher's N-step sampler in signal space); 0 at k = N by construction, where training uses the exact y_T and
+      never asks the student. At k = 0 it is the sample's error to the teacher's N-step sampler.
+    - one_hop[k], k = 1 ... N (None at 0): the training residual of hop k -> k - 1, unweighted: g(eps, t_{k-1})
+      against one teacher step of the training's order from g(eps, t_k) (the exact y_T at k = N).
+    A student wrong at t_j alone shows in to_fixed_point[j] and in hops j (its signal stepped) and j + 1 (compared).
+    RMSE as metrics.rmse: per sample (Euclidean), or per pixel with per_pixel; in batches of `batch` noises."""
+    grid = grid.to(eps.device)
+    n, table, ends_at_0 = len(grid) - 1, schedule.coefficients(grid), bool(grid[0] == 0)
+
+    def squared_errors(e):  # (b, 2, N + 1): each noise's |.|^2 to the fixed point and of each hop (0 where undefined)
+        b, sq = e.shape[0], lambda x, ref: (x.double() - ref.double()).flatten(1).pow(2).sum(1)
+        fixed = boot.fixed_point(teacher, e, schedule=schedule, grid=grid, order=order)
+        g = [student(e, grid[k].float().expand(b)).to(e.dtype) for k in range(n)] + [fixed[n]]  # y_T exact at k = N
+        hops = [torch.zeros(b, dtype=torch.float64, device=e.device)]
+        for k in range(1, n + 1):
+            at_t, at_s = ([c[m].expand(b) for c in table] for m in (k, k - 1))
+            # boot's own training step (private; as boot._down_the_grid calls it): its last step, to t = 0, one call
+            stepped = boot._teacher_step(teacher, g[k], e, None, t=grid[k].expand(b), s=grid[k - 1].expand(b),
+                                         at_t=at_t, at_s=at_s, order=order, final=ends_at_0 and k == 1)
+            hops.append(sq(g[k - 1], stepped))
+        return torch.stack([torch.stack([sq(g[k], fixed[k]) for k in range(n + 1)], 1), torch.stack(hops, 1)], 1)
+
+    rmse = metrics.batched(squared_errors, eps, batch).mean(0).div(eps[0].numel() if per_pixel else 1).sqrt().tolist()
+    return {"t": grid.tolist(), "to_fixed_point": rmse[0], "one_hop": [None] + rmse[1][1:], "noises": len(eps),
+            "order": order, "rmse": "per-pixel" if per_pixel else "per-sample (Euclidean)"}
+
+
 def evaluate(args, teacher, schedule, student, shape, device, toy, judge=None):
     """Fidelity on fixed noise: the student's one call against the teacher's converged DDIM from the same
     noise, the teacher's own DDIM-k curve (k below the reference's steps), effective NFE, speed; for exact
-    teachers, distance to the data; with a judge (load_judge), FD and class shares of each sampler."""
+    teachers, distance to the data; with a judge (load_judge), FD and class shares of each sampler; the error map
+    on all the noises of an exact teacher, the first ERROR_MAP_NOISES of a pixel teacher's."""
     if toy is None:
         n, ref_steps, batch = eval_sizes(args, device, schedule)
     else:  # set by parse_args; the exact teacher is one batch
@@ -77,6 +113,11 @@ def evaluate(args, teacher, schedule, student, shape, device, toy, judge=None):
     with tqdm(total=chunks * sum(map(calls, js)), desc="any-t sampling", unit="call", dynamic_ncols=True) as bar:
         any_t = {j: metrics.batched(lambda e: boot.sample_any_t(student, ticking(teacher, bar), e, schedule=schedule,
                                                                 grid=grid, j=j, order=args.order), eps, batch) for j in js}
+    n_map = n if toy is not None else min(n, ERROR_MAP_NOISES)
+    map_calls = math.ceil(n_map / (batch or n_map)) * 2 * calls(args.bootstrap_steps)  # fixed_point's N steps, then one
+    with tqdm(total=map_calls, desc=f"error map ({n_map} noises)", unit="call", dynamic_ncols=True) as bar:  # from each t_k
+        errors = error_map(ticking(teacher, bar), schedule, student, eps[:n_map], grid=grid, order=args.order,
+                           per_pixel=per_pixel, batch=batch)
     speed_eps = eps[:batch or n]
     out = {
         "student_rmse": student_rmse,
@@ -88,6 +129,7 @@ def evaluate(args, teacher, schedule, student, shape, device, toy, judge=None):
                           **{f"teacher_ddim_{k}": metrics.samples_per_second(
                               lambda e: boot.ddim_sample(teacher, e, schedule=schedule, steps=k), speed_eps, repeats=1)
                              for k in ks}},
+        "error_map": errors,
         "eval_samples": n,
         "reference": f"teacher DDIM-{ref_steps} from the same noise",
         "rmse": "per-pixel" if per_pixel else "per-sample (Euclidean)",
@@ -138,6 +180,8 @@ def print_table(m: dict):
     if m["any_t"]:
         print("any-t sampling (one student call to t_j, then j teacher steps): " + ", ".join(
             f"{r['calls']} calls RMSE {r['rmse']:.4f} (NFE {r['effective_nfe']:.1f})" for r in m["any_t"]))
+    if "error_map" in m:
+        print_error_map(m["error_map"])
     if "energy_distance" in m:
         ed = m["energy_distance"]
         print(f"energy distance to fresh data: student {ed['student']:.5f}, teacher {ed['teacher']:.5f} "
@@ -152,6 +196,23 @@ def print_table(m: dict):
     if "within_3_std" in m:
         print(f"samples within 3 std of a mode: student {m['within_3_std']['student']:.3f}, "
               f"teacher {m['within_3_std']['teacher']:.3f}, data {m['within_3_std']['data']:.3f}")
+
+
+def print_error_map(e: dict):
+    """Two lines: where on the grid the student's error to its fixed point is, and which hop's residual is largest,
+    with whether the sample's error is already there hops before t_0 (inherited down the chain) or made at the end."""
+    fp, hop, t, n = e["to_fixed_point"], e["one_hop"], e["t"], len(e["t"]) - 1
+    worst, worst_hop = max(range(n + 1), key=fp.__getitem__), max(range(1, n + 1), key=hop.__getitem__)
+    half = max((k for k in range(n + 1) if fp[k] >= fp[0] / 2), default=0)  # the first grid time, from T, with half t_0's
+    where = ("the sample is on its fixed point" if not fp[0] > 0 else "made at the last hop" if half == 0
+             else "built up over the last hops" if half <= max(1, n // 4) else "inherited down the chain")
+    share = f"t_1 already carries {fp[1] / fp[0]:.0%} of it, " if fp[0] > 0 and n > 1 else ""
+    print(f"error map ({e['noises']} noises, N = {n}, RMSE {e['rmse']}): the student to its fixed point {fp[0]:.4f} at "
+          f"t_0 (the sample), largest {fp[worst]:.4f} at k = {worst} (t = {t[worst]:.3f}); {share}half of it reached by "
+          f"k = {half} (t = {t[half]:.3f}): {where}")
+    print(f"one-hop training residual: largest {hop[worst_hop]:.4f} on hop k = {worst_hop} -> {worst_hop - 1} "
+          f"(t = {t[worst_hop]:.3f} -> {t[worst_hop - 1]:.3f}), last hop (to t_0) {hop[1]:.4f}, first (from the exact "
+          f"y_T) {hop[n]:.4f}")
 
 
 def find_judge(args, shape, device):

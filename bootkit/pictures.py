@@ -106,6 +106,39 @@ def plot_2d(path, arrays, student, fixed_point, grid):
     plt.close(fig)
 
 
+def plot_error_map(path, error_map: dict, title: str):
+    """evaluation.error_map drawn: against the grid index k, from T (k = N) on the left to the sample (k = 0) on the
+    right as training's bootstrap chain runs, the student's RMSE to its fixed point at each t_k and the one-hop
+    residual of each hop k -> k - 1 drawn at k; a log axis when the values span a decade (zeros left off it)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    t, fp, hop = error_map["t"], error_map["to_fixed_point"], error_map["one_hop"]
+    n = len(t) - 1
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    positive = [v for v in fp + hop if v is not None and v > 0]
+    log = bool(positive) and max(positive) >= 10 * min(positive)
+    for values, style, label in ((fp, "o-", "student to its fixed point at t_k (0 at k = N: the exact y_T)"),
+                                 (hop, "s--", "one-hop residual of hop k -> k-1 (training's, unweighted)")):
+        ks = [k for k, v in enumerate(values) if v is not None and (v > 0 or not log)]
+        ax.plot(ks, [values[k] for k in ks], style, ms=4, label=label)
+    if log:
+        ax.set_yscale("log")
+    every = max(1, math.ceil((n + 1) / 17))
+    ticks = list(range(0, n + 1, every))
+    ax.set_xticks(ticks, [f"{k}\n{t[k]:.3g}" for k in ticks], fontsize=8)
+    ax.set_xlim(n + 0.5, -0.5)  # T on the left, the sample on the right: the order the chain runs in
+    unit = "per pixel" if error_map["rmse"] == "per-pixel" else "per sample (Euclidean)"
+    ax.set(xlabel="grid index k, t_k beneath (k = N is T, pure noise; k = 0 is the sample)",
+           ylabel=f"RMSE {unit}, signal space")
+    ax.set_title(f"where the error enters: {title}, N = {n}, order {error_map['order']}, {error_map['noises']} noises", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def digit_columns(images, digits) -> list:
     """For each digit 0 ... 9, the first of images (B, ...) whose prompt names it (digits (B,)), None where none does."""
     firsts = [(digits == d).nonzero() for d in range(10)]

@@ -204,6 +204,21 @@ def full_state(trainer) -> dict:
     return flat
 
 
+def test_a_deadline_ends_the_run_before_its_next_step_as_at_its_last(tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: clock[0])
+    trainer = make_trainer(tmp_path / "budget", ckpt_every=100)
+    advance = lambda step: clock.__setitem__(0, clock[0] + 1.0)  # each step takes a second
+    path = trainer.fit(10, regression(trainer, on_step=advance), until=3.5)
+    assert trainer.step == 4, "steps start at 0, 1, 2, 3 s; none at 4 s, past the deadline"
+    assert path is not None and runtime.latest_checkpoint(tmp_path / "budget")[2]["step"] == 4
+    events = [json.loads(line) for line in (tmp_path / "budget" / "log.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "the budget ran out at step 4 of 10"
+    straight = make_trainer(tmp_path / "straight")
+    straight.fit(10, regression(straight, on_step=advance), until=None)
+    assert straight.step == 10
+
+
 def test_stopped_by_sigint_and_resumed_is_bit_identical(tmp_path, capsys):
     straight = make_trainer(tmp_path / "straight")
     straight.fit(7, regression(straight))

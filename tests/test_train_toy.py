@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import boot
-from bootkit import evaluation, metrics, pictures, pixel, toy
+from bootkit import evaluation, exact, metrics, pictures, pixel, toy
 import train_toy
 
 torch.set_num_threads(1)
@@ -56,9 +56,21 @@ def test_2d_run_writes_metrics_samples_pictures_and_student(mixture_run):
     assert torch.allclose(boot.sample_student(student, noise), torch.from_numpy(arrays["student"]), atol=1e-5)
     assert (mixture_run / "samples.png").stat().st_size > 10_000 and (mixture_run / "log.jsonl").exists()
     assert runtime_checkpoint_step(mixture_run) == 20
-    # Any-t sampling on the student's grid (N = 8, Heun): 1 + 2 j calls; more teacher steps, closer to the teacher.
-    assert [(r["teacher_steps"], r["calls"]) for r in m["any_t"]] == [(1, 3), (2, 5), (4, 9)]
+    # Any-t sampling on the student's grid (N = 8, Heun): 2 j calls (1 student, 2 j - 1 teacher: the last step makes one);
+    # more teacher steps, closer to the teacher.
+    assert [(r["teacher_steps"], r["calls"]) for r in m["any_t"]] == [(1, 2), (2, 4), (4, 8)]
     assert m["any_t"][-1]["rmse"] < m["student_rmse"] and all(r["effective_nfe"] > 0 for r in m["any_t"])
+    # The error map on the training grid (N = 8), on every noise of an exact teacher, beside samples.png.
+    e = m["error_map"]
+    assert e["t"] == boot.time_grid(boot.Schedule.cosine(), 8, spacing="quadratic").tolist() and e["noises"] == 128
+    assert len(e["to_fixed_point"]) == len(e["one_hop"]) == 9 and e["one_hop"][0] is None and e["order"] == 2
+    assert e["to_fixed_point"][8] == 0 and all(v > 0 for v in e["to_fixed_point"][:8] + e["one_hop"][1:])
+    schedule = boot.Schedule.cosine()
+    heun_8 = boot.fixed_point(exact.toy_teacher("mixture", schedule), noise, schedule=schedule,
+                              grid=boot.time_grid(schedule, 8, spacing="quadratic"), order=2)[0]
+    assert e["to_fixed_point"][0] == pytest.approx(metrics.rmse(torch.from_numpy(arrays["student"]), heun_8), rel=1e-4), \
+        "at t_0: the sample against the teacher's N-step sampler of the training's order"
+    assert e["rmse"] == m["rmse"] and (mixture_run / "error_map.png").stat().st_size > 10_000
 
 
 def runtime_checkpoint_step(out):
@@ -84,6 +96,9 @@ def test_every_exact_teacher_runs(tmp_path, data):
     finite = data in ("checkerboard", "spiral", "digits")  # points, not a mixture: "same_point" applies
     assert ("same_point" in m) == finite and ("within_3_std" in m) != finite
     assert not finite or all(0 <= v <= 1 for v in m["same_point"].values())
+    n = 16 if data == "digits" else 8  # the default N of each kind
+    assert len(m["error_map"]["to_fixed_point"]) == n + 1 and m["error_map"]["rmse"] == m["rmse"]
+    assert (tmp_path / data / "error_map.png").exists()
 
 
 @pytest.mark.parametrize("schedule", ["flow", "edm"])
@@ -316,6 +331,17 @@ def test_the_evaluation_shows_its_progress_in_teacher_calls(judged_run):
     five_batches = 5  # 300 noises in batches of 64
     assert "reference DDIM-8: 100%" in progress and f"{five_batches * 8}/{five_batches * 8}" in progress
     assert "DDIM-k curve: 100%" in progress and f"{five_batches * 7}/{five_batches * 7}" in progress
+    four_batches = 4  # the error map's first 256 of the 300 noises; fixed_point's 10 Heun steps, then one from each t_k
+    assert "error map (256 noises): 100%" in progress and f"{four_batches * 38}/{four_batches * 38}" in progress
+
+
+def test_a_pixel_teachers_error_map_is_on_its_first_256_noises_per_pixel_with_a_picture(judged_run):
+    _, out, printed, _ = judged_run
+    e = json.loads((out / "metrics.json").read_text())["error_map"]
+    assert e["noises"] == 256 and e["rmse"] == "per-pixel" and len(e["t"]) == len(e["to_fixed_point"]) == 11
+    assert e["one_hop"][0] is None and e["to_fixed_point"][10] == 0 and all(v > 0 for v in e["one_hop"][1:])
+    assert "error map (256 noises, N = 10, RMSE per-pixel)" in printed and "one-hop training residual" in printed
+    assert (out / "error_map.png").stat().st_size > 10_000 and "error_map.png" in printed
 
 
 def test_default_evaluation_is_sized_to_the_device():

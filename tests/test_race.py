@@ -1,0 +1,84 @@
+"""Tests of bench/race.py: one --quick race on teachers/mnist16, checked for behaviour (both methods per budget,
+teacher calls as made, the fitted steps, the report from its JSON), never for speed."""
+import json
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"  # tiny budgets: threads only contend with each other on a shared machine
+
+import pytest
+import torch
+
+import race
+from bootkit import runtime
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    path = tmp_path_factory.mktemp("race") / "race.json"
+    race.main(["--quick", "--json", str(path), "--variant", "constant weight=--weighting constant"])
+    return json.loads(path.read_text()), path
+
+
+def test_every_budget_runs_both_methods_and_each_variant_on_the_same_judged_noise(quick):
+    r, path = quick
+    assert [(row["budget_min"], row["method"]) for row in r["runs"]] == [
+        (b, m) for b in race.QUICK["budgets"] for m in ("BOOT", "constant weight", "KD")]
+    assert r["runs"][1]["flags"] == ["--weighting", "constant"]
+    assert r["eval"] == race.QUICK["eval"] and r["ref"] == race.QUICK["ref"]
+    assert r["teacher_ddim"][str(r["ref"])]["rmse"] == 0  # the reference itself
+    curve = [r["teacher_ddim"][str(k)]["rmse"] for k in race.CURVE_KS if k < r["ref"]]
+    assert curve == sorted(curve, reverse=True), "the teacher's DDIM-k nears its reference as k grows"
+    for row in r["runs"]:
+        assert 1 <= row["steps_done"] <= row["steps"] and row["warmup"] == round(race.WARMUP_SHARE * row["steps"])
+        assert row["rmse"] > 0 and row["fd"] > 0 and abs(sum(row["class_share"]) - 1) < 1e-6
+        assert row["other_cpu_s"] is None or row["other_cpu_s"] >= -1  # ticks round: a reading, not a figure
+    assert path.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_teacher_calls_are_the_rows_the_teacher_evaluated_pilots_included(quick):
+    r, _ = quick
+    batch = int(race.QUICK["flags"][race.QUICK["flags"].index("--batch-size") + 1])
+    for row in r["runs"]:
+        if row["method"] == "KD":  # one probe call on a batch times the teacher, then P pairs of DDIM-k
+            assert row["teacher_calls"] == batch + row["pairs"] * row["k"]
+            assert row["pairs"] % batch == 0 and row["k"] in race.KD_KS
+        else:  # Heun, jump 1, the exact boundary: two calls on the batch a step, the pilot's steps too
+            assert row["teacher_calls"] == (race.PILOT + row["steps_done"]) * batch * 2
+
+
+def test_the_markdown_and_picture_render_from_the_json_alone(quick):
+    r, path = quick
+    written = path.with_suffix(".md").read_text()
+    path.with_suffix(".png").unlink()
+    assert race.main(["--render", str(path)]) + "\n" == written
+    assert path.with_suffix(".png").exists()
+    assert "| 0.05 min | KD |" in written and "Who wins each budget: 0.05 min: " in written
+
+
+def test_kd_takes_the_largest_k_that_makes_its_minimum_of_pairs_else_the_cheapest():
+    assert race.kd_k(120.0, 0.01, 8) == 32   # DDIM-32: 120 / 0.32 x 8 = 3,000 pairs
+    assert race.kd_k(30.0, 0.01, 8) == 16    # DDIM-32: 750 pairs, DDIM-16: 1,500
+    assert race.kd_k(12.0, 0.01, 8) == 8     # DDIM-16: 600, DDIM-8: 1,200
+    assert race.kd_k(1.0, 0.01, 8) == 8      # none reaches 1,024: the cheapest
+    assert race.kd_k(1e9, 0.01, 8) == 32
+
+
+def test_variants_need_a_name_and_are_parsed_as_flags():
+    assert race.parse_args(["--variant", "lr=--lr 1e-4 --batch-size 32"]).variants == {"lr": ["--lr", "1e-4", "--batch-size", "32"]}
+    for bad in ("--lr 1e-4", "=--lr 1e-4", "KD=--lr 1e-4"):
+        with pytest.raises(SystemExit):
+            race.parse_args(["--variant", bad])
+
+
+def test_cpu_seconds_count_this_process_apart_from_the_others():
+    before = runtime.cpu_seconds()
+    if before is None:
+        pytest.skip("no /proc/stat on this system")
+    x = torch.randn(256, 256)
+    for _ in range(200):
+        x = torch.tanh(x @ x.T / 256)
+    after = runtime.cpu_seconds()
+    assert after[0] > before[0], "this process's CPU seconds grow with its work"
+    assert after[1] >= before[1] - 0.05  # every other process's: a running total
