@@ -6,18 +6,19 @@
 
 Each budget B is wall-clock seconds of this one process, both methods in turn, on the same student (train_toy's
 pixel default: the teacher's copy, the same seed) with train_toy's optimizer and loop:
-- BOOT: train_toy's recipe. A pilot of PILOT steps (on a copy, counted in B) times a step; the steps are what is
-  left of B over that, the warm-up WARMUP_SHARE of them (the default's 200 of 2,500); no step starts after B.
+- BOOT: train_toy's recipe, its learning rate's warm-up and cosine decay run over B's seconds in place of steps
+  (warm-up WARMUP_SHARE of them, as the default's 200 of 2,500 steps), so that each run anneals to 0 at its
+  deadline whatever its speed (runtime.timed_warmup_cosine); no step starts after B.
 - KD (Luhman & Luhman 2021): the first PAIR_SHARE of B makes pairs (noise, the teacher's DDIM-k from it), k the
-  largest of KD_KS that gives KD_MIN_PAIRS pairs there (else the smallest), as a user sizes it; then a pilot and
-  its steps fitted to the rest, regressed at t = 0.
+  largest of KD_KS that gives KD_MIN_PAIRS pairs there (else the smallest), as a user sizes it; then the same
+  student regressed at t = 0, its schedule over the rest of B.
 Both are judged on the same noises (seed + 1, as train_toy's evaluation) against the teacher's DDIM-REF from them,
 and by the teacher's judge (FD to held-out digits, class shares). Teacher calls are counted as made (rows the
-teacher evaluates, pilots included). Every other process's CPU seconds during each run (/proc/stat) say whether
+teacher evaluates). Every other process's CPU seconds during each run (/proc/stat) say whether
 the machine was otherwise idle. Writes JSON, markdown beside it, and a PNG (FD and RMSE against seconds and calls).
 """
-import copy
 import datetime
+import hashlib
 import json
 import os
 import shlex
@@ -37,8 +38,8 @@ from bootkit import evaluation, kd, metrics, runtime, toy
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = "teachers/mnist16"
-PILOT = 8              # steps that time a step before a budget's steps are fixed
-WARMUP_SHARE = 0.08    # train_toy's pixel default: 200 warm-up steps of 2,500
+STEP_CAP = 10 ** 7     # the budget ends a run, not its steps
+WARMUP_SHARE = 0.08    # of the budget's seconds: train_toy's pixel default warms up over 200 steps of 2,500
 PAIR_SHARE = 0.15      # KD: the budget's share spent on pairs
 KD_KS, KD_MIN_PAIRS = (8, 16, 32), 1024
 EVAL, REF = 1000, 64   # evaluation noises, the reference's DDIM steps (train_toy's CPU default reference)
@@ -91,72 +92,60 @@ def kd_k(seconds: float, call_seconds: float, batch: int) -> int:
     return max(fits, default=min(KD_KS))
 
 
-def fitted_steps(seconds_left: float, step_seconds: float) -> int:
-    return max(1, int(seconds_left / step_seconds))
-
-
 def last_step(out: Path) -> int:
     return max(json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines())
 
 
-def step_seconds(out: Path) -> float:
-    """A step's seconds in a pilot, from its log (toy.train's own loop, set-up left out)."""
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    return 1 / [r for r in records if "steps_per_s" in r][-1]["steps_per_s"]
-
-
-def recipe(opts, extra, steps, out, device):
+def recipe(opts, extra, out, device):
+    """train_toy's flags for a budgeted run: the steps a cap the budget ends first (the schedule follows seconds)."""
     flags = ["--teacher", opts.teacher, "--seed", str(opts.seed), "--device", str(device)] + opts.flags + extra
-    return toy.parse_args(flags + ["--steps", str(steps), "--warmup", str(round(WARMUP_SHARE * steps)), "--out", str(out)])
+    return toy.parse_args(flags + ["--steps", str(STEP_CAP), "--out", str(out)])
 
 
 def boot_run(opts, extra, budget, d, tmp):
     start, busy = time.perf_counter(), runtime.cpu_seconds()
-    pilot = recipe(opts, extra, PILOT, tmp / "pilot", d.device)
-    teacher, schedule, student, shape, _ = toy.build(pilot, d.device)  # sets the family's grid spacing
+    args = recipe(opts, extra, tmp, d.device)
+    teacher, schedule, student, shape, _ = toy.build(args, d.device)
     counting = Counting(teacher)
-    toy.train(pilot, d, counting, schedule, copy.deepcopy(student), shape)
-    per_step = step_seconds(tmp / "pilot")
-    steps = fitted_steps(start + budget - time.perf_counter(), per_step)
-    args = recipe(opts, extra, steps, tmp / "run", d.device)
-    args.spacing = args.spacing or pilot.spacing
-    student = toy.train(args, d, counting, schedule, student, shape, until=start + budget)
-    return student, dict(seconds=time.perf_counter() - start, busy=busy, pilot_step_s=per_step, steps=steps,
-                         steps_done=last_step(tmp / "run"), warmup=args.warmup, teacher_calls=counting.rows)
+    student = toy.train(args, d, counting, schedule, student, shape, budget=(start, budget, WARMUP_SHARE))
+    return student, dict(seconds=time.perf_counter() - start, busy=busy, steps_done=last_step(tmp),
+                         teacher_calls=counting.rows)
 
 
 def kd_run(opts, budget, d, tmp):
     start, busy = time.perf_counter(), runtime.cpu_seconds()
-    args = recipe(opts, [], PILOT, tmp / "pilot", d.device)
+    args = recipe(opts, [], tmp, d.device)
     teacher, schedule, student, shape, _ = toy.build(args, d.device)
     counting = Counting(teacher)
     gen = torch.Generator().manual_seed(opts.seed + 100)  # pair noises apart from the evaluation's (seed + 1)
     probe = torch.randn(args.batch_size, *shape, generator=gen).to(d.device)
     clock = time.perf_counter()
     boot.ddim_sample(counting, probe, schedule=schedule, steps=1)  # one teacher call times a call
-    k = kd_k(PAIR_SHARE * budget - (time.perf_counter() - start), time.perf_counter() - clock, args.batch_size)
-    most = int(PAIR_SHARE * budget / (time.perf_counter() - clock) / k * args.batch_size * 2) + args.batch_size
+    call_seconds = time.perf_counter() - clock
+    k = kd_k(PAIR_SHARE * budget - (time.perf_counter() - start), call_seconds, args.batch_size)
+    most = int(PAIR_SHARE * budget / call_seconds / k * args.batch_size * 2) + args.batch_size
     noise = torch.randn(most, *shape, generator=gen).to(d.device)
     x, target = kd.pairs(counting, schedule, noise, k=k, batch=args.batch_size, until=start + PAIR_SHARE * budget)
-    pair_seconds = time.perf_counter() - start
-    kd.train(args, d, copy.deepcopy(student), x, target, tmp / "pilot")
-    per_step = step_seconds(tmp / "pilot")
-    steps = fitted_steps(start + budget - time.perf_counter(), per_step)
-    args = recipe(opts, [], steps, tmp / "run", d.device)
-    student = kd.train(args, d, student, x, target, tmp / "run", until=start + budget)
-    return student, dict(seconds=time.perf_counter() - start, busy=busy, pilot_step_s=per_step, steps=steps,
-                         steps_done=last_step(tmp / "run"), warmup=args.warmup, teacher_calls=counting.rows, k=k,
-                         pairs=len(x), pair_seconds=pair_seconds)
+    trained = time.perf_counter()
+    student = kd.train(args, d, student, x, target, tmp, budget=(trained, start + budget - trained, WARMUP_SHARE))
+    return student, dict(seconds=time.perf_counter() - start, busy=busy, steps_done=last_step(tmp),
+                         teacher_calls=counting.rows, k=k, pairs=len(x), pair_seconds=trained - start)
 
 
 def teacher_figures(opts, d):
     """The evaluation's noise, the teacher's DDIM-REF from it, its DDIM-k curve and judged figures."""
-    args = recipe(opts, [], 1, "unused", d.device)
+    args = recipe(opts, [], "unused", d.device)
     teacher, schedule, _, shape, _ = toy.build(args, d.device)
     judge = evaluation.find_judge(args, shape, d.device)
     if judge is None:
         raise runtime.UsageError(f"--teacher {opts.teacher}: no judge/ folder (teachers/train_teacher.py writes one)")
     eps = torch.randn(opts.eval, *shape, generator=torch.Generator().manual_seed(opts.seed + 1)).to(d.device)
+    weights = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(opts.teacher).glob("unet/*")))).hexdigest()[:16]
+    cache = ROOT / "runs" / "race-cache" / f"{Path(opts.teacher).name}-{weights}-n{opts.eval}-ref{opts.ref}-seed{opts.seed}.pt"
+    if cache.exists() and not opts.quick:  # the teacher's figures on these noises, from an earlier race (runs/ is not committed)
+        say(f"the teacher's DDIM-{opts.ref} and DDIM-k on {opts.eval} noises: from {cache}")
+        saved = torch.load(cache)
+        return eps, saved["reference"].to(d.device), saved["curve"], judge, saved["rows"]
     sample = lambda k: metrics.batched(lambda e: boot.ddim_sample(teacher, e, schedule=schedule, steps=k), eps, 64)
     say(f"the teacher's DDIM-{opts.ref} and DDIM-k on {opts.eval} noises (not timed)")
     reference = sample(opts.ref)
@@ -165,6 +154,10 @@ def teacher_figures(opts, d):
     scores = evaluation.judged(judge, {"reference": reference, **{str(k): x for k, x in ddim.items()}})
     rows = {str(k): dict(rmse=curve.get(k, 0.0), fd=scores["fd"][key], class_share=scores["class_share"][key])
             for k, key in [*[(k, str(k)) for k in ddim], (opts.ref, "reference")]}
+    if opts.quick:
+        return eps, reference, curve, judge, rows
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"reference": reference.cpu(), "curve": curve, "rows": rows}, cache)
     return eps, reference, curve, judge, rows
 
 
@@ -193,17 +186,18 @@ def report(r) -> str:
            f"- command: `{r['command']}`",
            f"- teacher: {r['teacher']}; the student: train_toy's pixel default (the teacher's copy), seed {r['seed']}",
            f"- {busy_line(r)}",
-           "- BOOT: train_toy's recipe, steps fitted to the budget by a pilot of "
-           f"{PILOT} steps (counted), warm-up {WARMUP_SHARE:.0%} of the steps. KD: {PAIR_SHARE:.0%} of the budget "
+           "- BOOT: train_toy's recipe, its learning rate's warm-up and cosine decay over the budget's seconds "
+           f"(warm-up {WARMUP_SHARE:.0%} of them), no step after it. KD: {PAIR_SHARE:.0%} of the budget "
            f"on pairs of the teacher's DDIM-k (k the largest of {', '.join(map(str, KD_KS))} that gives "
-           f"{KD_MIN_PAIRS:,} pairs), then the same student, optimizer and loop regressed at t = 0.",
+           f"{KD_MIN_PAIRS:,} pairs), then the same student, optimizer and loop regressed at t = 0, its schedule over "
+           "the rest of the budget.",
            f"- judged alike: {r['eval']} noises (seed + 1), RMSE per pixel to the teacher's DDIM-{r['ref']} from them, "
            "effective NFE on its DDIM-k curve, FD of the teacher's judge to held-out digits, class shares (uniform 0.100)."
-           " Teacher calls: rows the teacher evaluated, pilots included.\n",
+           " Teacher calls: rows the teacher evaluated.\n",
            "| budget | method | recipe | teacher calls | seconds | RMSE | effective NFE | FD | class shares, min - max |",
            "|---|---|---|---|---|---|---|---|---|"]
     for row in r["runs"]:
-        what = f"{row['steps_done']:,} of {row['steps']:,} steps, warm-up {row['warmup']}"
+        what = f"{row['steps_done']:,} steps"
         if row["method"] == "KD":
             what = f"{row['pairs']:,} pairs of DDIM-{row['k']} ({row['pair_seconds']:.0f} s), " + what
         out.append(f"| {row['budget_min']:g} min | {row['method']} | {what} | {row['teacher_calls']:,} | "
@@ -293,7 +287,7 @@ def main(argv=None):
                 row["other_cpu_s"] = None if busy is None else now[1] - busy[1]
                 row |= evaluation.score(student, eps, reference, curve, True, judge)
                 if method != "KD":  # where a BOOT student's error enters, on its training grid (KD trains t = 0 only)
-                    args = recipe(opts, flags or [], 1, "unused", d.device)
+                    args = recipe(opts, flags or [], "unused", d.device)
                     teacher, schedule, *_ = toy.build(args, d.device)
                     grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing)
                     row["error_map"] = evaluation.error_map(teacher, schedule, student, eps[:evaluation.ERROR_MAP_NOISES],

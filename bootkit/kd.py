@@ -25,10 +25,10 @@ def pairs(teacher, schedule, noise, *, k: int, batch: int, until=None):
     return noise[:len(target)], target
 
 
-def train(args, d, student, noise, target, out, until=None):
-    """Regress g(noise, 0) on the teacher's samples with toy.train's optimizer, schedule, EMA and loop; `until`: a
-    deadline (runtime.Trainer.fit). Returns the student to evaluate (the EMA if on)."""
-    optimizer, lr_schedule, ema = toy.optimization(args, student)
+def train(args, d, student, noise, target, out, budget=None):
+    """Regress g(noise, 0) on the teacher's samples with toy.train's optimizer, schedule, EMA and loop; budget:
+    as toy.train's. Returns the student to evaluate (the EMA if on)."""
+    optimizer, lr_schedule, ema = toy.optimization(args, student, budget)
     trainer = runtime.Trainer(out=out, model=student, optimizer=optimizer, lr_schedule=lr_schedule, ema=ema,
                               dist_info=d, config={}, ckpt_every=args.ckpt_every)
 
@@ -38,5 +38,5 @@ def train(args, d, student, noise, target, out, until=None):
         loss = (student(noise[i], noise.new_zeros(len(i))) - target[i]).pow(2).flatten(1).mean(1).mean()
         return loss, {"loss": loss.detach()}
 
-    trainer.fit(args.steps, loss_fn, desc=f"kd {Path(out).name}", until=until)
+    trainer.fit(args.steps, loss_fn, desc=f"kd {Path(out).name}", until=budget and budget[0] + budget[1])
     return (ema.module if ema is not None else student).eval()

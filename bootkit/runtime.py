@@ -185,6 +185,16 @@ def warmup_cosine(optimizer, steps: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def timed_warmup_cosine(optimizer, *, start: float, seconds: float, warmup_share: float):
+    """warmup_cosine over a budget of seconds in place of steps: the factor follows the share of the budget spent,
+    u = (time.perf_counter() - start) / seconds, so that a run of unknown speed warms up over warmup_share of it
+    and decays to 0 at its deadline (a race at equal seconds; not resumable)."""
+    def factor(_):
+        u = min(1.0, max(0.0, (time.perf_counter() - start) / seconds))
+        return min(1.0, u / warmup_share if warmup_share else 1.0) * 0.5 * (1 + math.cos(math.pi * u))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def _fsync(path: Path):
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -119,22 +119,26 @@ def build(args, device):
     return teacher, schedule, student.to(device), shape, None
 
 
-def optimization(args, student):
-    """Adam with warm-up then cosine decay to 0, and the EMA of the student's weights (None when --ema 0)."""
+def optimization(args, student, budget=None):
+    """Adam with warm-up then cosine decay to 0, and the EMA of the student's weights (None when --ema 0).
+    budget: (start, seconds, warm-up share): the schedule runs over those seconds in place of args.steps."""
     optimizer = torch.optim.Adam(student.parameters(), lr=args.lr)
     ema = None
     if args.ema:
         ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema))
+    if budget is not None:
+        start, seconds, share = budget
+        return optimizer, runtime.timed_warmup_cosine(optimizer, start=start, seconds=seconds, warmup_share=share), ema
     return optimizer, runtime.warmup_cosine(optimizer, args.steps, args.warmup), ema
 
 
-def train(args, d: runtime.Dist, teacher, schedule, student, shape, until=None):
-    """BOOT on the teacher through runtime.Trainer; returns the student to evaluate (the EMA if on). until: a
-    time.perf_counter() deadline (runtime.Trainer.fit)."""
+def train(args, d: runtime.Dist, teacher, schedule, student, shape, budget=None):
+    """BOOT on the teacher through runtime.Trainer; returns the student to evaluate (the EMA if on). budget:
+    (start, seconds, warm-up share): the learning rate follows the seconds, no step starts after start + seconds."""
     grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing).to(d.device)
     config = boot.BootConfig(weighting=args.weighting, boundary=args.boundary, order=args.order, jump=args.jump)
     model = DistributedDataParallel(student) if d.world > 1 else student
-    optimizer, lr_schedule, ema = optimization(args, student)
+    optimizer, lr_schedule, ema = optimization(args, student, budget)
     trainer = runtime.Trainer(out=args.out, model=model, optimizer=optimizer, lr_schedule=lr_schedule, ema=ema,
                               dist_info=d, config=vars(args), ckpt_every=args.ckpt_every)
     if args.resume and not trainer.resume(same_keys=sorted(set(vars(args)) - RESUMABLE)):
@@ -149,6 +153,6 @@ def train(args, d: runtime.Dist, teacher, schedule, student, shape, until=None):
             return boot.boot_loss(model, teacher, eps, schedule=schedule, grid=grid, config=config, k=k,
                                   target_student=ema.module if ema is not None else None)
 
-    trainer.fit(args.steps, loss_fn, desc=f"boot {Path(args.out).name}", until=until)
+    trainer.fit(args.steps, loss_fn, desc=f"boot {Path(args.out).name}", until=budget and budget[0] + budget[1])
     return (ema.module if ema is not None else student).eval()
 

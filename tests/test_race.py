@@ -31,21 +31,21 @@ def test_every_budget_runs_both_methods_and_each_variant_on_the_same_judged_nois
     curve = [r["teacher_ddim"][str(k)]["rmse"] for k in race.CURVE_KS if k < r["ref"]]
     assert curve == sorted(curve, reverse=True), "the teacher's DDIM-k nears its reference as k grows"
     for row in r["runs"]:
-        assert 1 <= row["steps_done"] <= row["steps"] and row["warmup"] == round(race.WARMUP_SHARE * row["steps"])
+        assert row["steps_done"] >= 1
         assert row["rmse"] > 0 and row["fd"] > 0 and abs(sum(row["class_share"]) - 1) < 1e-6
         assert row["other_cpu_s"] is None or row["other_cpu_s"] >= -1  # ticks round: a reading, not a figure
     assert path.with_suffix(".png").stat().st_size > 10_000
 
 
-def test_teacher_calls_are_the_rows_the_teacher_evaluated_pilots_included(quick):
+def test_teacher_calls_are_the_rows_the_teacher_evaluated(quick):
     r, _ = quick
     batch = int(race.QUICK["flags"][race.QUICK["flags"].index("--batch-size") + 1])
     for row in r["runs"]:
         if row["method"] == "KD":  # one probe call on a batch times the teacher, then P pairs of DDIM-k
             assert row["teacher_calls"] == batch + row["pairs"] * row["k"]
             assert row["pairs"] % batch == 0 and row["k"] in race.KD_KS
-        else:  # Heun, jump 1, the exact boundary: two calls on the batch a step, the pilot's steps too
-            assert row["teacher_calls"] == (race.PILOT + row["steps_done"]) * batch * 2
+        else:  # Heun, jump 1, the exact boundary: two calls on the batch a step
+            assert row["teacher_calls"] == row["steps_done"] * batch * 2
 
 
 def test_the_markdown_and_picture_render_from_the_json_alone(quick):
