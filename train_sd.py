@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: spinning made small steps 60x slower on a busy CPU
@@ -36,7 +37,7 @@ from bootkit.runtime import UsageError
 RUN_OUTPUTS = ("checkpoints", "validation", "figures", sd.PIPELINE, "boot_sd.json", "log.jsonl")  # --overwrite clears
 # The flags that may change on --resume: where and how long the run goes, what it shows and checks at the end, and
 # the sampling-only ones (never set in training). Every other flag is the recipe, recorded and compared.
-RESUMABLE = {"out", "resume", "overwrite", "device", "steps", "ckpt_every", "validate_every", "validation_prompts",
+RESUMABLE = {"out", "resume", "overwrite", "device", "steps", "time_limit", "ckpt_every", "validate_every", "validation_prompts",
              "gradient_checkpointing", "judge", "eval_samples", "sample", "evaluate", "teacher_steps", "tiny_vae"}
 VALIDATION_IMAGES = 4  # prompts of the validation picture by default (the first training prompts)
 MAX_VALIDATION_IMAGES = 16  # a --validation-prompts file may hold up to this many
@@ -57,7 +58,8 @@ def lr_schedule(optimizer, args):
 # Training, sampling and the judged evaluation.
 
 
-def train(args, prompts):
+def train(args, prompts, started: float):
+    """started: time.perf_counter() at main's start, from which --time-limit counts."""
     out = Path(args.out or "runs/sd")
     runtime.check_out(out, allowed=args.resume or args.overwrite,
                       hint="pass --resume to continue the run there, or --overwrite to replace it")
@@ -168,7 +170,8 @@ def train(args, prompts):
                                title=f"step {step}, w = {w_val:g}: the student below its fixed point (the teacher's "
                                      f"{fixed_point} on the {args.spacing} grid), same noise in a column")
 
-    trainer.fit(args.steps, loss_fn, desc="boot-sd", every=(args.validate_every, validate))
+    until = None if args.time_limit is None else started + 60 * args.time_limit
+    trainer.fit(args.steps, loss_fn, desc="boot-sd", every=(args.validate_every, validate), until=until)
     if d.main:
         if figures.get("step") != trainer.step:  # every run ends with a picture of its final student
             validate(trainer.step)
@@ -312,6 +315,10 @@ def parser():
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
     p.add_argument("--steps", type=positive(), default=10_000,
                    help="training steps in all (a resumed run counts its earlier ones)")
+    p.add_argument("--time-limit", type=positive(float), metavar="MINUTES",
+                   help="no training step starts after this many minutes from the start of the process; the run then "
+                        "ends as at its last step (checkpoint, pipeline/, log). For a job's time limit, or races at "
+                        "equal seconds (bench/race.py); the lr schedule still follows --steps")
     p.add_argument("--batch-size", type=positive(), default=8,
                    help="examples per step and process (images per student call with --sample)")
     p.add_argument("--lr", type=positive(float), help=f"AdamW learning rate (default {LR_SMALL:g} for a UNet under "
@@ -380,6 +387,7 @@ def parser():
 
 @runtime.cli
 def main(argv=None):
+    started = time.perf_counter()  # --time-limit counts from here
     args = parser().parse_args(argv)
     if (args.sample or args.evaluate) and args.validation_prompts:
         raise UsageError(f"--validation-prompts is a training option; {'--sample' if args.sample else '--evaluate'} "
@@ -389,10 +397,15 @@ def main(argv=None):
     if args.sample and (args.judge or args.eval_samples):
         raise UsageError(f"{'--judge' if args.judge else '--eval-samples'} is an option of training and --evaluate, "
                          "not of --sample")
+    if (args.sample or args.evaluate) and args.time_limit:
+        raise UsageError(f"--time-limit is a training option, not of {'--sample' if args.sample else '--evaluate'}")
     if args.evaluate and args.out:
         raise UsageError("--evaluate writes into RUN itself (boot_sd.json, figures/); it takes no --out")
     prompts = sd.read_prompts(args.prompts)
-    (sample if args.sample else evaluate if args.evaluate else train)(args, prompts)
+    if args.sample or args.evaluate:
+        (sample if args.sample else evaluate)(args, prompts)
+    else:
+        train(args, prompts, started)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python bench/race.py --budgets 2 5 15 --json bench/results/race.json    # teachers/mnist16 (minutes per budget)
     python bench/race.py --quick --json /tmp/race.json                        # seconds-long budgets: the pieces only
     python bench/race.py --render bench/results/race.json                     # the markdown and PNG again, from JSON
+    python bench/race.py --teacher teachers/mnist-t2i --budgets 2 5 10         # text-to-image: bench/race_t2i.py
 
 Each budget B is wall-clock seconds of this one process, both methods in turn, on the same student (train_toy's
 pixel default: the teacher's copy, the same seed) with train_toy's optimizer and loop:
@@ -35,14 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's
 import torch
 
 import boot
+import race_t2i
 from bootkit import evaluation, kd, metrics, runtime, toy
+from bootkit.kd import KD_KS, KD_MIN_PAIRS, PAIR_SHARE, STEP_CAP, Counting, busy_line, kd_k, last_step
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = "teachers/mnist16"
-STEP_CAP = 10 ** 7     # the budget ends a run, not its steps
 WARMUP_SHARE = 0.08    # of the budget's seconds: train_toy's pixel default warms up over 200 steps of 2,500
-PAIR_SHARE = 0.15      # KD: the budget's share spent on pairs
-KD_KS, KD_MIN_PAIRS = (8, 16, 32), 1024
 EVAL, REF = 1000, 64   # evaluation noises, the reference's DDIM steps (train_toy's CPU default reference)
 CURVE_KS = (1, 2, 4, 8, 16, 32)
 QUICK = dict(budgets=[0.05, 0.1], eval=32, ref=8, flags=["--batch-size", "8"])
@@ -54,7 +54,8 @@ def say(*args):
 
 def parse_args(argv):
     p = runtime.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--teacher", default=TEACHER, help="a pixel teacher folder with a judge/ (teachers/train_teacher.py)")
+    p.add_argument("--teacher", default=TEACHER, help="a pixel teacher folder with a judge/ (teachers/train_teacher.py), "
+                   "or a text-to-image one (teachers/mnist-t2i): the text-to-image race of bench/race_t2i.py")
     p.add_argument("--budgets", nargs="+", type=runtime.positive(float), default=[2, 5, 15, 30, 60], metavar="MIN",
                    help="budgets in minutes of this machine, each run by both methods")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
@@ -63,8 +64,8 @@ def parse_args(argv):
                    help="race KD too (--no-kd: BOOT and its variants only, levers at equal seconds)")
     p.add_argument("--seed", type=int, default=0, help="seed of both methods' runs (weights, noises, pairs)")
     p.add_argument("--quick", action="store_true", help="budgets of seconds, 32 noises: checks the pieces, not the figures")
-    p.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "race.json"),
-                   help="where the figures go; markdown beside it (.md), the picture as NAME.png")
+    p.add_argument("--json", help="where the figures go (default bench/results/race.json, race-t2i.json for a "
+                                   "text-to-image teacher); markdown beside it (.md), the picture as NAME.png")
     p.add_argument("--render", metavar="JSON", help="measure nothing: the markdown and picture of a --json file")
     opts = p.parse_args(argv)
     variants = {}
@@ -75,28 +76,6 @@ def parse_args(argv):
         variants[name.strip()] = shlex.split(flags)
     opts.variants = variants
     return opts
-
-
-class Counting:
-    """The teacher, counting the rows it evaluates (per-sample teacher calls)."""
-
-    def __init__(self, teacher):
-        self.teacher, self.rows = teacher, 0
-
-    def __call__(self, x_t, t, cond=None):
-        self.rows += len(x_t)
-        return self.teacher(x_t, t, cond)
-
-
-def kd_k(seconds: float, call_seconds: float, batch: int) -> int:
-    """KD's k: the largest of KD_KS whose pairs, at call_seconds a teacher call on `batch` rows, reach KD_MIN_PAIRS
-    in `seconds`; the smallest when none does."""
-    fits = [k for k in KD_KS if seconds / (k * call_seconds) * batch >= KD_MIN_PAIRS]
-    return max(fits, default=min(KD_KS))
-
-
-def last_step(out: Path) -> int:
-    return max(json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines())
 
 
 def recipe(opts, extra, out, device):
@@ -172,16 +151,6 @@ def winner(rows: list, budget: float) -> str:
     gap = (at[1]["fd"] - at[0]["fd"]) / at[0]["fd"]
     return (f"{at[0]['method']} by {gap:.0%} in FD over {at[1]['method']}"
             + (" (under 10%: one seed does not settle it)" if gap < 0.1 else ""))
-
-
-def busy_line(r) -> str:
-    others = [row["other_cpu_s"] for row in r["runs"] if row.get("other_cpu_s") is not None]
-    if not others:
-        return "other processes' CPU time: not measured (no /proc/stat)"
-    share = max(row["other_cpu_s"] / row["seconds"] for row in r["runs"] if row.get("other_cpu_s") is not None)
-    idle = "otherwise idle" if share < 0.05 else "NOT idle: other processes ran during the race"
-    return (f"other processes' CPU time during each run: {min(others):.1f} to {max(others):.1f} CPU s, at most "
-            f"{share:.1%} of one core: the machine was {idle}")
 
 
 def report(r) -> str:
@@ -260,6 +229,8 @@ def picture(r, path: Path):
 def render(path: Path) -> str:
     try:
         r = json.loads(path.read_text())
+        if r.get("race") == "text-to-image":
+            return race_t2i.render(r, path)
         text = report(r)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise runtime.UsageError(f"--render {path}: not figures of this race ({type(e).__name__}: {e})") from None
@@ -274,11 +245,19 @@ def main(argv=None):
     opts = parse_args(argv)
     if opts.render:
         return render(Path(opts.render))
-    path = Path(opts.json)
-    if path.is_dir() or path.suffix != ".json":
-        raise runtime.UsageError(f"--json {path}: name a file ending .json (the markdown and picture go beside it)")
     if not Path(opts.teacher).is_absolute() and not Path(opts.teacher).exists() and (ROOT / opts.teacher).exists():
         opts.teacher = str(ROOT / opts.teacher)
+    text = race_t2i.is_text_teacher(opts.teacher)
+    path = Path(opts.json or Path(__file__).resolve().parent / "results" / f"race{'-t2i' if text else ''}.json")
+    if path.is_dir() or path.suffix != ".json":
+        raise runtime.UsageError(f"--json {path}: name a file ending .json (the markdown and picture go beside it)")
+    if text:
+        if opts.variants or not opts.kd:
+            raise runtime.UsageError("--variant and --no-kd: for the pixel race (train_toy flags); not with a "
+                                     "text-to-image --teacher")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        opts.teacher = str(Path(opts.teacher).resolve())
+        return race_t2i.main(opts, argv, path)
     opts.eval, opts.ref, opts.flags = (QUICK["eval"], QUICK["ref"], QUICK["flags"]) if opts.quick else (EVAL, REF, [])
     budgets = QUICK["budgets"] if opts.quick else opts.budgets
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -75,8 +75,10 @@ def judged_ws(w: float, guidance_range) -> list:
 
 
 @torch.no_grad()
-def judge_guided(teacher, judge, reference, texts: list, eps, *, ws, student=None, dtype: str = "fp32") -> tuple:
-    """For each w in ws: the teacher's guided DDIM-k (k in digits.FIGURE_KS) and, given a student UNet, its one call,
+def judge_guided(teacher, judge, reference, texts: list, eps, *, ws, student=None, dtype: str = "fp32",
+                 teacher_ks=digits.FIGURE_KS) -> tuple:
+    """For each w in ws: the teacher's guided DDIM-k (k in teacher_ks; none, to judge a student alone, as
+    bench/race_t2i.py judges each of its students against teacher rows drawn once) and, given a student UNet, its one call,
     from the same noise eps and prompts texts (each naming one digit), JUDGE_BATCH at a time under the autocast of
     dtype (--dtype's name), decoded to gray (digits.decode) and scored by the judge in float32
     (metrics.judge_prompted). teacher: sd.load_teacher's. Returns (scores, images, named): scores[w] = {"teacher_ddim":
@@ -95,13 +97,13 @@ def judge_guided(teacher, judge, reference, texts: list, eps, *, ws, student=Non
         return x, metrics.judge_prompted(judge, x, named, *reference)
 
     scores, images = {}, {}
-    calls = len(ws) * (sum(digits.FIGURE_KS) + (student is not None))
+    calls = len(ws) * (sum(teacher_ks) + (student is not None))
     with tqdm(total=calls, desc="judge", unit="call", dynamic_ncols=True) as bar:
         for w in ws:
             name = f"{w:g}"
             row, seen = scores.setdefault(name, {"teacher_ddim": {}}), images.setdefault(name, {})
             guided = teacher.teacher.finish(boot.guided(net, scale=float(w), null_cond=null))
-            for k in digits.FIGURE_KS:
+            for k in teacher_ks:
                 bar.set_postfix_str(f"w {name}, teacher DDIM-{k}")
                 seen[f"DDIM-{k}"], row["teacher_ddim"][str(k)] = score(
                     lambda e, c: boot.ddim_sample(guided, e, schedule=schedule, steps=k, cond=c))

@@ -548,6 +548,23 @@ def test_model_card(tiny_sd, prompts, tmp_path):
     assert hub.data.base_model == "org/model"
 
 
+def test_time_limit_stops_the_run_as_at_its_last_step_and_resume_goes_on_without_it(tiny_sd, prompts, tmp_path):
+    """--time-limit (a job's limit, bench/race.py's equal seconds): no step starts after it; the run ends as at its
+    last step (budget logged, checkpoint, pipeline), and --resume without it (a RESUMABLE flag) reaches --steps."""
+    run = tmp_path / "run"
+    flags = ["--steps", "50", "--validate-every", "1000"]
+    train_sd.main(train_args(tiny_sd, prompts, run, *flags, "--time-limit", "1e-6"))
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    ran_out = [r for r in records if "budget ran out" in r.get("event", "")]
+    assert len(ran_out) == 1 and ran_out[0]["step"] < 50
+    stopped = json.loads((run / "boot_sd.json").read_text())["steps"]
+    assert stopped == ran_out[0]["step"] and (run / "checkpoints" / f"step-{stopped:08d}").is_dir()
+    assert (run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    train_sd.main(train_args(tiny_sd, prompts, run, *flags, "--resume"))
+    assert json.loads((run / "boot_sd.json").read_text())["steps"] == 50
+    assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["step"] == 50
+
+
 # ----------------------------------------------------------------------------------------------------
 # --resume keeps the recipe: every flag outside train_sd.RESUMABLE is the run's own.
 

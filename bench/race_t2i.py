@@ -1,0 +1,294 @@
+"""bench/race_t2i.py: bench/race.py's text-to-image race, BOOT against knowledge distillation at equal budgets of
+seconds on a text-to-image digit teacher (teachers/mnist-t2i), where data-free should win: KD must make a pair (the
+teacher's guided DDIM-k) for every (prompt, w) it trains on, BOOT draws fresh prompts and w every step.
+
+    python bench/race.py --teacher teachers/mnist-t2i --budgets 2 5 10 --json bench/results/race-t2i.json
+    python bench/race.py --teacher teachers/mnist-t2i --quick --json /tmp/race-t2i.json    # the pieces, in ~2 minutes
+
+race.py runs it when --teacher is a diffusers folder with a text encoder. Each budget B is wall-clock seconds, both
+methods in turn, on the same student (sd.make_student: the teacher's UNet plus a zero-initialised guidance input),
+with train_sd's lr, batch and loss of one w range, [W_LO, W_HI]:
+- BOOT: train_sd.py --guidance-range 1,5 with its defaults, as a user runs it (a process of its own, start-up
+  counted), --time-limit the minutes left at its launch: its learning rate is constant, so the limit ends it.
+- KD: in this process, the first PAIR_SHARE of B makes pairs (noise, a prompt of the file, w ~ U[W_LO, W_HI], the
+  teacher's guided DDIM-k from them), k by race.py's rule (kd.kd_k); then AdamW regressing the student's one call
+  at t = 0 and that w on them (constant learning rate), no step after B.
+Both are judged alike (judging.judge_guided): the same EVAL noises (judging.JUDGE_SEED) and prompts in turn, at
+w = 1, 2, 3, 5, by prompted-digit accuracy and FD to the held-out digits; the teacher's guided DDIM-8 and DDIM-50 on
+them are drawn once. Teacher calls are rows the teacher evaluates (a guided call: 2, conditional and null): KD's counted as made (kd.Counting), BOOT's from its steps (boot_rows, tested against a counting teacher).
+"""
+import datetime
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+import boot
+from bootkit import digits, judging, runtime, sd
+from bootkit.kd import PAIR_SHARE, STEP_CAP, Counting, busy_line, kd_k, last_step
+
+ROOT = Path(__file__).resolve().parents[1]
+W_LO, W_HI = 1.0, 5.0  # the guidance range both students learn (train_sd --guidance-range 1,5)
+WS = digits.FIGURE_WS  # judged at w = 1, 2, 3, 5
+W = "3"                # who wins is read at this w
+TEACHER_KS = (8, 50)   # the teacher's guided DDIM-k rows of the table
+BATCH = 8              # train_sd's default --batch-size, both methods
+LR = 3e-4              # train_sd's default --lr for a UNet under 100 M parameters (train_sd.LR_SMALL; tested alike)
+PAIR_BATCH = 64        # KD's pairs are made this many at a time (the teacher's throughput, as a user batches them)
+EVAL = 500             # judged samples per w: as the benchmark's (bench/benchmark.py TEXT_EVAL_SAMPLES)
+QUICK = dict(budgets=[0.25, 0.5], eval=20, batch=2, pair_batch=8)
+
+
+def say(*args):
+    print("race:", *args, file=sys.stderr, flush=True)
+
+
+def is_text_teacher(folder) -> bool:
+    """A diffusers pipeline folder with a text encoder (a pixel teacher such as teachers/mnist16 has none)."""
+    index = Path(folder) / "model_index.json"
+    try:
+        return "text_encoder" in json.loads(index.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def boot_rows(steps: int, batch: int, order: int = 2) -> int:
+    """The teacher rows of BOOT steps in train_sd: each example's target is one teacher step of `order` guided calls
+    (Heun: 2; in training the rows stepping to t = 0 ride along in the batched call), each call 2 rows."""
+    return steps * batch * order * 2
+
+
+def boot_run(opts, budget, d, tmp):
+    """train_sd.py as a user runs it, stopped by --time-limit at the budget."""
+    start, busy = time.perf_counter(), runtime.cpu_seconds()
+    flags = ["--teacher", opts.teacher, "--prompts", str(Path(opts.teacher) / "prompts.txt"), "--guidance-range",
+             f"{W_LO:g},{W_HI:g}", "--judge", "none", "--seed", str(opts.seed), "--device", str(d.device),
+             "--batch-size", str(opts.batch)]
+
+    def train_sd(*extra):  # a process of its own, as a user runs it (scripts are run, never imported)
+        if subprocess.run([sys.executable, str(ROOT / "train_sd.py"), *flags, *extra]).returncode:
+            raise runtime.RunError(f"train_sd.py {shlex.join(flags + list(extra))} failed; its message is above")
+    left = start + budget - time.perf_counter()  # train_sd's learning rate is constant: the limit ends the run
+    train_sd("--steps", str(STEP_CAP), "--time-limit", f"{max(left, 0.06) / 60:.6g}", "--out", str(tmp / "run"))
+    meta = json.loads((tmp / "run" / "boot_sd.json").read_text())
+    done = last_step(tmp / "run")
+    student = sd.load_student(tmp / "run", "bench/race.py", d.device)
+    return student, dict(seconds=time.perf_counter() - start, busy=busy, steps_done=done, batch=meta["batch_size"],
+                         order=meta["order"], lr=meta["lr"], teacher_calls=boot_rows(done, meta["batch_size"], meta["order"]))
+
+
+class Pairs:
+    """KD's data set: noise, a prompt of the file, w ~ U[W_LO, W_HI], the teacher's guided DDIM-k from them."""
+
+    def __init__(self, parts, teacher, prompts, encode, null, shape, seed, dtype, device):
+        self.parts, self.teacher, self.prompts, self.encode, self.null = parts, teacher, prompts, encode, null
+        self.shape, self.dtype, self.device = shape, dtype, device
+        self.gen = torch.Generator().manual_seed(seed + 100)  # apart from the judged noise (judging.JUDGE_SEED)
+
+    def batch(self, n: int, k: int):
+        eps = sd.noise(self.gen, n, self.shape, self.device)
+        which = torch.randint(len(self.prompts), (n,), generator=self.gen)
+        w = (W_LO + (W_HI - W_LO) * torch.rand(n, generator=self.gen)).to(self.device)
+        cond = self.encode(self.prompts.read(which.tolist()))
+        guided = self.parts.teacher.finish(boot.guided(self.teacher, scale=w, null_cond=self.null))
+        with sd.autocast(self.device, self.dtype):
+            x0 = boot.ddim_sample(guided, eps, schedule=self.parts.teacher.schedule, steps=k, cond=cond)
+        return eps, which.to(self.device), w, x0.float()
+
+    def until(self, deadline: float, n: int, k: int):
+        """Batches of n pairs until the deadline (a time.perf_counter()), at least one: (eps, prompt, w, x0)."""
+        made = [self.batch(n, k)]
+        while time.perf_counter() < deadline:
+            made.append(self.batch(n, k))
+        return [torch.cat(parts) for parts in zip(*made)]
+
+
+def kd_train(student, pairs, data, *, steps, batch, seed, dtype, d, out, until=None):
+    """AdamW at train_sd's lr, constant, clipped as train_sd: the student's one call at t = 0 and the pair's w,
+    regressed on the teacher's sample (mean squared error) in runtime.Trainer's loop."""
+    eps, which, w, x0 = data
+    schedule, prediction = pairs.parts.teacher.schedule, pairs.parts.teacher.prediction
+    trainer = runtime.Trainer(out=out, model=student, optimizer=torch.optim.AdamW(student.parameters(), lr=LR),
+                              dist_info=d, config={}, ckpt_every=10 ** 9)
+
+    def loss_fn(step):
+        i = torch.randint(len(eps), (batch,), generator=runtime.step_generator(seed, d.rank, step, d.device),
+                          device=d.device)
+        cond = pairs.encode(pairs.prompts.read(which[i].tolist()))
+        with sd.autocast(d.device, dtype):
+            y = sd.student_fn(student, schedule, prediction, w[i])(eps[i], torch.zeros(batch, device=d.device), cond)
+        loss = (y.float() - x0[i]).pow(2).mean()
+        return loss, {"loss": loss.detach()}
+
+    trainer.fit(steps, loss_fn, desc=f"kd {Path(out).name}", until=until)
+    return student.eval()
+
+
+def kd_run(opts, budget, d, tmp):
+    start, busy = time.perf_counter(), runtime.cpu_seconds()
+    dtype = sd.DTYPES[opts.dtype]
+    parts = sd.load_teacher(opts.teacher, dtype, d.device)
+    prompts, encode = sd.read_prompts(Path(opts.teacher) / "prompts.txt"), sd.PromptEncoder(parts, d.device, warn=False)
+    counting = Counting(sd.teacher_fn(parts.unet, parts.teacher.schedule, parts.teacher.prediction))
+    pairs = Pairs(parts, counting, prompts, encode, encode([""]), opts.shape, opts.seed, dtype, d.device)
+    student = sd.make_student(opts.teacher).to(d.device)
+    clock = time.perf_counter()
+    pairs.batch(opts.pair_batch, 1)  # one guided call on a batch times a call (its rows counted, its pairs unused)
+    probe_rows = counting.rows
+    k = kd_k(PAIR_SHARE * budget - (time.perf_counter() - start), time.perf_counter() - clock, opts.pair_batch)
+    data = pairs.until(start + PAIR_SHARE * budget, opts.pair_batch, k)
+    pair_seconds = time.perf_counter() - start
+    student = kd_train(student, pairs, data, steps=STEP_CAP, out=tmp / "run", until=start + budget, batch=opts.batch,
+                       seed=opts.seed, dtype=dtype, d=d)
+    return student, dict(seconds=time.perf_counter() - start, busy=busy, steps_done=last_step(tmp / "run"),
+                         batch=opts.batch, lr=LR, k=k, pairs=len(data[0]), pair_seconds=pair_seconds,
+                         probe_rows=probe_rows, teacher_calls=counting.rows)
+
+
+def judged(opts, parts, judge, student=None, ks=()) -> dict:
+    """{w: {accuracy, fd}} of a student, or {k: {w: ...}} of the teacher's DDIM-k: the same noise and prompts."""
+    prompts = sd.read_prompts(Path(opts.teacher) / "prompts.txt")
+    texts = prompts.read([i % len(prompts) for i in range(opts.eval)])
+    eps = torch.randn(opts.eval, *opts.shape, generator=torch.Generator().manual_seed(judging.JUDGE_SEED)).to(opts.device)
+    scores, _, _ = judging.judge_guided(parts, judge.judge, judge.reference, texts, eps, ws=WS, student=student,
+                                        dtype=opts.dtype, teacher_ks=ks)
+    if student is not None:
+        return {w: row["student"] for w, row in scores.items()}
+    return {str(k): {w: row["teacher_ddim"][str(k)] for w, row in scores.items()} for k in ks}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report.
+
+
+def winner(rows: list, budget: float, n: int) -> str:
+    at = {r["method"]: r["judged"][W] for r in rows if r["budget_min"] == budget}
+    if "BOOT" not in at or "KD" not in at:
+        return ""
+    (b, k) = at["BOOT"], at["KD"]
+    gap = abs(b["fd"] - k["fd"]) / min(b["fd"], k["fd"])
+    fd = f"{'BOOT' if b['fd'] <= k['fd'] else 'KD'} by {gap:.0%} in FD" + (" (under 10%: one seed does not settle it)"
+                                                                          if gap < 0.1 else "")
+    se = (b["accuracy"] * (1 - b["accuracy"]) / n + k["accuracy"] * (1 - k["accuracy"]) / n) ** 0.5
+    diff = b["accuracy"] - k["accuracy"]
+    acc = ("a tie in accuracy" if diff == 0 else f"{'BOOT' if diff > 0 else 'KD'} by {abs(diff):.3f} in accuracy" +
+           (" (within 2 standard errors)" if abs(diff) < 2 * se else ""))
+    return f"{fd}, {acc}"
+
+
+def report(r) -> str:
+    ws = [f"{w:g}" for w in r["ws"]]
+    out = ["# BOOT against knowledge distillation at equal seconds, text-to-image\n",
+           f"- machine: {r['machine']}; torch {r['torch']}; {r['date']}; {r['wall_s'] / 60:.1f} minutes in all",
+           f"- command: `{r['command']}`",
+           f"- teacher: {r['teacher']}; the student: the teacher's UNet plus a zero-initialised guidance input "
+           f"(sd.make_student), one student for every w in [{W_LO:g}, {W_HI:g}]; batch {r['batch']}, AdamW lr "
+           f"{r['lr']:g} constant, seed {r['seed']}",
+           f"- {busy_line(r)}",
+           f"- BOOT: `train_sd.py --guidance-range {W_LO:g},{W_HI:g}` with its defaults (Heun, N 16), in processes of "
+           "its own (start-up counted), stopped by --time-limit at the budget. "
+           f"KD: {PAIR_SHARE:.0%} of the budget on pairs (noise, a prompt of the file, w ~ U[{W_LO:g}, {W_HI:g}], the "
+           "teacher's guided DDIM-k), then the student's one call at t = 0 and that w regressed on them: every "
+           "(prompt, w) it learns costs a pair; BOOT draws fresh ones every step.",
+           f"- judged alike: {r['eval']} samples per w from the same noise, prompts in turn; each cell the judge's "
+           "prompted-digit accuracy / FD to the held-out digits. Teacher calls: rows the teacher evaluated (a guided "
+           "call is 2); BOOT's end-of-run validation picture is left out.\n",
+           "| budget | method | recipe | teacher calls | seconds | " + " | ".join(f"w = {w}" for w in ws) + " |",
+           "|---|---|---|---|---|" + "---|" * len(ws)]
+    cells = lambda row: " | ".join(f"{row[w]['accuracy']:.3f} / {row[w]['fd']:.1f}" for w in ws)
+    for row in r["runs"]:
+        what = f"{row['steps_done']:,} steps"
+        if row["method"] == "KD":
+            what = f"{row['pairs']:,} pairs of DDIM-{row['k']} ({row['pair_seconds']:.0f} s), " + what
+        out.append(f"| {row['budget_min']:g} min | {row['method']} | {what} | {row['teacher_calls']:,} | "
+                   f"{row['seconds']:.0f} | {cells(row['judged'])} |")
+    for k, row in r["teacher_ddim"].items():
+        out.append(f"| | teacher DDIM-{k} | {k} guided calls a sample | {2 * int(k)} a sample | | {cells(row)} |")
+    out.append(f"\nWho wins each budget at w = {W}: " +
+               "; ".join(f"{b:g} min: {winner(r['runs'], b, r['eval'])}" for b in r["budgets_min"]) + ".")
+    out.append(f"\n![FD and accuracy at w = {W} against seconds and teacher calls]({Path(r['picture']).name})")
+    return "\n".join(out)
+
+
+def picture(r, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    methods = list(dict.fromkeys(row["method"] for row in r["runs"]))
+    for i, metric in enumerate(("fd", "accuracy")):
+        for j, x in enumerate(("seconds", "teacher_calls")):
+            ax = axes[i][j]
+            for method in methods:
+                rows = [row for row in r["runs"] if row["method"] == method]
+                ax.plot([row[x] for row in rows], [row["judged"][W][metric] for row in rows], "o-", label=method)
+            for k, row in r["teacher_ddim"].items():  # the teacher's DDIM-8 and DDIM-50: levels to reach
+                level = row[W][metric]
+                ax.axhline(level, ls="--", lw=0.8, color="gray")
+                ax.text(0.01, level, f"teacher DDIM-{k}", transform=ax.get_yaxis_transform(), fontsize=8, color="gray",
+                        va="bottom")
+            ax.set_xscale("log")
+            ax.set_yscale("log" if metric == "fd" else "linear")
+            ax.set_xlabel("seconds on this machine" if x == "seconds" else "teacher calls (rows evaluated)")
+            ax.set_ylabel(f"FD to held-out digits, w = {W}" if metric == "fd" else f"prompted-digit accuracy, w = {W}")
+            ax.legend(fontsize=8)
+    fig.suptitle(f"BOOT against KD at equal budgets, {r['teacher']} ({r['machine']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def render(r, path: Path) -> str:
+    """The markdown and picture beside path, the figures' JSON."""
+    text = report(r)
+    path.with_suffix(".md").write_text(text + "\n")
+    picture(r, path.with_suffix(".png"))
+    return text
+
+
+def main(opts, argv, path: Path) -> dict:
+    """The race, from race.py's parsed options (teacher, budgets, seed, quick)."""
+    budgets = QUICK["budgets"] if opts.quick else opts.budgets
+    opts.eval = QUICK["eval"] if opts.quick else EVAL
+    opts.batch, opts.pair_batch = (QUICK["batch"], QUICK["pair_batch"]) if opts.quick else (BATCH, PAIR_BATCH)
+    d = runtime.setup("cpu" if opts.quick else "auto")
+    opts.device, opts.dtype = d.device, sd.resolved_dtype("auto", d.device)
+    start = time.perf_counter()
+    parts = sd.load_teacher(opts.teacher, sd.DTYPES[opts.dtype], d.device)
+    resolution = parts.unet.config.sample_size * sd.vae_scale(parts.vae)
+    opts.shape = sd.latent_shape(parts.vae, parts.unet, resolution)
+    flag = f"bench/race.py --teacher {opts.teacher}"
+    judge = judging.judge_fits(judging.find_judge(SimpleNamespace(judge=None), sd.read_prompts(
+        Path(opts.teacher) / "prompts.txt"), opts.teacher, d, required=flag), resolution, d)
+    shown = opts.teacher.replace(str(ROOT) + "/", "")
+    r = dict(race="text-to-image", machine=runtime.machine_name(d.device), torch=torch.__version__, teacher=shown,
+             seed=opts.seed, date=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+             budgets_min=budgets, command=shlex.join(["python", "bench/race.py", *argv]), eval=opts.eval, ws=list(WS),
+             batch=opts.batch, lr=LR, picture=str(path.with_suffix(".png").name), runs=[])
+    say(f"the teacher's guided DDIM-{', '.join(map(str, TEACHER_KS))} on {opts.eval} noises per w (not timed)")
+    r["teacher_ddim"] = judged(opts, parts, judge, ks=TEACHER_KS)
+    with tempfile.TemporaryDirectory(prefix="race-t2i-") as tmp:
+        for budget in budgets:
+            for method in ("BOOT", "KD"):
+                say(f"{budget:g} min: {method}")
+                where = Path(tmp) / f"{method}-{budget:g}"
+                student, row = (boot_run if method == "BOOT" else kd_run)(opts, 60 * budget, d, where)
+                busy, now = row.pop("busy"), runtime.cpu_seconds()
+                row["other_cpu_s"] = None if busy is None else now[1] - busy[1]
+                row["judged"] = judged(opts, parts, judge, student=student)
+                r["runs"].append(dict(budget_min=budget, method=method, **row))
+                at = row["judged"][W]
+                say(f"{budget:g} min: {method}: w = {W} accuracy {at['accuracy']:.3f}, FD {at['fd']:.1f}, "
+                    f"{row['seconds']:.0f} s")
+                path.write_text(json.dumps(r | {"wall_s": time.perf_counter() - start}, indent=1))  # kept if stopped
+    r["wall_s"] = time.perf_counter() - start
+    path.write_text(json.dumps(r, indent=1))
+    print(render(r, path))
+    say(f"wrote {path}, {path.with_suffix('.md')} and {path.with_suffix('.png')}")
+    return r

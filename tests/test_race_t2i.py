@@ -1,0 +1,99 @@
+"""Tests of bench/race.py's text-to-image race (bench/race_t2i.py): one --quick race on teachers/mnist-t2i on the CPU,
+checked for behaviour (both methods per budget, teacher calls as counted, the report from its JSON), not for speed
+or who wins."""
+import json
+import math
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach the hub
+os.environ["OMP_NUM_THREADS"] = "1"  # tiny models: threads only contend with each other on a shared machine
+
+import pytest
+import torch
+
+import boot
+import race
+import race_t2i
+import train_sd
+from bootkit import kd, sd
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER = ROOT / "teachers" / "mnist-t2i"
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    path = tmp_path_factory.mktemp("race-t2i") / "race-t2i.json"
+    race.main(["--teacher", str(TEACHER), "--quick", "--json", str(path), "--seed", "0"])
+    return json.loads(path.read_text()), path
+
+
+def _judged(cells: dict):
+    assert list(cells) == ["1", "2", "3", "5"]
+    for cell in cells.values():
+        assert 0 <= cell["accuracy"] <= 1 and math.isfinite(cell["fd"]) and cell["fd"] > 0
+
+
+def test_the_quick_race_runs_both_methods_per_budget_judged_alike(quick):
+    r, _ = quick
+    assert r["race"] == "text-to-image" and r["budgets_min"] == race_t2i.QUICK["budgets"]
+    assert [(row["budget_min"], row["method"]) for row in r["runs"]] == [
+        (b, m) for b in race_t2i.QUICK["budgets"] for m in ("BOOT", "KD")]
+    assert list(r["teacher_ddim"]) == ["8", "50"]
+    for row in r["teacher_ddim"].values():
+        _judged(row)
+    for row in r["runs"]:
+        _judged(row["judged"])
+        assert row["steps_done"] >= 1 and row["seconds"] > 0
+        assert row["batch"] == race_t2i.QUICK["batch"] and row["lr"] == train_sd.LR_SMALL  # the same recipe
+
+
+def test_teacher_calls_are_what_each_method_made(quick):
+    """KD: its pairs' guided DDIM-k (2 rows a call) and the probe that timed a call; BOOT: its steps, each example
+    2 guided calls (Heun), 2 rows each."""
+    r, _ = quick
+    for row in r["runs"]:
+        if row["method"] == "KD":
+            assert row["probe_rows"] == 2 * race_t2i.QUICK["pair_batch"] and row["k"] in kd.KD_KS
+            assert row["teacher_calls"] == row["pairs"] * row["k"] * 2 + row["probe_rows"]
+            assert row["pairs"] % race_t2i.QUICK["pair_batch"] == 0
+        else:
+            assert row["order"] == 2
+            assert row["teacher_calls"] == row["steps_done"] * row["batch"] * 2 * 2
+
+
+def test_a_text_to_image_teacher_chooses_the_text_race():
+    assert race_t2i.is_text_teacher(TEACHER) and not race_t2i.is_text_teacher(ROOT / "teachers" / "mnist16")
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_boot_rows_are_what_a_counting_teacher_sees_in_train_sds_loss(order):
+    """race_t2i.boot_rows against the teacher rows of one sd.boot_sd_loss, as train_sd calls it (k = 1, whose Heun
+    step ends at t = 0, rides along in the batched call)."""
+    parts = sd.load_teacher(str(TEACHER), torch.float32, torch.device("cpu"))
+    schedule, prediction = parts.teacher.schedule, parts.teacher.prediction
+    encode = sd.PromptEncoder(parts, torch.device("cpu"), warn=False)
+    counting = kd.Counting(sd.teacher_fn(parts.unet, schedule, prediction))
+    grid = boot.time_grid(schedule, 16, spacing="quadratic")
+    student, b = sd.make_student(str(TEACHER)), 3
+    shape = sd.latent_shape(parts.vae, parts.unet, parts.unet.config.sample_size * sd.vae_scale(parts.vae))
+    sd.boot_sd_loss(student, counting, eps=torch.randn(b, *shape), cond=encode(["a 3", "the digit 7", "9"]),
+                    w=torch.tensor([1.0, 2.5, 5.0]), k=torch.tensor([1, 8, 16]), schedule=schedule, grid=grid,
+                    prediction=prediction, null_cond=encode([""]), dtype=torch.float32, finish=parts.teacher.finish,
+                    order=order)
+    assert counting.rows == race_t2i.boot_rows(1, b, order)
+
+
+def test_the_markdown_renders_from_the_json(quick):
+    r, path = quick
+    written = path.with_suffix(".md").read_text()
+    path.with_suffix(".md").unlink()
+    path.with_suffix(".png").unlink()
+    race.main(["--render", str(path)])
+    assert path.with_suffix(".md").read_text() == written and path.with_suffix(".png").stat().st_size > 0
+    assert json.loads(path.read_text()) == r  # rendering measures nothing and leaves the figures alone
+    assert "| teacher DDIM-8 |" in written and "| teacher DDIM-50 |" in written
+    assert written.count("| BOOT |") == written.count("| KD |") == len(r["budgets_min"])
+    assert "Who wins each budget at w = 3: " in written and "other processes' CPU time" in written
