@@ -180,8 +180,9 @@ def report(r) -> str:
     if maps:
         m = maps[0]["error_map"]
         out += [f"\nWhere a BOOT student's error enters ({m['noises']} of the noises; evaluation.error_map): its RMSE "
-                f"per pixel to the teacher's {'Heun' if m['order'] == 2 else 'DDIM'}-{len(m['t']) - 1} fixed point at "
-                "each grid time, t_0 = 0 (the sample) first, and the largest one-hop residual (hop k -> k - 1).\n",
+                f"per pixel to its own fixed point (the teacher's {len(m['t']) - 1}-step sampler of the training's "
+                "order: Heun, or DDIM with --order 1) at each grid time, t_0 = 0 (the sample) first, and the largest "
+                "one-hop residual (hop k -> k - 1).\n",
                 "| budget | method | to the fixed point, t_0 ... t_N | largest hop |", "|---|---|---|---|"]
         for row in maps:
             e = row["error_map"]
