@@ -82,3 +82,14 @@ def test_cpu_seconds_count_this_process_apart_from_the_others():
     after = runtime.cpu_seconds()
     assert after[0] > before[0], "this process's CPU seconds grow with its work"
     assert after[1] >= before[1] - 0.05  # every other process's: a running total
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in race.ROOT.glob("bench/results/race*.json")))
+def test_each_committed_race_renders_into_its_committed_markdown(name, tmp_path):
+    """bench/results/NAME.md is what `race.py --render bench/results/NAME.json` writes: no stale figures."""
+    results = race.ROOT / "bench" / "results"
+    copy = tmp_path / f"{name}.json"
+    copy.write_text((results / f"{name}.json").read_text())
+    race.main(["--render", str(copy)])
+    assert copy.with_suffix(".md").read_text() == (results / f"{name}.md").read_text()
+    assert (results / f"{name}.png").exists()
