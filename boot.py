@@ -16,8 +16,8 @@ is the sample, so generating is one network call.
     x0 = sample_student(student, torch.randn(16, 2))                   # one call
 
 Public names: Schedule, time_grid, to_x0, from_x0, ddim_step, signal_delta, signal_step, start_signal,
-denoiser, guided, MLPStudent, UNetStudent, TeacherStudent, BootConfig, bootstrap_target, boot_loss, sample_student,
-fixed_point, ddim_sample, sample_any_t.
+denoiser, guided, MLPStudent, UNetStudent, TeacherStudent, BootConfig, bootstrap_target, boot_loss, random_times,
+noised, corrector_loss, fake_loss, sample_student, fixed_point, ddim_sample, sample_any_t.
 
 Notation (code -> paper):
     t in [0, 1]        time; T = 1 is pure noise, 0 the data (alpha_0 = 1, sigma_0 = 0); the student's t
@@ -495,7 +495,55 @@ def boot_loss(student, teacher: Teacher, eps, *, schedule: Schedule, grid, cond=
 
 
 # ----------------------------------------------------------------------------------------------------
-# 7. Sampling.
+# 7. A data-free distribution corrector (BOOT.md section 10): DMD's score difference on the student's own samples.
+
+
+def random_times(schedule: Schedule, n: int, *, lo: float = 0.0, hi: float = 1.0, generator=None, device=None):
+    """n float64 times uniform in (lo, hi], snapped onto a discrete teacher's timesteps (never below its first)."""
+    t = hi - (hi - lo) * torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    return schedule.snap(t).clamp(min=1 / schedule.train_steps) if schedule.train_steps else t
+
+
+def noised(x0, noise, *, schedule: Schedule, t):
+    """x_t = alpha_t x0 + sigma_t n, the forward process of the schedule's family, t per sample."""
+    alpha, sigma, _ = schedule.coefficients(t.double())
+    return _per_sample(alpha, x0) * x0 + _per_sample(sigma, x0) * noise
+
+
+def corrector_loss(x, teacher: Teacher, fake: Teacher, noise, *, schedule: Schedule, t, cond=None):
+    """DMD's distribution-matching term (Yin et al. 2024) on one-call samples x = g(eps, 0), with gradient:
+        x_t  = alpha_t x + sigma_t n
+        grad = (f_fake(x_t, t, c) - f(x_t, t, c)) / mean_pixels |x - f(x_t, t, c)|   (no gradient through either)
+        loss = 1/2 mean |x - stopgrad(x - grad)|^2,   so  d loss / dx = grad / x.numel()
+    f is the teacher (the real distribution's denoiser), f_fake the denoiser of the student's own samples (a copy of
+    the teacher trained with fake_loss). A descent step moves x towards what the teacher denoises and away from what
+    the fake one does: the reverse KL from the student's distribution to the teacher's, zero where f_fake = f. The
+    normaliser makes the step size independent of how far the teacher moves x (it never reaches 0 before eps).
+    Returns (loss, logs)."""
+    with torch.no_grad():
+        x_t = noised(x.detach(), noise, schedule=schedule, t=t)
+        f_real = teacher(x_t, t.float(), cond).to(x.dtype)
+        f_fake = fake(x_t, t.float(), cond).to(x.dtype)
+        scale = (x.detach() - f_real).abs().flatten(1).mean(1).clamp(min=torch.finfo(x.dtype).eps)
+        grad = (f_fake - f_real) / _per_sample(scale, x)
+    loss = 0.5 * (x - (x - grad).detach()).float().pow(2).mean()
+    return loss, {"corrector": loss.detach(), "corrector_grad": grad.abs().mean()}
+
+
+def fake_loss(fake_net, x, noise, *, schedule: Schedule, prediction: str, t, cond=None):
+    """The fake network's denoising loss on the student's samples x (detached), in the teacher's own parameterisation:
+    |net(x_t, teacher_time(t), c) - from_x0(x)|^2, i.e. the noise n for eps, alpha n - sigma x for v, x for a sample
+    (a preconditioned EDM denoiser), n - x for a flow's velocity. f_fake = denoiser(fake_net, schedule, prediction)."""
+    x = x.detach()
+    alpha, sigma, _ = (_per_sample(c, x) for c in schedule.coefficients(t.double()))
+    x_t = alpha * x + sigma * noise
+    target = from_x0(x, kind=prediction, x_t=x_t, alpha=alpha, sigma=sigma)
+    pred = fake_net(x_t, schedule.teacher_time(t), cond)
+    return (pred.float() - target.float()).pow(2).mean()
+
+
+# ----------------------------------------------------------------------------------------------------
+# 8. Sampling.
 
 
 @torch.no_grad()

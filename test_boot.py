@@ -796,3 +796,104 @@ def test_heuns_last_step_to_t_0_makes_one_teacher_call_and_the_same_sample():
     off_zero = grid[1:]  # a grid that stops short of t = 0: its last step is a full Heun step
     boot.fixed_point(counting, eps, schedule=schedule, grid=off_zero, order=2)
     assert len(calls) == 2 * (len(off_zero) - 1)
+
+
+# --- the distribution corrector (BOOT.md section 10) --------------------------------------------------
+
+
+def _linear_generator(dim=3, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Linear(dim, dim).double()
+
+
+@pytest.mark.parametrize("name", sorted(EVERY))
+def test_corrector_is_exactly_zero_when_the_fake_is_the_teacher(name):
+    schedule = EVERY[name]()
+    g = _linear_generator()
+    teacher = exact.MixtureTeacher(torch.tensor([[0.5, -0.2, 0.1], [-0.4, 0.3, 0.0]]), 0.3, 1.0, schedule)
+    twin = exact.MixtureTeacher(torch.tensor([[0.5, -0.2, 0.1], [-0.4, 0.3, 0.0]]), 0.3, 1.0, schedule)
+    gen = torch.Generator().manual_seed(1)
+    x = g(torch.randn(64, 3, generator=gen, dtype=torch.float64))
+    t = boot.random_times(schedule, 64, lo=0.02, hi=0.98, generator=gen)
+    loss, logs = boot.corrector_loss(x, teacher, twin, torch.randn(64, 3, generator=gen, dtype=torch.float64),
+                                     schedule=schedule, t=t)
+    loss.backward()
+    assert loss.item() == 0 and logs["corrector_grad"].item() == 0
+    assert all(torch.count_nonzero(p.grad) == 0 for p in g.parameters())
+
+
+def test_corrector_gradient_is_its_formula_through_the_network():
+    schedule = boot.Schedule.cosine()
+    g = _linear_generator()
+    teacher = exact.MixtureTeacher(torch.zeros(1, 3), 0.5, 1.0, schedule)
+    fake = exact.MixtureTeacher(torch.full((1, 3), 0.3), 0.8, 1.0, schedule)
+    gen = torch.Generator().manual_seed(2)
+    eps, noise = (torch.randn(16, 3, generator=gen, dtype=torch.float64) for _ in range(2))
+    t = torch.linspace(0.1, 0.9, 16, dtype=torch.float64)
+    x = g(eps)
+    loss, _ = boot.corrector_loss(x, teacher, fake, noise, schedule=schedule, t=t)
+    (dx,) = torch.autograd.grad(loss, x, retain_graph=True)
+    alpha, sigma, _ = schedule.coefficients(t)
+    x_t = alpha[:, None] * x.detach() + sigma[:, None] * noise  # by hand
+    f_real, f_fake = teacher(x_t, t.float()), fake(x_t, t.float())
+    grad = (f_fake - f_real) / (x.detach() - f_real).abs().mean(1, keepdim=True)
+    assert torch.allclose(dx, grad / x.numel(), rtol=1e-6, atol=0)  # the square is taken in float32
+    assert loss.item() == pytest.approx(0.5 * grad.pow(2).mean().item(), rel=1e-6)
+    loss.backward()  # and on the weights, the chain rule through x = W eps + b
+    assert torch.allclose(g.weight.grad, (grad / x.numel()).T @ eps, rtol=1e-6, atol=0)
+    assert torch.allclose(g.bias.grad, (grad / x.numel()).sum(0), rtol=1e-6, atol=0)
+
+
+def _gaussian_denoiser(mean, std, schedule):
+    return exact.MixtureTeacher(torch.full((1, 1), mean), std, 1.0, schedule)
+
+
+@torch_settings
+@given(name=st.sampled_from(sorted(EVERY)), mean=st.floats(-1, 1), std=st.floats(0.2, 1.0),
+       shift=st.floats(0.2, 1.0), widen=st.floats(1.3, 2.0), seed=st.integers(0, 2 ** 16))
+def test_corrector_moves_samples_towards_the_teachers_distribution_and_not_once_there(name, mean, std, shift, widen, seed):
+    """A student whose samples follow N(m_s, s_s^2), its fake the exact denoiser of that distribution, the teacher of
+    N(m, s^2): exactly zero when they agree; else, in expectation, a descent step moves the samples' mean towards m
+    and shrinks a spread wider than s."""
+    schedule = EVERY[name]()
+    teacher = _gaussian_denoiser(mean, std, schedule)
+    gen = torch.Generator().manual_seed(seed)
+    z, noise = (torch.randn(4096, 1, generator=gen, dtype=torch.float64) for _ in range(2))
+    t = boot.random_times(schedule, 4096, lo=0.02, hi=0.98, generator=gen)
+
+    def step(m_s, s_s):  # d loss / dx, times numel: the corrector's grad per sample
+        x = (m_s + s_s * z).requires_grad_(True)
+        loss, _ = boot.corrector_loss(x, teacher, _gaussian_denoiser(m_s, s_s, schedule), noise, schedule=schedule, t=t)
+        return torch.autograd.grad(loss, x)[0] * x.numel(), x.detach()
+
+    same, _ = step(mean, std)
+    assert torch.count_nonzero(same) == 0
+    off, _ = step(mean + shift, std)
+    # Each sample's sign, except where EDM's sigma_t is ~1e-10 and float32 rounding outweighs the difference.
+    assert off.mean() > 0 and (off > 0).double().mean() > 0.9, "descent lowers samples whose mean is above the teacher's"
+    wide, x = step(mean, widen * std)
+    assert ((x - mean) * wide).mean() > 0, "descent pulls a too-wide spread towards the teacher's"
+
+
+@pytest.mark.parametrize("name, kind", [("linear", "epsilon"), ("cosine", "v_prediction"), ("discrete", "epsilon"),
+                                        ("cosine", "sample"), ("flow", "flow_prediction"), ("edm", "sample")])
+def test_fake_loss_is_the_teachers_own_training_loss_in_its_parameterisation(name, kind):
+    """A network that predicts the exact target from_x0(x) of its own parameterisation has loss 0 and, wrapped as a
+    denoiser, returns the sample; off by 0.1 it has loss 0.01."""
+    schedule = SCHEDULES.get(name, FAMILIES.get(name))()
+    gen = torch.Generator().manual_seed(3)
+    x, noise = (torch.randn(32, 2, generator=gen, dtype=torch.float64) for _ in range(2))
+    t = boot.random_times(schedule, 32, generator=gen)
+    if schedule.train_steps:
+        assert ((t * schedule.train_steps).round() == t * schedule.train_steps).all() and t.min() > 0
+    alpha, sigma, _ = (c[:, None] for c in schedule.coefficients(t))
+    target = {"epsilon": noise, "v_prediction": alpha * noise - sigma * x, "sample": x, "flow_prediction": noise - x}[kind]
+
+    def oracle(offset):
+        return lambda x_t, time, cond=None: target + offset
+    assert boot.fake_loss(oracle(0.0), x, noise, schedule=schedule, prediction=kind, t=t).item() == pytest.approx(0, abs=1e-20)
+    assert boot.fake_loss(oracle(0.1), x, noise, schedule=schedule, prediction=kind, t=t).item() == pytest.approx(0.01, rel=1e-6)
+    x_t = boot.noised(x, noise, schedule=schedule, t=t)
+    assert torch.allclose(x_t, alpha * x + sigma * noise, rtol=0, atol=0)
+    recovered = boot.denoiser(oracle(0.0), schedule, prediction=kind)(x_t, t.float())
+    assert torch.allclose(recovered, x, atol=1e-9)

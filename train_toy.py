@@ -26,15 +26,20 @@ RUN_OUTPUTS = ("checkpoints", "metrics.json", "samples.npz", "samples.png", "err
                "log.jsonl")
 PICTURE_KS = (1, 4, 16)  # the teacher's DDIM-k rows of a pixel teacher's samples.png, between the student and the reference
 PICTURE_NOISES = 8
+PICTURE_FAKE_STEPS = 16  # the corrector's fake network, sampled with DDIM-16 from the same noises
 
 
 def write_pixel_picture(path, arrays, reference: str):
     """samples.png of a pixel teacher: the student (one call), the teacher's DDIM-1, 4, 16 (those below the
-    reference's steps) and the converged reference, from the same PICTURE_NOISES noises, a column each."""
+    reference's steps), the converged reference and, with the corrector, its fake network's DDIM-16, from the same
+    PICTURE_NOISES noises, a column each."""
     keys = ["student"] + [f"ddim_{k}" for k in PICTURE_KS if f"ddim_{k}" in arrays] + ["teacher"]
     labels = ["student, 1 call"] + [f"teacher DDIM-{k}" for k in PICTURE_KS if f"ddim_{k}" in arrays]
-    pictures.save_labelled(path, [list(arrays[key][:PICTURE_NOISES]) for key in keys],
-                           row_labels=labels + [f"{reference.split(' from')[0]} (reference)"],
+    labels.append(f"{reference.split(' from')[0]} (reference)")
+    if "fake" in arrays:
+        keys.append("fake")
+        labels.append(f"fake network DDIM-{PICTURE_FAKE_STEPS}")
+    pictures.save_labelled(path, [list(arrays[key][:PICTURE_NOISES]) for key in keys], row_labels=labels,
                            col_labels=[f"noise {i + 1}" for i in range(PICTURE_NOISES)],
                            title="the same noise in each column")
 
@@ -61,7 +66,7 @@ def main(argv=None):
     if d.main:
         print(f"BOOT: {what}, {sum(p.numel() for p in student.parameters()):,}-parameter student, "
               f"N = {args.bootstrap_steps}, {args.steps} steps of batch {args.batch_size}")
-    evaluated = toy.train(args, d, teacher, schedule, student, shape)
+    evaluated, fake = toy.train(args, d, teacher, schedule, student, shape)
     if not d.main:
         return
     save_file({k: v.contiguous() for k, v in evaluated.state_dict().items()}, out / "student.safetensors")
@@ -70,6 +75,9 @@ def main(argv=None):
     (out / "metrics.json").write_text(json.dumps(m, indent=2))
     np.savez(out / "samples.npz", **{k: v.numpy() for k, v in arrays.items()})
     if exact_teacher is None:
+        if fake is not None:  # what the corrector's fake network learned of the student: a collapse shows here
+            arrays["fake"] = boot.ddim_sample(fake, arrays["noise"][:PICTURE_NOISES].to(d.device), schedule=schedule,
+                                              steps=PICTURE_FAKE_STEPS).cpu()
         write_pixel_picture(out / "samples.png", arrays, m["reference"])
     elif shape == (2,):
         grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing)

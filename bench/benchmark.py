@@ -137,7 +137,7 @@ def fidelity(name, opts, d, tmp):
         args = toy.parse_args(flags + ["--steps", str(steps), "--out", f"{tmp}/{name}-boot-{steps}"])
         teacher, schedule, student, shape, exact_teacher = toy.build(args, d.device)
         start = time.perf_counter()
-        student = toy.train(args, d, teacher, schedule, student, shape)
+        student, _ = toy.train(args, d, teacher, schedule, student, shape)
         seconds = time.perf_counter() - start
         if steps == full.steps:
             say(f"{name}: evaluating (converged reference, DDIM-k curve)")

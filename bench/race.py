@@ -60,6 +60,8 @@ def parse_args(argv):
                    help="budgets in minutes of this machine, each run by both methods")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                    help="also race BOOT with these train_toy flags, e.g. 'constant weight=--weighting constant'")
+    p.add_argument("--kd-variant", action="append", default=[], metavar="NAME=FLAGS",
+                   help="also race KD with these train_toy flags, e.g. 'KD + corrector=--corrector-weight 1'")
     p.add_argument("--kd", action=argparse.BooleanOptionalAction, default=True,
                    help="race KD too (--no-kd: BOOT and its variants only, levers at equal seconds)")
     p.add_argument("--seed", type=int, default=0, help="seed of both methods' runs (weights, noises, pairs)")
@@ -68,13 +70,13 @@ def parse_args(argv):
                                    "text-to-image teacher); markdown beside it (.md), the picture as NAME.png")
     p.add_argument("--render", metavar="JSON", help="measure nothing: the markdown and picture of a --json file")
     opts = p.parse_args(argv)
-    variants = {}
-    for v in opts.variant:
-        name, sep, flags = v.partition("=")
-        if not sep or not name.strip() or name.strip() in ("BOOT", "KD"):
-            p.error(f"argument --variant: NAME=FLAGS with a name other than BOOT and KD, got {v!r}")
-        variants[name.strip()] = shlex.split(flags)
-    opts.variants = variants
+    opts.variants, opts.kd_variants = {}, {}
+    for flag, given, variants in (("--variant", opts.variant, opts.variants), ("--kd-variant", opts.kd_variant, opts.kd_variants)):
+        for v in given:
+            name, sep, flags = v.partition("=")
+            if not sep or not name.strip() or name.strip() in ("BOOT", "KD", *opts.variants, *opts.kd_variants):
+                p.error(f"argument {flag}: NAME=FLAGS with a name other than BOOT, KD and the other variants', got {v!r}")
+            variants[name.strip()] = shlex.split(flags)
     return opts
 
 
@@ -89,14 +91,14 @@ def boot_run(opts, extra, budget, d, tmp):
     args = recipe(opts, extra, tmp, d.device)
     teacher, schedule, student, shape, _ = toy.build(args, d.device)
     counting = Counting(teacher)
-    student = toy.train(args, d, counting, schedule, student, shape, budget=(start, budget, WARMUP_SHARE))
+    student, _ = toy.train(args, d, counting, schedule, student, shape, budget=(start, budget, WARMUP_SHARE))
     return student, dict(seconds=time.perf_counter() - start, busy=busy, steps_done=last_step(tmp),
                          teacher_calls=counting.rows)
 
 
-def kd_run(opts, budget, d, tmp):
+def kd_run(opts, extra, budget, d, tmp):
     start, busy = time.perf_counter(), runtime.cpu_seconds()
-    args = recipe(opts, [], tmp, d.device)
+    args = recipe(opts, extra, tmp, d.device)
     teacher, schedule, student, shape, _ = toy.build(args, d.device)
     counting = Counting(teacher)
     gen = torch.Generator().manual_seed(opts.seed + 100)  # pair noises apart from the evaluation's (seed + 1)
@@ -109,7 +111,9 @@ def kd_run(opts, budget, d, tmp):
     noise = torch.randn(most, *shape, generator=gen).to(d.device)
     x, target = kd.pairs(counting, schedule, noise, k=k, batch=args.batch_size, until=start + PAIR_SHARE * budget)
     trained = time.perf_counter()
-    student = kd.train(args, d, student, x, target, tmp, budget=(trained, start + budget - trained, WARMUP_SHARE))
+    corrector = toy.Corrector(args, d, counting, schedule) if args.corrector_weight else None
+    student = kd.train(args, d, student, x, target, tmp, budget=(trained, start + budget - trained, WARMUP_SHARE),
+                       corrector=corrector)
     return student, dict(seconds=time.perf_counter() - start, busy=busy, steps_done=last_step(tmp),
                          teacher_calls=counting.rows, k=k, pairs=len(x), pair_seconds=trained - start)
 
@@ -164,6 +168,8 @@ def report(r) -> str:
            f"on pairs of the teacher's DDIM-k (k the largest of {', '.join(map(str, KD_KS))} that gives "
            f"{KD_MIN_PAIRS:,} pairs), then the same student, optimizer and loop regressed at t = 0, its schedule over "
            "the rest of the budget.",
+           *[f"- {row['method']}: {'KD' if 'pairs' in row else 'BOOT'} with `{shlex.join(row['flags'])}`"
+             for row in {row["method"]: row for row in r["runs"] if row.get("flags")}.values()],
            f"- judged alike: {r['eval']} noises (seed + 1), RMSE per pixel to the teacher's DDIM-{r['ref']} from them, "
            "effective NFE on its DDIM-k curve, FD of the teacher's judge to held-out digits, class shares (uniform 0.100)."
            " Teacher calls: rows the teacher evaluated.\n",
@@ -171,7 +177,7 @@ def report(r) -> str:
            "|---|---|---|---|---|---|---|---|---|"]
     for row in r["runs"]:
         what = f"{row['steps_done']:,} steps"
-        if row["method"] == "KD":
+        if "pairs" in row:
             what = f"{row['pairs']:,} pairs of DDIM-{row['k']} ({row['pair_seconds']:.0f} s), " + what
         out.append(f"| {row['budget_min']:g} min | {row['method']} | {what} | {row['teacher_calls']:,} | "
                    f"{row['seconds']:.0f} | {row['rmse']:.4f} | {row['effective_nfe']:.1f} | {row['fd']:.1f} | "
@@ -270,25 +276,25 @@ def main(argv=None):
              command=shlex.join(["python", "bench/race.py", *argv]), eval=opts.eval, ref=opts.ref,
              picture=str(path.with_suffix(".png").name), runs=[])
     eps, reference, curve, judge, r["teacher_ddim"] = teacher_figures(opts, d)
-    methods = [("BOOT", None)] + [(name, flags) for name, flags in opts.variants.items()] + [("KD", None)] * opts.kd
+    methods = [("BOOT", "boot", [])] + [(name, "boot", flags) for name, flags in opts.variants.items()]
+    methods += [("KD", "kd", [])] * opts.kd + [(name, "kd", flags) for name, flags in opts.kd_variants.items()]
     with tempfile.TemporaryDirectory(prefix="race-") as tmp:
         for budget in budgets:
-            for method, flags in methods:
+            for method, kind, flags in methods:
                 say(f"{budget:g} min: {method}")
-                where = Path(tmp) / f"{method}-{budget:g}".replace(" ", "_")
+                where = Path(tmp) / f"{method}-{budget:g}".replace(" ", "_").replace("+", "plus")
                 seconds = 60 * budget
-                student, row = kd_run(opts, seconds, d, where) if method == "KD" else \
-                    boot_run(opts, flags or [], seconds, d, where)
+                student, row = (kd_run if kind == "kd" else boot_run)(opts, flags, seconds, d, where)
                 busy, now = row.pop("busy"), runtime.cpu_seconds()
                 row["other_cpu_s"] = None if busy is None else now[1] - busy[1]
                 row |= evaluation.score(student, eps, reference, curve, True, judge)
-                if method != "KD":  # where a BOOT student's error enters, on its training grid (KD trains t = 0 only)
-                    args = recipe(opts, flags or [], "unused", d.device)
+                if kind == "boot":  # where a BOOT student's error enters, on its training grid (KD trains t = 0 only)
+                    args = recipe(opts, flags, "unused", d.device)
                     teacher, schedule, *_ = toy.build(args, d.device)
                     grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing)
                     row["error_map"] = evaluation.error_map(teacher, schedule, student, eps[:evaluation.ERROR_MAP_NOISES],
                                                             grid=grid, order=args.order, per_pixel=True, batch=64)
-                r["runs"].append(dict(budget_min=budget, method=method, flags=flags or [], **row))
+                r["runs"].append(dict(budget_min=budget, method=method, flags=flags, **row))
                 say(f"{budget:g} min: {method}: RMSE {row['rmse']:.4f}, FD {row['fd']:.1f}, {row['seconds']:.0f} s")
                 path.write_text(json.dumps(r | {"wall_s": time.perf_counter() - start}, indent=1))  # kept if stopped
     r["wall_s"] = time.perf_counter() - start

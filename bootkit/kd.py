@@ -27,18 +27,23 @@ def pairs(teacher, schedule, noise, *, k: int, batch: int, until=None):
     return noise[:len(target)], target
 
 
-def train(args, d, student, noise, target, out, budget=None):
+def train(args, d, student, noise, target, out, budget=None, corrector=None):
     """Regress g(noise, 0) on the teacher's samples with toy.train's optimizer, schedule, EMA and loop; budget:
-    as toy.train's. Returns the student to evaluate (the EMA if on)."""
+    as toy.train's. corrector: a toy.Corrector whose term is added (DMD's own form: a regression on teacher pairs plus
+    the distribution-matching term). Returns the student to evaluate (the EMA if on)."""
     optimizer, lr_schedule, ema = toy.optimization(args, student, budget)
     trainer = runtime.Trainer(out=out, model=student, optimizer=optimizer, lr_schedule=lr_schedule, ema=ema,
-                              dist_info=d, config={}, ckpt_every=args.ckpt_every)
+                              dist_info=d, config={}, ckpt_every=args.ckpt_every,
+                              extras={"fake": (corrector.net, corrector.optimizer)} if corrector else None)
 
     def loss_fn(step):
         gen = runtime.step_generator(args.seed, d.rank, step, d.device)
         i = torch.randint(len(noise), (args.batch_size,), generator=gen, device=d.device)
         loss = (student(noise[i], noise.new_zeros(len(i))) - target[i]).pow(2).flatten(1).mean(1).mean()
-        return loss, {"loss": loss.detach()}
+        corrected = corrector and corrector.loss(student, step, gen, noise.shape[1:])
+        if not corrected:
+            return loss, {"loss": loss.detach()}
+        return loss + corrected[0], {"loss": loss.detach()} | corrected[1] | {"terms": {"kd": loss, "corrector": corrected[0]}}
 
     trainer.fit(args.steps, loss_fn, desc=f"kd {Path(out).name}", until=budget and budget[0] + budget[1])
     return (ema.module if ema is not None else student).eval()

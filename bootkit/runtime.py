@@ -319,12 +319,22 @@ def cpu_seconds():
     return own, busy - own
 
 
+def _grad_norm(loss, params) -> torch.Tensor:
+    """The norm of d loss / d params, leaving .grad alone (the graph kept for the step's own backward)."""
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None]))
+
+
 class Trainer:
-    """Owns the optimisation loop: skip non-finite steps, clip, EMA, log, checkpoint, resume, stop cleanly."""
+    """Owns the optimisation loop: skip non-finite steps, clip, EMA, log, checkpoint, resume, stop cleanly.
+    extras: {name: (module, optimizer)} that loss_fn trains itself (the corrector's fake network), checkpointed and
+    resumed with the student. A loss_fn's logs may hold "terms", {name: loss with its graph}: every log_every steps
+    the norm of each term's gradient on the student's weights is logged (grad_norm_NAME)."""
 
     def __init__(self, *, out, model, optimizer, lr_schedule=None, ema=None, dist_info: Dist, config: dict,
-                 ckpt_every: int = 1000, clip: float = 1.0, max_nonfinite: int = 5, log_every: int = 50):
+                 ckpt_every: int = 1000, clip: float = 1.0, max_nonfinite: int = 5, log_every: int = 50, extras=None):
         self.out, self.model, self.optimizer, self.lr_schedule, self.ema = Path(out), model, optimizer, lr_schedule, ema
+        self.extras = extras or {}
         self.d, self.config, self.ckpt_every, self.clip = dist_info, config, ckpt_every, clip
         self.max_nonfinite, self.log_every = max_nonfinite, log_every
         self.step, self.skipped, self.in_row = 0, 0, 0
@@ -344,6 +354,8 @@ class Trainer:
             state["lr_schedule"] = self.lr_schedule.state_dict()
         if self.ema is not None:
             state["ema_n_averaged"] = self.ema.n_averaged
+        for name, (module, optimizer) in self.extras.items():
+            weights[name], state[f"{name}_optimizer"] = module.state_dict(), optimizer.state_dict()
         return weights, state
 
     def save(self) -> Path:
@@ -375,6 +387,11 @@ class Trainer:
             if self.ema is not None:
                 self.ema.module.load_state_dict(weights["ema"])
                 self.ema.n_averaged.copy_(state["ema_n_averaged"])
+            for name, (module, optimizer) in self.extras.items():
+                if name not in weights:
+                    raise UsageError(f"--resume: {path} holds no {name} network; this run trains one")
+                module.load_state_dict(weights[name])
+                optimizer.load_state_dict(state[f"{name}_optimizer"])
             self.step, self.skipped, self.saved = state["step"], state["skipped"], (state["step"], path)
             self.d.say(f"resumed from {path} at step {self.step}")
         if self.d.world > 1:  # a folder that only some processes see (multi-node, local disks) would split the run
@@ -405,6 +422,9 @@ class Trainer:
                     self.log({"step": self.step, "event": f"the budget ran out at step {self.step} of {steps}"})
                     break
                 loss, logs = loss_fn(self.step)
+                terms = logs.pop("terms", None)
+                if terms and ((self.step + 1) % self.log_every == 0 or self.step + 1 == steps):  # when logged below
+                    logs = logs | {f"grad_norm_{name}": _grad_norm(term, params) for name, term in terms.items()}
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # always: under DDP every rank joins the gradient all-reduce
                 norm = torch.nn.utils.clip_grad_norm_(params, self.clip if self.clip else float("inf"))
@@ -446,7 +466,8 @@ class Trainer:
                     self.d.say(f"stopped by signal at step {self.step}; checkpoint {path}; continue with --resume")
                     sys.exit(128 + (stop[0] if stop else signal.SIGTERM))
         if self.d.world > 1:  # DDP keeps replicas identical; check it, since a silent drift would waste the run
-            sums = torch.stack([p.detach().double().sum() for p in self.student.parameters()])
+            modules = [self.student] + [module for module, _ in self.extras.values()]
+            sums = torch.stack([p.detach().double().sum() for m in modules for p in m.parameters()])
             gathered = [torch.empty_like(sums) for _ in range(self.d.world)]
             dist.all_gather(gathered, sums)
             identical = all(torch.equal(g, gathered[0]) for g in gathered)

@@ -2,6 +2,7 @@
 the teacher and student they build, and the training loop (runtime.Trainer over boot.boot_loss)."""
 import argparse
 import contextlib
+import math
 from pathlib import Path
 
 import torch
@@ -62,6 +63,13 @@ def parse_args(argv=None):
     p.add_argument("--reference-steps", type=pos, help="DDIM steps of the converged reference, at least 3; the DDIM-k "
                                                        "curve stops below it (default: exact teachers 4096; pixel "
                                                        "teachers their own steps on CUDA, 64 on the CPU)")
+    p.add_argument("--corrector-weight", type=float, default=0.0, help="pixel teachers: weight of the data-free "
+                   "distribution corrector (boot.corrector_loss, DMD's score difference on one-call samples) added to "
+                   "the loss; a fake copy of the teacher learns the student's samples (0: off, BOOT alone)")
+    p.add_argument("--corrector-batch", type=pos, default=32, help="one-call samples per step for the corrector")
+    p.add_argument("--corrector-start", type=int, default=0, help="the step the corrector starts at (BOOT alone before)")
+    p.add_argument("--fake-lr", type=posf, default=1e-4, help="Adam learning rate of the corrector's fake network")
+    p.add_argument("--fake-updates", type=pos, default=1, help="the fake network's updates per student step")
     p.add_argument("--judge", help="pixel teachers: a judge folder (teachers/train_teacher.py's judge/) for the FD to its held-out "
                                    "digits and the class shares (default: the teacher folder's judge/ when it has one)")
     args = p.parse_args(argv)
@@ -88,6 +96,12 @@ def parse_args(argv=None):
                 f"got {args.reference_steps}")
     if args.judge and not args.teacher:
         p.error("argument --judge: needs a pixel --teacher")
+    if not (args.corrector_weight >= 0 and math.isfinite(args.corrector_weight)):
+        p.error(f"argument --corrector-weight: must be 0 or more, got {args.corrector_weight}")
+    if args.corrector_start < 0:
+        p.error(f"argument --corrector-start: must be 0 or more, got {args.corrector_start}")
+    if args.corrector_weight and kind != "pixels":
+        p.error("argument --corrector-weight: needs a pixel --teacher (the fake network is a copy of the teacher's)")
     if args.jump > args.bootstrap_steps:
         p.error(f"argument --jump: at most --bootstrap-steps ({args.bootstrap_steps}), got {args.jump}")
     if args.out is None:
@@ -132,15 +146,59 @@ def optimization(args, student, budget=None):
     return optimizer, runtime.warmup_cosine(optimizer, args.steps, args.warmup), ema
 
 
+class Corrector:
+    """The data-free distribution corrector in train_toy's loop (BOOT.md section 10): a fake copy of the pixel teacher
+    (loaded afresh from --teacher, trainable, its own Adam), the corrector term on --corrector-batch one-call samples
+    with t ~ U[0.02, 0.98], then --fake-updates steps of the fake network's denoising loss on those samples, with t
+    over all training times. The fake denoiser is the teacher's wrapper (clipping included) around the fake weights, so
+    that a fake equal to the teacher gives exactly 0. Its noise comes from the step's generator: resume is exact."""
+    T_RANGE = (0.02, 0.98)
+
+    def __init__(self, args, d: runtime.Dist, teacher, schedule):
+        unet, read = pixel.load_pixel_teacher(args.teacher, d.device)
+        self.net = pixel.DiffusersNet(unet.requires_grad_(True).train(), read)
+        self.trained = DistributedDataParallel(self.net) if d.world > 1 else self.net
+        self.denoiser = pixel.pixel_teacher(unet, read)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=args.fake_lr)
+        self.args, self.d, self.teacher, self.schedule, self.prediction = args, d, teacher, schedule, read.prediction
+
+    def loss(self, model, step, gen, shape):
+        """(weighted corrector loss, logs) of this step, after the fake network's updates; None before the start."""
+        a = self.args
+        if step < a.corrector_start:
+            return None
+        eps = torch.randn(a.corrector_batch, *shape, generator=gen, device=self.d.device)
+        x = model(eps, eps.new_zeros(len(eps)))  # one call, with gradient
+        t = boot.random_times(self.schedule, len(eps), lo=self.T_RANGE[0], hi=self.T_RANGE[1], generator=gen,
+                              device=self.d.device)
+        noise = torch.randn(x.shape, generator=gen, device=self.d.device)
+        loss, logs = boot.corrector_loss(x, self.teacher, self.denoiser, noise, schedule=self.schedule, t=t)
+        fake_losses = []
+        for _ in range(a.fake_updates):  # after the term: this step's corrector reads the fake as it was
+            t = boot.random_times(self.schedule, len(eps), generator=gen, device=self.d.device)
+            noise = torch.randn(x.shape, generator=gen, device=self.d.device)
+            fake = boot.fake_loss(self.trained, x, noise, schedule=self.schedule, prediction=self.prediction, t=t)
+            self.optimizer.zero_grad(set_to_none=True)
+            fake.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+            if self.d.all_true(torch.isfinite(fake.detach()) & torch.isfinite(norm)):  # else skipped, as the student's
+                self.optimizer.step()
+            fake_losses.append(fake.detach())
+        return a.corrector_weight * loss, logs | {"fake_loss": torch.stack(fake_losses).mean()}
+
+
 def train(args, d: runtime.Dist, teacher, schedule, student, shape, budget=None):
-    """BOOT on the teacher through runtime.Trainer; returns the student to evaluate (the EMA if on). budget:
-    (start, seconds, warm-up share): the learning rate follows the seconds, no step starts after start + seconds."""
+    """BOOT on the teacher through runtime.Trainer, with the corrector when --corrector-weight > 0; returns (the
+    student to evaluate (the EMA if on), the corrector's fake denoiser or None). budget: (start, seconds, warm-up
+    share): the learning rate follows the seconds, no step starts after start + seconds."""
     grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing).to(d.device)
     config = boot.BootConfig(weighting=args.weighting, boundary=args.boundary, order=args.order, jump=args.jump)
     model = DistributedDataParallel(student) if d.world > 1 else student
     optimizer, lr_schedule, ema = optimization(args, student, budget)
+    corrector = Corrector(args, d, teacher, schedule) if args.corrector_weight else None
     trainer = runtime.Trainer(out=args.out, model=model, optimizer=optimizer, lr_schedule=lr_schedule, ema=ema,
-                              dist_info=d, config=vars(args), ckpt_every=args.ckpt_every)
+                              dist_info=d, config=vars(args), ckpt_every=args.ckpt_every,
+                              extras={"fake": (corrector.net, corrector.optimizer)} if corrector else None)
     if args.resume and not trainer.resume(same_keys=sorted(set(vars(args)) - RESUMABLE)):
         d.say(f"--resume: no checkpoint in {args.out} loads; starting from step 0")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.bf16 and d.device.type == "cuda" else contextlib.nullcontext()
@@ -150,9 +208,13 @@ def train(args, d: runtime.Dist, teacher, schedule, student, shape, budget=None)
         eps = torch.randn(args.batch_size, *shape, generator=gen, device=d.device)
         k = torch.randint(1, args.bootstrap_steps + 1, (args.batch_size,), generator=gen, device=d.device)
         with autocast:
-            return boot.boot_loss(model, teacher, eps, schedule=schedule, grid=grid, config=config, k=k,
-                                  target_student=ema.module if ema is not None else None)
+            loss, logs = boot.boot_loss(model, teacher, eps, schedule=schedule, grid=grid, config=config, k=k,
+                                        target_student=ema.module if ema is not None else None)
+            corrected = corrector and corrector.loss(model, step, gen, shape)
+        if not corrected:
+            return loss, logs
+        return loss + corrected[0], logs | corrected[1] | {"terms": {"boot": loss, "corrector": corrected[0]}}
 
     trainer.fit(args.steps, loss_fn, desc=f"boot {Path(args.out).name}", until=budget and budget[0] + budget[1])
-    return (ema.module if ema is not None else student).eval()
+    return (ema.module if ema is not None else student).eval(), corrector and corrector.denoiser
 

@@ -17,15 +17,17 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     path = tmp_path_factory.mktemp("race") / "race.json"
-    race.main(["--quick", "--json", str(path), "--variant", "constant weight=--weighting constant"])
+    race.main(["--quick", "--json", str(path), "--variant", "constant weight=--weighting constant",
+               "--kd-variant", "KD + corrector=--corrector-weight 1 --corrector-batch 4"])
     return json.loads(path.read_text()), path
 
 
 def test_every_budget_runs_both_methods_and_each_variant_on_the_same_judged_noise(quick):
     r, path = quick
     assert [(row["budget_min"], row["method"]) for row in r["runs"]] == [
-        (b, m) for b in race.QUICK["budgets"] for m in ("BOOT", "constant weight", "KD")]
+        (b, m) for b in race.QUICK["budgets"] for m in ("BOOT", "constant weight", "KD", "KD + corrector")]
     assert r["runs"][1]["flags"] == ["--weighting", "constant"]
+    assert r["runs"][3]["flags"] == ["--corrector-weight", "1", "--corrector-batch", "4"] and r["runs"][3]["pairs"] > 0
     assert r["eval"] == race.QUICK["eval"] and r["ref"] == race.QUICK["ref"]
     assert r["teacher_ddim"][str(r["ref"])]["rmse"] == 0  # the reference itself
     curve = [r["teacher_ddim"][str(k)]["rmse"] for k in race.CURVE_KS if k < r["ref"]]
@@ -41,8 +43,9 @@ def test_teacher_calls_are_the_rows_the_teacher_evaluated(quick):
     r, _ = quick
     batch = int(race.QUICK["flags"][race.QUICK["flags"].index("--batch-size") + 1])
     for row in r["runs"]:
-        if row["method"] == "KD":  # one probe call on a batch times the teacher, then P pairs of DDIM-k
-            assert row["teacher_calls"] == batch + row["pairs"] * row["k"]
+        if "pairs" in row:  # one probe call on a batch times the teacher, then P pairs of DDIM-k
+            corrector = 4 * row["steps_done"] if row["flags"] else 0  # and one call on the corrector's 4 samples a step
+            assert row["teacher_calls"] == batch + row["pairs"] * row["k"] + corrector
             assert row["pairs"] % batch == 0 and row["k"] in race.KD_KS
         else:  # Heun, jump 1, the exact boundary: two calls on the batch a step
             assert row["teacher_calls"] == row["steps_done"] * batch * 2
@@ -70,6 +73,10 @@ def test_variants_need_a_name_and_are_parsed_as_flags():
     for bad in ("--lr 1e-4", "=--lr 1e-4", "KD=--lr 1e-4"):
         with pytest.raises(SystemExit):
             race.parse_args(["--variant", bad])
+    opts = race.parse_args(["--variant", "x=--lr 1e-4", "--kd-variant", "y=--corrector-weight 1"])
+    assert opts.kd_variants == {"y": ["--corrector-weight", "1"]}
+    with pytest.raises(SystemExit):  # one name, one method
+        race.parse_args(["--variant", "x=--lr 1e-4", "--kd-variant", "x=--corrector-weight 1"])
 
 
 def test_cpu_seconds_count_this_process_apart_from_the_others():

@@ -3,6 +3,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import boot
-from bootkit import evaluation, exact, metrics, pictures, pixel, toy
+from bootkit import evaluation, exact, metrics, pictures, pixel, runtime, toy
 import train_toy
 
 torch.set_num_threads(1)
@@ -121,6 +122,9 @@ def test_exact_teachers_run_on_flow_and_edm_schedules(tmp_path, schedule):
     (["--judge", "somewhere"], "--judge: needs a pixel --teacher"),
     (["--init-from-teacher"], "--init-from-teacher: needs a pixel --teacher"),
     (["--teacher", "t", "--width", "32"], "--width: the student from the teacher has the teacher's architecture"),
+    (["--corrector-weight", "1"], "--corrector-weight: needs a pixel --teacher"),
+    (["--teacher", "t", "--no-init-from-teacher", "--corrector-weight", "-1"], "--corrector-weight: must be 0 or more"),
+    (["--teacher", "t", "--no-init-from-teacher", "--corrector-start", "-5"], "--corrector-start: must be 0 or more"),
 ])
 def test_bad_flags_get_one_line_and_write_nothing(tmp_path, args, message):
     if "cuda" in args and torch.cuda.is_available():
@@ -368,3 +372,67 @@ def test_a_judge_is_found_in_the_teacher_folder_or_named_and_checked_before_anyt
         code, _, err = run_cli("--teacher", tmp_path / "rgb8", "--judge", judge, "--out", tmp_path / "run", *PIXEL_TINY)
         assert code == 2 and message in err and err.strip().count("\n") == 0 and "Traceback" not in err
         assert not (tmp_path / "run").exists()
+
+
+# --- the distribution corrector ---------------------------------------------------------------------------
+
+
+def _corrector_flags(tmp_path):
+    _tiny_ddpm(tmp_path / "ddpm", "epsilon", flat=False, channels=1, size=8)
+    return ["--teacher", str(tmp_path / "ddpm"), *PIXEL_TINY, "--steps", "4", "--batch-size", "4", "--eval-samples", "16",
+            "--reference-steps", "8", "--bootstrap-steps", "8", "--corrector-weight", "1", "--corrector-batch", "4",
+            "--ckpt-every", "2"]
+
+
+def test_the_corrector_trains_a_fake_copy_logs_both_terms_shows_it_and_resumes_bit_exact(tmp_path):
+    flags = _corrector_flags(tmp_path)
+    out, again = tmp_path / "run", tmp_path / "again"
+    train_toy.main(flags + ["--out", str(out)])
+    last = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()][-1]
+    for key in ("loss", "corrector", "corrector_grad", "fake_loss", "grad_norm_boot", "grad_norm_corrector"):
+        assert np.isfinite(last[key]) and last[key] > 0, key
+    final = out / "checkpoints" / "step-00000004"
+    fake = load_file(final / "fake.safetensors")
+    teacher = load_file(tmp_path / "ddpm" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert fake.keys() == {f"unet.{k}" for k in teacher} and any(not torch.equal(fake[f"unet.{k}"], v) for k, v in teacher.items())
+    from PIL import Image
+    grid = np.asarray(Image.open(out / "samples.png").convert("RGB"))
+    size, _ = pictures.layout(8, 8, 5, 8, title=True, col_labels=True)  # student, DDIM-1, 4, reference, the fake's DDIM-16
+    assert grid.shape[1::-1] == size
+    # Resumed from step 2 in another folder: the student and the fake network end bit-identical.
+    (again / "checkpoints").mkdir(parents=True)
+    shutil.copytree(out / "checkpoints" / "step-00000002", again / "checkpoints" / "step-00000002")
+    train_toy.main(flags + ["--out", str(again), "--resume"])
+    for name in ("student.safetensors", "checkpoints/step-00000004/fake.safetensors"):
+        a, b = load_file(out / name), load_file(again / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_non_finite_corrector_stops_the_run_in_one_line_with_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    flags = _corrector_flags(tmp_path)
+    real = boot.corrector_loss
+    calls = []
+
+    def failing(*args, **kwargs):  # finite for the first two steps, then NaN
+        loss, logs = real(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) > 2 else loss), logs
+    monkeypatch.setattr(boot, "corrector_loss", failing)
+    with pytest.raises(SystemExit) as stop:
+        train_toy.main(flags + ["--out", str(tmp_path / "run"), "--steps", "20"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert stop.value.code == 1 and line.startswith("error: 5 non-finite losses or gradients in a row (steps 3 to 7")
+    assert line.endswith("last good checkpoint: " + str(tmp_path / "run" / "checkpoints" / "step-00000002"))
+    assert [p.name for p in runtime.checkpoints(tmp_path / "run")] == ["step-00000002"]
+
+
+def test_the_corrector_runs_under_torchrun_with_both_networks_identical_on_every_rank(tmp_path):
+    flags = _corrector_flags(tmp_path)
+    out = tmp_path / "ddp"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(ROOT / "train_toy.py"), *flags, "--out", str(out), "--steps", "3"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records[-1] == {"step": 3, "ranks_identical": True}  # the student's and the fake network's weights
+    assert np.isfinite(records[-2]["grad_norm_corrector"]) and (out / "checkpoints" / "step-00000003" / "fake.safetensors").exists()
