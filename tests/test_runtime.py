@@ -633,3 +633,55 @@ def test_sd_resume_with_other_settings_is_refused(tiny_sd, tmp_path, capsys):  #
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1, err
     assert err[0].startswith("error: --guidance-range 1.0,4.0: this run was started with none ("), err
+
+
+def test_each_terms_gradient_norm_is_logged_and_the_step_uses_their_sum(tmp_path):
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[3.0, 4.0]]))
+    trainer = runtime.Trainer(out=tmp_path, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                              dist_info=runtime.Dist(0, 1, CPU), config={}, clip=0, log_every=2)
+
+    def loss_fn(step):
+        w = model.weight
+        linear, square = 2 * w.sum(), 0.5 * w.pow(2).sum()  # gradients (2, 2) and w
+        return linear + square, {"loss": linear + square, "terms": {"linear": linear, "square": square}}
+    trainer.fit(3, loss_fn)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 3] and "terms" not in records[0]
+    # Logged before the step's update: w = (3, 4) - 0.1 (2 + w) after step 1, then the same again.
+    w1 = torch.tensor([3.0, 4.0]) * 0.9 - 0.2
+    assert records[0]["grad_norm_linear"] == pytest.approx(8 ** 0.5)
+    assert records[0]["grad_norm_square"] == pytest.approx(w1.norm().item())
+    assert records[1]["grad_norm_square"] == pytest.approx((w1 * 0.9 - 0.2).norm().item())
+    assert torch.allclose(model.weight, ((w1 * 0.9 - 0.2) * 0.9 - 0.2)[None])
+
+
+def test_extra_networks_are_checkpointed_and_resumed_with_the_student(tmp_path):
+    def make(seed):
+        torch.manual_seed(seed)
+        model, fake = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        fake_opt = torch.optim.Adam(fake.parameters(), lr=1e-2)
+        trainer = runtime.Trainer(out=tmp_path, model=model, optimizer=opt, dist_info=runtime.Dist(0, 1, CPU),
+                                  config={}, extras={"fake": (fake, fake_opt)})
+
+        def loss_fn(step):
+            x = torch.randn(4, 2, generator=runtime.step_generator(0, 0, step, CPU))
+            fake_loss = (fake(x) - x).pow(2).mean()
+            fake_opt.zero_grad()
+            fake_loss.backward()
+            fake_opt.step()
+            loss = (model(x) - fake(x).detach()).pow(2).mean()
+            return loss, {"loss": loss}
+        return trainer, fake, fake_opt, loss_fn
+    trainer, fake, fake_opt, loss_fn = make(0)
+    trainer.fit(2, loss_fn)
+    again, fake2, fake_opt2, loss_fn2 = make(1)
+    assert again.resume() and again.step == 2
+    assert all(torch.equal(a, b) for a, b in zip(fake.state_dict().values(), fake2.state_dict().values()))
+    assert fake_opt2.state_dict()["state"][0]["step"] == 2
+    trainer.fit(4, loss_fn)
+    again.fit(4, loss_fn2)
+    assert all(torch.equal(a, b) for a, b in zip(fake.state_dict().values(), fake2.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(), again.model.state_dict().values()))
