@@ -19,8 +19,10 @@ teacher evaluates). Every other process's CPU seconds during each run (/proc/sta
 the machine was otherwise idle. Writes JSON, markdown beside it, and a PNG (FD and RMSE against seconds and calls).
 """
 import argparse
+import contextlib
 import datetime
 import hashlib
+import io
 import json
 import os
 import shlex
@@ -38,7 +40,7 @@ import torch
 import boot
 import race_t2i
 from bootkit import evaluation, kd, metrics, runtime, toy
-from bootkit.kd import KD_KS, KD_MIN_PAIRS, PAIR_SHARE, STEP_CAP, Counting, busy_line, kd_k, last_step
+from bootkit.racing import KD_KS, KD_MIN_PAIRS, PAIR_SHARE, STEP_CAP, Counting, busy_line, kd_k, last_step
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = "teachers/mnist16"
@@ -74,6 +76,12 @@ def parse_args(argv):
         if not sep or not name.strip() or name.strip() in ("BOOT", "KD"):
             p.error(f"argument --variant: NAME=FLAGS with a name other than BOOT and KD, got {v!r}")
         variants[name.strip()] = shlex.split(flags)
+        try:  # now, not when the variant's turn comes after minutes of other runs
+            with contextlib.redirect_stderr(io.StringIO()) as said:
+                toy.parse_args(["--teacher", opts.teacher, *variants[name.strip()]])
+        except SystemExit:
+            why = said.getvalue().strip().split(": error: ", 1)[-1].removesuffix(" (see --help)")
+            p.error(f"argument --variant {name.strip()!r}: {why}")
     opts.variants = variants
     return opts
 

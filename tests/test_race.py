@@ -72,6 +72,17 @@ def test_variants_need_a_name_and_are_parsed_as_flags():
             race.parse_args(["--variant", bad])
 
 
+@pytest.mark.parametrize("flags, words", [("--bogus", "unrecognized arguments: --bogus"),
+                                          ("--weighting cubic", "argument --weighting: invalid choice: 'cubic'")])
+def test_every_variant_is_parsed_before_the_first_run(flags, words, capsys):
+    """A bad variant fails at once, in one line that names it, not when its turn comes after the other runs."""
+    with pytest.raises(SystemExit) as stopped:
+        race.parse_args(["--budgets", "60", "--variant", "good=--order 1", "--variant", f"x={flags}"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.count("\n") == 1 and err.count("error") == 1, err
+    assert f"argument --variant 'x': {words}" in err
+
+
 def test_cpu_seconds_count_this_process_apart_from_the_others():
     before = runtime.cpu_seconds()
     if before is None:
