@@ -162,16 +162,23 @@ def winner(rows: list, budget: float) -> str:
 
 
 def report(r) -> str:
-    out = ["# BOOT against knowledge distillation at equal seconds\n",
+    kd_ran = any(row["method"] == "KD" for row in r["runs"])  # --no-kd: BOOT and its variants only
+    variants = {row["method"]: row["flags"] for row in r["runs"] if row["method"] not in ("BOOT", "KD")}
+    recipes = ("BOOT: train_toy's recipe, its learning rate's warm-up and cosine decay over the budget's seconds "
+               f"(warm-up {WARMUP_SHARE:.0%} of them), no step after it.")
+    if variants:
+        recipes += " Its variants, the same with these flags: " + ", ".join(
+            f"{name} (`{shlex.join(flags)}`)" for name, flags in variants.items()) + "."
+    if kd_ran:
+        recipes += (f" KD: {PAIR_SHARE:.0%} of the budget on pairs of the teacher's DDIM-k (k the largest of "
+                    f"{', '.join(map(str, KD_KS))} that gives {KD_MIN_PAIRS:,} pairs), then the same student, optimizer "
+                    "and loop regressed at t = 0, its schedule over the rest of the budget.")
+    out = ["# BOOT against knowledge distillation at equal seconds\n" if kd_ran else "# BOOT's levers at equal seconds\n",
            f"- machine: {r['machine']}; torch {r['torch']}; {r['date']}; {r['wall_s'] / 60:.1f} minutes in all",
            f"- command: `{r['command']}`",
            f"- teacher: {r['teacher']}; the student: train_toy's pixel default (the teacher's copy), seed {r['seed']}",
            f"- {busy_line(r)}",
-           "- BOOT: train_toy's recipe, its learning rate's warm-up and cosine decay over the budget's seconds "
-           f"(warm-up {WARMUP_SHARE:.0%} of them), no step after it. KD: {PAIR_SHARE:.0%} of the budget "
-           f"on pairs of the teacher's DDIM-k (k the largest of {', '.join(map(str, KD_KS))} that gives "
-           f"{KD_MIN_PAIRS:,} pairs), then the same student, optimizer and loop regressed at t = 0, its schedule over "
-           "the rest of the budget.",
+           f"- {recipes}",
            f"- judged alike: {r['eval']} noises (seed + 1), RMSE per pixel to the teacher's DDIM-{r['ref']} from them, "
            "effective NFE on its DDIM-k curve, FD of the teacher's judge to held-out digits, class shares (uniform 0.100)."
            " Teacher calls: rows the teacher evaluated.\n",

@@ -104,3 +104,12 @@ def test_each_committed_race_renders_into_its_committed_markdown(name, tmp_path)
     race.main(["--render", str(copy)])
     assert copy.with_suffix(".md").read_text() == (results / f"{name}.md").read_text()
     assert (results / f"{name}.png").exists()
+
+
+def test_a_race_without_kd_describes_no_kd():
+    """race-levers (--no-kd): BOOT and its variants only; the page names the variants' flags and says nothing of KD."""
+    r = json.loads((race.ROOT / "bench" / "results" / "race-levers.json").read_text())
+    assert all(row["method"] != "KD" for row in r["runs"])
+    text = race.report(r)
+    assert "KD" not in text and "knowledge distillation" not in text
+    assert "constant weight (`--weighting constant`)" in text and "DDIM step (`--order 1`)" in text
