@@ -15,7 +15,7 @@ is the sample, so generating is one network call.
     loss, logs = boot_loss(student, teacher, torch.randn(256, 2), schedule=schedule, grid=grid)
     x0 = sample_student(student, torch.randn(16, 2))                   # one call
 
-Public names: Schedule, time_grid, to_x0, from_x0, ddim_step, signal_delta, signal_step, start_signal,
+Public names: Schedule, time_grid, to_x0, from_x0, ddim_step, signal_delta, signal_step, start_signal, teacher_step,
 denoiser, guided, MLPStudent, UNetStudent, TeacherStudent, BootConfig, bootstrap_target, boot_loss, sample_student,
 fixed_point, ddim_sample, sample_any_t.
 
@@ -425,7 +425,7 @@ class BootConfig:
             raise ValueError(f"bad BootConfig {self}: order must be 1 or 2, jump at least 1")
 
 
-def _teacher_step(teacher, y, eps, cond, *, t, s, at_t, at_s, order, final=False):
+def teacher_step(teacher, y, eps, cond, *, t, s, at_t, at_s, order, final=False):
     """One teacher step of the Signal-ODE dy/dlam = f(alpha y + sigma eps) - y from t down to s, no gradient:
     DDIM (order 1, one call) or Heun (order 2, two). at_t, at_s = (alpha, sigma, lam) at t and at s.
     final: every sample steps to s = 0, so Heun's second call is not made (see below)."""
@@ -462,7 +462,7 @@ def bootstrap_target(student, teacher, eps, *, schedule, grid, k, cond=None, con
         y = torch.where(_per_sample(k == n, eps), y_T, y)
     for i in range(config.jump):  # from t_{k - i} to t_{k - i - 1}; a sample already at its s stays there
         now, nxt = (k - i).clamp(min=0), (k - i - 1).clamp(min=0)
-        stepped = _teacher_step(teacher, y, eps, cond, t=grid[now], s=grid[nxt], at_t=(alpha[now], sigma[now], lam[now]),
+        stepped = teacher_step(teacher, y, eps, cond, t=grid[now], s=grid[nxt], at_t=(alpha[now], sigma[now], lam[now]),
                                 at_s=(alpha[nxt], sigma[nxt], lam[nxt]), order=config.order)
         y = torch.where(_per_sample(now > j, y), stepped, y)
     return y, grid[j]
@@ -561,6 +561,6 @@ def _down_the_grid(teacher, y, eps, cond, *, grid, table, k, order):
     b, ys, ends_at_0 = eps.shape[0], [y], bool(grid[0] == 0)
     for i in range(k, 0, -1):
         at_t, at_s = ([c[m].expand(b) for c in table] for m in (i, i - 1))
-        ys.append(_teacher_step(teacher, ys[-1], eps, cond, t=grid[i].expand(b), s=grid[i - 1].expand(b), at_t=at_t,
+        ys.append(teacher_step(teacher, ys[-1], eps, cond, t=grid[i].expand(b), s=grid[i - 1].expand(b), at_t=at_t,
                                 at_s=at_s, order=order, final=ends_at_0 and i == 1))
     return ys

@@ -808,7 +808,7 @@ def test_heuns_last_step_to_t_0_makes_one_teacher_call_and_the_same_sample():
     assert calls == [5] * 11, "6 Heun steps: 2 calls each, 1 on the last"
     table = schedule.coefficients(grid)
     y_1 = ys[1]
-    both = boot._teacher_step(mixture, y_1, eps, None, t=grid[1].expand(5), s=grid[0].expand(5),
+    both = boot.teacher_step(mixture, y_1, eps, None, t=grid[1].expand(5), s=grid[0].expand(5),
                               at_t=[c[1].expand(5) for c in table], at_s=[c[0].expand(5) for c in table], order=2)
     assert torch.equal(ys[0], both), "the one-call last step is the two-call step's answer"
     student = boot.MLPStudent(dim=2, width=8).double()
