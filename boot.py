@@ -15,7 +15,7 @@ is the sample, so generating is one network call.
     loss, logs = boot_loss(student, teacher, torch.randn(256, 2), schedule=schedule, grid=grid)
     x0 = sample_student(student, torch.randn(16, 2))                   # one call
 
-Public names: Schedule, time_grid, to_x0, from_x0, ddim_step, signal_delta, signal_step, start_signal,
+Public names: Schedule, time_grid, to_x0, from_x0, ddim_step, signal_delta, signal_step, start_signal, teacher_step,
 denoiser, guided, MLPStudent, UNetStudent, TeacherStudent, BootConfig, bootstrap_target, boot_loss, random_times,
 noised, corrector_loss, fake_loss, sample_student, fixed_point, ddim_sample, sample_any_t.
 
@@ -108,6 +108,9 @@ class Schedule:
     def flow(cls, shift: float = 1.0):
         """Rectified flow x_t = (1 - sigma_t) x0 + sigma_t eps with SD3's shift, sigma_t = shift t / (1 + (shift - 1) t),
         written with the denominator shift t + (1 - t) so that both ends are exact without rounding."""
+        if not shift > 0:  # shift 0 makes 0 / 0 at t = 1, a negative one alpha > 1
+            raise ValueError(f"shift must be positive, got {shift}")
+
         def alpha_sigma(t):
             d = shift * t + (1 - t)
             return (1 - t) / d, shift * t / d
@@ -117,6 +120,9 @@ class Schedule:
     def edm(cls, sigma_max: float = 80.0, rho: float = 7.0):
         """EDM (variance exploding): x_t = x0 + sigma_t eps, sigma_t = sigma_max t^rho, Karras' rho-spacing continued
         to sigma_0 = 0; Karras' sampler from sigma_min is uniform in t from (sigma_min / sigma_max)^(1 / rho) to 1."""
+        for key, value in (("sigma_max", sigma_max), ("rho", rho)):  # else sigma is not increasing from 0 to sigma_max
+            if not value > 0:
+                raise ValueError(f"{key} must be positive, got {value}")
         return cls(alpha_sigma=lambda t: (torch.ones_like(t), sigma_max * t ** rho), name=f"edm{sigma_max:g}")
 
     def coefficients(self, t: torch.Tensor):
@@ -256,14 +262,19 @@ def _start(schedule, eps, alpha, sigma):
 # 4. The teacher: any callable (x_t, t, cond) -> x0_hat. Adapters for eps/v networks and guidance.
 
 
-def denoiser(net, schedule: Schedule, *, prediction: str) -> Teacher:
-    """f(x_t, t, c) = to_x0(net(x_t, teacher_time(t), c)): wraps a network that predicts eps, v, x0 or a velocity."""
+def _check_prediction(prediction: str, schedule: Schedule):
+    """What denoiser and TeacherStudent both refuse: an unknown prediction, or v off a variance-preserving schedule."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction type {prediction!r}; expected one of {PREDICTIONS}")
-    if prediction == "epsilon" and schedule.coefficients(torch.ones(1))[0].item() == 0:
-        raise ValueError("an eps-prediction teacher is undefined at alpha_T = 0; use a schedule with alpha_T > 0")
     if prediction == "v_prediction" and not schedule.variance_preserving:
         raise ValueError(f"v_prediction is alpha eps - sigma x0 of a variance-preserving schedule, not of {schedule.name}")
+
+
+def denoiser(net, schedule: Schedule, *, prediction: str) -> Teacher:
+    """f(x_t, t, c) = to_x0(net(x_t, teacher_time(t), c)): wraps a network that predicts eps, v, x0 or a velocity."""
+    _check_prediction(prediction, schedule)
+    if prediction == "epsilon" and schedule.coefficients(torch.ones(1))[0].item() == 0:
+        raise ValueError("an eps-prediction teacher is undefined at alpha_T = 0; use a schedule with alpha_T > 0")
 
     def teacher(x_t, t, cond=None):
         alpha, sigma, _ = schedule.coefficients(schedule.snap(t.double()))
@@ -381,8 +392,9 @@ class TeacherStudent(nn.Module):
 
     def __init__(self, net: nn.Module, schedule: Schedule, *, prediction: str, anchor: float = 1.0):
         super().__init__()
+        _check_prediction(prediction, schedule)
         alpha_a, sigma_a, _ = schedule.coefficients(torch.tensor(anchor, dtype=torch.float64))
-        if prediction not in PREDICTIONS or (prediction == "epsilon" and alpha_a == 0):
+        if prediction == "epsilon" and alpha_a == 0:
             raise ValueError(f"cannot start a student from a {prediction!r} teacher with alpha = {alpha_a.item()} at t = {anchor}")
         self.net, self.schedule, self.prediction = net, schedule, prediction
         self.alpha_a, self.sigma_a = alpha_a.item(), sigma_a.item()
@@ -413,7 +425,7 @@ class BootConfig:
             raise ValueError(f"bad BootConfig {self}: order must be 1 or 2, jump at least 1")
 
 
-def _teacher_step(teacher, y, eps, cond, *, t, s, at_t, at_s, order, final=False):
+def teacher_step(teacher, y, eps, cond, *, t, s, at_t, at_s, order, final=False):
     """One teacher step of the Signal-ODE dy/dlam = f(alpha y + sigma eps) - y from t down to s, no gradient:
     DDIM (order 1, one call) or Heun (order 2, two). at_t, at_s = (alpha, sigma, lam) at t and at s.
     final: every sample steps to s = 0, so Heun's second call is not made (see below)."""
@@ -450,7 +462,7 @@ def bootstrap_target(student, teacher, eps, *, schedule, grid, k, cond=None, con
         y = torch.where(_per_sample(k == n, eps), y_T, y)
     for i in range(config.jump):  # from t_{k - i} to t_{k - i - 1}; a sample already at its s stays there
         now, nxt = (k - i).clamp(min=0), (k - i - 1).clamp(min=0)
-        stepped = _teacher_step(teacher, y, eps, cond, t=grid[now], s=grid[nxt], at_t=(alpha[now], sigma[now], lam[now]),
+        stepped = teacher_step(teacher, y, eps, cond, t=grid[now], s=grid[nxt], at_t=(alpha[now], sigma[now], lam[now]),
                                 at_s=(alpha[nxt], sigma[nxt], lam[nxt]), order=config.order)
         y = torch.where(_per_sample(now > j, y), stepped, y)
     return y, grid[j]
@@ -597,6 +609,6 @@ def _down_the_grid(teacher, y, eps, cond, *, grid, table, k, order):
     b, ys, ends_at_0 = eps.shape[0], [y], bool(grid[0] == 0)
     for i in range(k, 0, -1):
         at_t, at_s = ([c[m].expand(b) for c in table] for m in (i, i - 1))
-        ys.append(_teacher_step(teacher, ys[-1], eps, cond, t=grid[i].expand(b), s=grid[i - 1].expand(b), at_t=at_t,
+        ys.append(teacher_step(teacher, ys[-1], eps, cond, t=grid[i].expand(b), s=grid[i - 1].expand(b), at_t=at_t,
                                 at_s=at_s, order=order, final=ends_at_0 and i == 1))
     return ys

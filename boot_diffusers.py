@@ -344,15 +344,20 @@ def _flow_or_edm(scheduler, name: str, what: str) -> TeacherSchedule:
     for key, why in _NOT_READ.items():
         if config.get(key):
             raise UnsupportedTeacher(f"{what}: {name} with {key}={config[key]!r} {why}")
+    try:  # boot.Schedule names an impossible shift, sigma_max or rho
+        schedule = boot.Schedule.flow(float(config.shift)) if name == FLOW else \
+            boot.Schedule.edm(float(config.sigma_max), float(config.rho))
+    except ValueError as e:
+        raise UnsupportedTeacher(f"{what}: {name}: {e}") from None
     if name == FLOW:
-        return TeacherSchedule(boot.Schedule.flow(float(config.shift)), "flow_prediction", None, scheduler, "flow")
+        return TeacherSchedule(schedule, "flow_prediction", None, scheduler, "flow")
     if config.prediction_type not in ("epsilon", "v_prediction"):
         raise UnsupportedTeacher(f"{what}: {name} with prediction_type={config.prediction_type!r}; its "
                                  "preconditioning is defined for epsilon and v_prediction only")
     if config.final_sigmas_type != "zero":
         raise UnsupportedTeacher(f"{what}: {name} with final_sigmas_type={config.final_sigmas_type!r} ends at sigma_min, "
                                  "not at the data; boot distils trajectories that end at sigma = 0 only")
-    return TeacherSchedule(boot.Schedule.edm(float(config.sigma_max), float(config.rho)), "sample", None, scheduler, "edm")
+    return TeacherSchedule(schedule, "sample", None, scheduler, "edm")
 
 
 def sampler_grid(read: TeacherSchedule, scheduler) -> torch.Tensor:

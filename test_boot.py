@@ -166,6 +166,21 @@ def test_edm_schedule_is_karras_rho_spacing_down_to_zero_with_exact_ends():
     assert _close(schedule.coefficients(t_k)[1], karras, 1e-12)
 
 
+@pytest.mark.parametrize("make, words", [
+    (lambda: boot.Schedule.flow(0.0), "shift must be positive"),
+    (lambda: boot.Schedule.flow(-1.0), "shift must be positive"),
+    (lambda: boot.Schedule.flow(math.nan), "shift must be positive"),
+    (lambda: boot.Schedule.edm(rho=-7.0), "rho must be positive"),
+    (lambda: boot.Schedule.edm(rho=0.0), "rho must be positive"),
+    (lambda: boot.Schedule.edm(sigma_max=0.0), "sigma_max must be positive"),
+    (lambda: boot.Schedule.edm(sigma_max=-80.0), "sigma_max must be positive"),
+])
+def test_flow_and_edm_schedules_refuse_impossible_parameters_by_name(make, words):
+    """shift 0 gave NaN at t = 1, shift -1 alpha 1.5, rho -7 a sigma above sigma_max: refused, not computed."""
+    with pytest.raises(ValueError, match=words):
+        make()
+
+
 def _moved_family(schedule, ulps: int):
     """The family with alpha_t and sigma_t each moved `ulps` float64 ulps at every t, its ends included."""
     def alpha_sigma(t):
@@ -681,6 +696,15 @@ def test_student_started_from_the_teacher_is_the_teacher_at_T(prediction):
         boot.TeacherStudent(net, boot.Schedule.cosine(), prediction="epsilon")
 
 
+@pytest.mark.parametrize("schedule", [boot.Schedule.flow(), boot.Schedule.edm()], ids=["flow", "edm"])
+def test_v_prediction_is_refused_off_variance_preserving_schedules_by_denoiser_and_student_alike(schedule):
+    """v = alpha eps - sigma x0 is defined on a variance-preserving schedule only: both adapters refuse it, in one message."""
+    for make in (boot.denoiser, boot.TeacherStudent):
+        with pytest.raises(ValueError, match=f"v_prediction is alpha eps - sigma x0 of a variance-preserving schedule, "
+                                             f"not of {schedule.name}"):
+            make(_TimeNet(), schedule, prediction="v_prediction")
+
+
 def test_student_conversion_runs_in_float32_under_autocast():
     schedule = boot.Schedule.discrete(_scaled_linear_alphas_cumprod())
     net = _TimeNet()
@@ -784,7 +808,7 @@ def test_heuns_last_step_to_t_0_makes_one_teacher_call_and_the_same_sample():
     assert calls == [5] * 11, "6 Heun steps: 2 calls each, 1 on the last"
     table = schedule.coefficients(grid)
     y_1 = ys[1]
-    both = boot._teacher_step(mixture, y_1, eps, None, t=grid[1].expand(5), s=grid[0].expand(5),
+    both = boot.teacher_step(mixture, y_1, eps, None, t=grid[1].expand(5), s=grid[0].expand(5),
                               at_t=[c[1].expand(5) for c in table], at_s=[c[0].expand(5) for c in table], order=2)
     assert torch.equal(ys[0], both), "the one-call last step is the two-call step's answer"
     student = boot.MLPStudent(dim=2, width=8).double()

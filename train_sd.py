@@ -18,11 +18,14 @@ digit teachers and bootkit/card.py writes what the run hands over. This file par
   call and draws the same images as --sample, in one UNet call.
 - --resume continues a run with the recipe it was started with: a changed flag outside RESUMABLE is refused.
 """
+import time
+
+LAUNCHED = time.perf_counter()  # before the imports: run as a script, --time-limit counts them (bench/race.py's budgets do)
+
 import argparse
 import json
 import math
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: spinning made small steps 60x slower on a busy CPU
@@ -32,6 +35,7 @@ from PIL import Image
 
 import boot
 from bootkit import card, judging, pictures, runtime, sd
+from bootkit.racing import Counting
 from bootkit.runtime import UsageError
 
 RUN_OUTPUTS = ("checkpoints", "validation", "figures", sd.PIPELINE, "boot_sd.json", "log.jsonl")  # --overwrite clears
@@ -58,17 +62,15 @@ def lr_schedule(optimizer, args):
 # Training, sampling and the judged evaluation.
 
 
-def train(args, prompts, started: float):
-    """started: time.perf_counter() at main's start, from which --time-limit counts."""
-    out = Path(args.out or "runs/sd")
-    runtime.check_out(out, allowed=args.resume or args.overwrite,
-                      hint="pass --resume to continue the run there, or --overwrite to replace it")
+def training_flags(args, prompts):
+    """Training's own checks, before anything loads: (w of the validation pictures and sampling's default,
+    the guidance range (lo, hi), the validation prompts)."""
     if args.ema is not None and args.ema >= 1:
         raise UsageError(f"--ema {args.ema}: the decay must be below 1 (e.g. 0.999)")
     if args.dtype == "fp16":  # runtime.Trainer has no loss scaling: fp16 gradients would underflow unseen
         raise UsageError("--dtype fp16 trains without loss scaling here; train in bf16 or fp32 "
                          "(fp16 is fine for --sample)")
-    w_val = args.guidance_scale  # the w of the validation pictures, and sampling's default
+    w_val = args.guidance_scale
     if w_val is None:
         w_val = sum(args.guidance_range) / 2 if args.guidance_range else 7.5
     lo, hi = args.guidance_range or (w_val, w_val)
@@ -80,6 +82,67 @@ def train(args, prompts, started: float):
         if len(val_prompts) > MAX_VALIDATION_IMAGES:
             raise UsageError(f"--validation-prompts {args.validation_prompts}: {len(val_prompts)} prompts; "
                              f"the validation picture takes at most {MAX_VALIDATION_IMAGES}")
+    return w_val, (lo, hi), val_prompts
+
+
+def make_student(args, teacher_name: str, d):
+    """(the student: the teacher's UNet with a guidance input; what trains it, DDP-wrapped under torchrun; its EMA,
+    None when off; the learning rate, --lr or by the UNet's size)."""
+    student = sd.make_student(teacher_name).to(d.device)
+    lr = args.lr or (LR_LARGE if sum(p.numel() for p in student.parameters()) >= LARGE_UNET else LR_SMALL)
+    if args.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    model = student
+    if d.world > 1:
+        device_ids = [d.device.index] if d.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(student, device_ids=device_ids)
+    ema = None
+    if args.ema:
+        average = torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
+        ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=average).eval()  # never trained itself
+    return student, model, ema, lr
+
+
+class Validation:
+    """Rank 0's picture of the student (one call) below its fixed point, the teacher's N steps down the run's grid
+    with the run's step, on fixed prompts and noise; `figures` holds the latest one's numbers (boot_sd.json, the card)."""
+
+    def __init__(self, args, out: Path, parts, teacher, texts, encode, null, *, shape, grid, w: float, d, dtype):
+        self.args, self.out, self.parts, self.teacher, self.texts, self.null = args, out, parts, teacher, texts, null
+        self.grid, self.w_val, self.device, self.dtype = grid, w, d.device, dtype
+        self.eps = torch.randn(len(texts), *shape, generator=torch.Generator(d.device).manual_seed(args.seed), device=d.device)
+        self.cond, self.w = encode(texts), torch.full((len(texts),), w, device=d.device)
+        self.reference, self.figures = None, {}  # the teacher's latents and row of images, drawn once
+
+    def __call__(self, step: int, student):
+        args, schedule, prediction = self.args, self.parts.teacher.schedule, self.parts.teacher.prediction
+        with sd.autocast(self.device, self.dtype), sd.evaluating(student) as model_now:
+            if self.reference is None:
+                guided = self.parts.teacher.finish(boot.guided(self.teacher, scale=self.w, null_cond=self.null))
+                ddim = boot.fixed_point(guided, self.eps, schedule=schedule, grid=self.grid, cond=self.cond,
+                                        order=args.order)[0]
+                self.reference = ddim.float(), sd.decode(self.parts.vae, ddim)
+            mine = boot.sample_student(sd.student_fn(model_now, schedule, prediction, self.w), self.eps, self.cond)
+        rms = lambda x: x.pow(2).mean().sqrt().item()
+        self.figures.update(step=step, prompts=len(self.texts), rmse_to_teacher=rms(mine - self.reference[0]),
+                            teacher_rms=rms(self.reference[0]))
+        (self.out / "validation").mkdir(exist_ok=True)
+        with open(self.out / "validation" / "log.jsonl", "a") as f:
+            f.write(json.dumps(self.figures) + "\n")
+        fixed_point = f"{'DDIM' if args.order == 1 else 'Heun'}-{args.bootstrap_steps}"
+        pictures.save_labelled(self.out / "validation" / f"step-{step:08d}.png",
+                               [self.reference[1], sd.decode(self.parts.vae, mine)],
+                               row_labels=[f"teacher {fixed_point}", "student, 1 call"], col_labels=self.texts,
+                               title=f"step {step}, w = {self.w_val:g}: the student below its fixed point (the teacher's "
+                                     f"{fixed_point} on the {args.spacing} grid), same noise in a column")
+
+
+def train(args, prompts, started: float):
+    """started: time.perf_counter() at the process's start (main's), from which --time-limit counts."""
+    out = Path(args.out or "runs/sd")
+    runtime.check_out(out, allowed=args.resume or args.overwrite,
+                      hint="pass --resume to continue the run there, or --overwrite to replace it")
+    w_val, (lo, hi), val_prompts = training_flags(args, prompts)
     d = runtime.setup(args.device)
     args.dtype = sd.resolved_dtype(args.dtype, d.device)
     dtype, teacher_name = sd.DTYPES[args.dtype], args.teacher or sd.DEFAULT_TEACHER
@@ -100,18 +163,7 @@ def train(args, prompts, started: float):
     if args.overwrite and d.main:
         runtime.clear(out, RUN_OUTPUTS)
 
-    student = sd.make_student(teacher_name).to(d.device)
-    lr = args.lr or (LR_LARGE if sum(p.numel() for p in student.parameters()) >= LARGE_UNET else LR_SMALL)
-    if args.gradient_checkpointing:
-        student.enable_gradient_checkpointing()
-    model = student
-    if d.world > 1:
-        device_ids = [d.device.index] if d.device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(student, device_ids=device_ids)
-    ema = None
-    if args.ema:
-        average = torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
-        ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=average).eval()  # never trained itself
+    student, model, ema, lr = make_student(args, teacher_name, d)
     # The recipe as it runs (the defaults resolved): what a resume must repeat, and what boot_sd.json records.
     config = {**{k: v for k, v in vars(args).items() if k not in RESUMABLE}, "teacher": teacher_name,
               "prompts": str(Path(args.prompts).resolve()), "resolution": resolution, "lr": lr,
@@ -122,9 +174,8 @@ def train(args, prompts, started: float):
     if args.resume and not trainer.resume(same_keys=sorted(set(config) - {"prediction"})):  # the teacher's own
         d.say(f"--resume: no checkpoint in {out} yet; starting from the teacher")
     teacher = sd.teacher_fn(parts.unet, schedule, prediction)
-
-    def exported():  # the student that validation shows and the run hands over
-        return ema.module if ema is not None else trainer.student
+    counted = Counting(teacher)  # the rows training makes it evaluate (validation's are not counted)
+    exported = lambda: ema.module if ema is not None else trainer.student  # what validation shows and the run hands over
 
     def loss_fn(step):
         gen = runtime.step_generator(args.seed, d.rank, step, d.device)  # all of a step's randomness: exact resume
@@ -134,62 +185,38 @@ def train(args, prompts, started: float):
         k = torch.randint(1, len(grid), (b,), generator=gen, device=device)
         w = lo + (hi - lo) * torch.rand(b, generator=gen, device=device)
         cond = encode(prompts.read(which.tolist()))  # this rank's own batch, nothing else
-        return sd.boot_sd_loss(model, teacher, eps=eps, cond=cond, w=w, k=k, schedule=schedule, grid=grid,
+        return sd.boot_sd_loss(model, counted, eps=eps, cond=cond, w=w, k=k, schedule=schedule, grid=grid,
                                prediction=prediction, null_cond=null, dtype=dtype, finish=parts.teacher.finish,
                                target=None if ema is None else ema.module, order=args.order)
 
-    # Validation (rank 0): the student (one call) below its fixed point, the teacher's N steps down the run's grid with
-    # the run's step (DDIM-N on the uniform grid), on fixed prompts and noise.
-    figures = {}  # of the latest validation: what boot_sd.json and the model card report
+    validation, every = None, None
     if d.main:
-        val_texts = val_prompts.read(range(len(val_prompts) if args.validation_prompts else
-                                           min(len(prompts), VALIDATION_IMAGES)))
-        val_eps = torch.randn(len(val_texts), *shape, generator=torch.Generator(d.device).manual_seed(args.seed),
-                              device=d.device)
-        val_cond, val_w = encode(val_texts), torch.full((len(val_texts),), w_val, device=d.device)
-    reference = []  # the teacher's latents and row of images, drawn once
-
-    def validate(step):
-        if not d.main:
-            return
-        with sd.autocast(d.device, dtype), sd.evaluating(exported()) as model_now:
-            if not reference:
-                guided = parts.teacher.finish(boot.guided(teacher, scale=val_w, null_cond=null))
-                ddim = boot.fixed_point(guided, val_eps, schedule=schedule, grid=grid, cond=val_cond, order=args.order)[0]
-                reference.extend([ddim.float(), sd.decode(parts.vae, ddim)])
-            mine = boot.sample_student(sd.student_fn(model_now, schedule, prediction, val_w), val_eps, val_cond)
-        rms = lambda x: x.pow(2).mean().sqrt().item()
-        figures.update(step=step, prompts=len(val_texts), rmse_to_teacher=rms(mine - reference[0]),
-                       teacher_rms=rms(reference[0]))
-        (out / "validation").mkdir(exist_ok=True)
-        with open(out / "validation" / "log.jsonl", "a") as f:
-            f.write(json.dumps(figures) + "\n")
-        fixed_point = f"{'DDIM' if args.order == 1 else 'Heun'}-{args.bootstrap_steps}"
-        pictures.save_labelled(out / "validation" / f"step-{step:08d}.png", [reference[1], sd.decode(parts.vae, mine)],
-                               row_labels=[f"teacher {fixed_point}", "student, 1 call"], col_labels=val_texts,
-                               title=f"step {step}, w = {w_val:g}: the student below its fixed point (the teacher's "
-                                     f"{fixed_point} on the {args.spacing} grid), same noise in a column")
-
+        texts = val_prompts.read(range(len(val_prompts) if args.validation_prompts else
+                                       min(len(prompts), VALIDATION_IMAGES)))
+        validation = Validation(args, out, parts, teacher, texts, encode, null, shape=shape, grid=grid, w=w_val, d=d,
+                                dtype=dtype)
+        every = (args.validate_every, lambda step: validation(step, exported()))
     until = None if args.time_limit is None else started + 60 * args.time_limit
-    trainer.fit(args.steps, loss_fn, desc="boot-sd", every=(args.validate_every, validate), until=until)
-    if d.main:
-        if figures.get("step") != trainer.step:  # every run ends with a picture of its final student
-            validate(trainer.step)
-        g = sd.student_fn(exported(), schedule, prediction)
-        card.save_pipeline(out / sd.PIPELINE, teacher_name, exported(), g, resolution=resolution, guidance=(lo, hi),
-                           w=w_val)
-        meta = {**config, "steps": trainer.step, "validation": figures}
-        write_run(out, meta, g)  # the run is complete before the judged evaluation: --evaluate redoes that alone
-        d.say(f"student in {out / sd.PIPELINE}; draw images with: python train_sd.py --sample {out} --prompts FILE, "
-              f"or with boot_diffusers.BootPipeline ({out / sd.PIPELINE / 'README.md'})")
-        if judged_by is not None:
-            with sd.evaluating(exported()) as model_now:
-                meta["judged"] = {"step": trainer.step, **judging.judge_student(
-                    parts, model_now, judged_by, prompts, ws=judging.judged_ws(w_val, args.guidance_range), shape=shape,
-                    samples=args.eval_samples or EVAL_SAMPLES.get(d.device.type, 100), dtype=args.dtype,
-                    device=d.device, out=out)}
-            write_run(out, meta, g)
-            d.say(judging.judged_table(meta["judged"]) + f"\n(in {out / 'boot_sd.json'}, pictures in {out / 'figures'})")
+    trainer.fit(args.steps, loss_fn, desc="boot-sd", every=every, until=until)
+    if not d.main:
+        return
+    if validation.figures.get("step") != trainer.step:  # every run ends with a picture of its final student
+        validation(trainer.step, exported())
+    g = sd.student_fn(exported(), schedule, prediction)
+    card.save_pipeline(out / sd.PIPELINE, teacher_name, exported(), g, resolution=resolution, guidance=(lo, hi), w=w_val)
+    # teacher_rows: this process's training (a resumed run's since its resume); a guided call is 2 rows
+    meta = {**config, "steps": trainer.step, "teacher_rows": counted.rows, "validation": validation.figures}
+    write_run(out, meta, g)  # the run is complete before the judged evaluation: --evaluate redoes that alone
+    d.say(f"student in {out / sd.PIPELINE}; draw images with: python train_sd.py --sample {out} --prompts FILE, "
+          f"or with boot_diffusers.BootPipeline ({out / sd.PIPELINE / 'README.md'})")
+    if judged_by is not None:
+        with sd.evaluating(exported()) as model_now:
+            meta["judged"] = {"step": trainer.step, **judging.judge_student(
+                parts, model_now, judged_by, prompts, ws=judging.judged_ws(w_val, args.guidance_range), shape=shape,
+                samples=args.eval_samples or EVAL_SAMPLES.get(d.device.type, 100), dtype=args.dtype,
+                device=d.device, out=out)}
+        write_run(out, meta, g)
+        d.say(judging.judged_table(meta["judged"]) + f"\n(in {out / 'boot_sd.json'}, pictures in {out / 'figures'})")
 
 
 def sample(args, prompts):
@@ -269,9 +296,6 @@ def evaluate(args, prompts):
         samples=args.eval_samples or EVAL_SAMPLES.get(d.device.type, 100), dtype=args.dtype, device=d.device, out=run)}
     write_run(run, meta, sd.student_fn(student, parts.teacher.schedule, meta["prediction"]))
     d.say(judging.judged_table(meta["judged"]) + f"\n(in {run / 'boot_sd.json'}, pictures in {run / 'figures'})")
-
-
-
 
 
 
@@ -386,8 +410,9 @@ def parser():
 
 
 @runtime.cli
-def main(argv=None):
-    started = time.perf_counter()  # --time-limit counts from here
+def main(argv=None, started=None):
+    """started: a time.perf_counter() from which --time-limit counts (run as a script: LAUNCHED; default: now)."""
+    started = time.perf_counter() if started is None else started
     args = parser().parse_args(argv)
     if (args.sample or args.evaluate) and args.validation_prompts:
         raise UsageError(f"--validation-prompts is a training option; {'--sample' if args.sample else '--evaluate'} "
@@ -409,4 +434,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    main(started=LAUNCHED)

@@ -19,8 +19,10 @@ teacher evaluates). Every other process's CPU seconds during each run (/proc/sta
 the machine was otherwise idle. Writes JSON, markdown beside it, and a PNG (FD and RMSE against seconds and calls).
 """
 import argparse
+import contextlib
 import datetime
 import hashlib
+import io
 import json
 import os
 import shlex
@@ -38,7 +40,7 @@ import torch
 import boot
 import race_t2i
 from bootkit import evaluation, kd, metrics, runtime, toy
-from bootkit.kd import KD_KS, KD_MIN_PAIRS, PAIR_SHARE, STEP_CAP, Counting, busy_line, kd_k, last_step
+from bootkit.racing import KD_KS, KD_MIN_PAIRS, PAIR_SHARE, STEP_CAP, Counting, busy_line, kd_k, last_step
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = "teachers/mnist16"
@@ -74,9 +76,16 @@ def parse_args(argv):
     for flag, given, variants in (("--variant", opts.variant, opts.variants), ("--kd-variant", opts.kd_variant, opts.kd_variants)):
         for v in given:
             name, sep, flags = v.partition("=")
-            if not sep or not name.strip() or name.strip() in ("BOOT", "KD", *opts.variants, *opts.kd_variants):
+            name = name.strip()
+            if not sep or not name or name in ("BOOT", "KD", *opts.variants, *opts.kd_variants):
                 p.error(f"argument {flag}: NAME=FLAGS with a name other than BOOT, KD and the other variants', got {v!r}")
-            variants[name.strip()] = shlex.split(flags)
+            variants[name] = shlex.split(flags)
+            try:  # now, not when the variant's turn comes after minutes of other runs
+                with contextlib.redirect_stderr(io.StringIO()) as said:
+                    toy.parse_args(["--teacher", opts.teacher, *variants[name]])
+            except SystemExit:
+                why = said.getvalue().strip().split(": error: ", 1)[-1].removesuffix(" (see --help)")
+                p.error(f"argument {flag} {name!r}: {why}")
     return opts
 
 
@@ -158,18 +167,24 @@ def winner(rows: list, budget: float) -> str:
 
 
 def report(r) -> str:
-    out = ["# BOOT against knowledge distillation at equal seconds\n",
+    kd_ran = any("pairs" in row for row in r["runs"])  # --no-kd: BOOT and its variants only
+    variants = {row["method"]: ("KD" if "pairs" in row else "BOOT", row["flags"]) for row in r["runs"]
+                if row["method"] not in ("BOOT", "KD")}
+    recipes = ("BOOT: train_toy's recipe, its learning rate's warm-up and cosine decay over the budget's seconds "
+               f"(warm-up {WARMUP_SHARE:.0%} of them), no step after it.")
+    if variants:
+        recipes += " Variants, BOOT's or KD's recipe with these flags: " + ", ".join(
+            f"{name} ({kind} with `{shlex.join(flags)}`)" for name, (kind, flags) in variants.items()) + "."
+    if kd_ran:
+        recipes += (f" KD: {PAIR_SHARE:.0%} of the budget on pairs of the teacher's DDIM-k (k the largest of "
+                    f"{', '.join(map(str, KD_KS))} that gives {KD_MIN_PAIRS:,} pairs), then the same student, optimizer "
+                    "and loop regressed at t = 0, its schedule over the rest of the budget.")
+    out = ["# BOOT against knowledge distillation at equal seconds\n" if kd_ran else "# BOOT's levers at equal seconds\n",
            f"- machine: {r['machine']}; torch {r['torch']}; {r['date']}; {r['wall_s'] / 60:.1f} minutes in all",
            f"- command: `{r['command']}`",
            f"- teacher: {r['teacher']}; the student: train_toy's pixel default (the teacher's copy), seed {r['seed']}",
            f"- {busy_line(r)}",
-           "- BOOT: train_toy's recipe, its learning rate's warm-up and cosine decay over the budget's seconds "
-           f"(warm-up {WARMUP_SHARE:.0%} of them), no step after it. KD: {PAIR_SHARE:.0%} of the budget "
-           f"on pairs of the teacher's DDIM-k (k the largest of {', '.join(map(str, KD_KS))} that gives "
-           f"{KD_MIN_PAIRS:,} pairs), then the same student, optimizer and loop regressed at t = 0, its schedule over "
-           "the rest of the budget.",
-           *[f"- {row['method']}: {'KD' if 'pairs' in row else 'BOOT'} with `{shlex.join(row['flags'])}`"
-             for row in {row["method"]: row for row in r["runs"] if row.get("flags")}.values()],
+           f"- {recipes}",
            f"- judged alike: {r['eval']} noises (seed + 1), RMSE per pixel to the teacher's DDIM-{r['ref']} from them, "
            "effective NFE on its DDIM-k curve, FD of the teacher's judge to held-out digits, class shares (uniform 0.100)."
            " Teacher calls: rows the teacher evaluated.\n",

@@ -9,14 +9,15 @@ race.py runs it when --teacher is a diffusers folder with a text encoder. Each b
 methods in turn, on the same student (sd.make_student: the teacher's UNet plus a zero-initialised guidance input),
 with train_sd's lr, batch and loss of one w range, [W_LO, W_HI]:
 - BOOT: train_sd.py --guidance-range 1,5 with its defaults, as a user runs it (a process of its own, start-up
-  counted), --time-limit the minutes left at its launch: its learning rate is constant, so the limit ends it.
+  counted: its --time-limit, the minutes left at its launch, counts from its first line, before its imports): its
+  learning rate is constant, so the limit ends it.
 - KD: in this process, the first PAIR_SHARE of B makes pairs (noise, a prompt of the file, w ~ U[W_LO, W_HI], the
-  teacher's guided DDIM-k from them), k by race.py's rule (kd.kd_k); then AdamW regressing the student's one call
+  teacher's guided DDIM-k from them), k by race.py's rule (racing.kd_k); then AdamW regressing the student's one call
   at t = 0 and that w on them (constant learning rate), no step after B.
 Both are judged alike (judging.judge_guided): the same EVAL noises (judging.JUDGE_SEED) and prompts in turn, at
 w = 1, 2, 3, 5, by prompted-digit accuracy and FD to the held-out digits; the teacher's guided DDIM-8 and DDIM-50 on
-them are drawn once. Teacher calls are rows the teacher evaluates (a guided call: 2, conditional and null): KD's counted as made (kd.Counting), BOOT's from its steps (boot_rows, tested against a counting teacher).
-"""
+them are drawn once. Teacher calls are rows the teacher evaluates (a guided call: 2, conditional and null), counted
+as made (racing.Counting): KD's here, BOOT's by train_sd.py (boot_sd.json's teacher_rows)."""
 import datetime
 import json
 import shlex
@@ -31,7 +32,7 @@ import torch
 
 import boot
 from bootkit import digits, judging, runtime, sd
-from bootkit.kd import PAIR_SHARE, STEP_CAP, Counting, busy_line, kd_k, last_step
+from bootkit.racing import PAIR_SHARE, STEP_CAP, Counting, busy_line, kd_k, last_step
 
 ROOT = Path(__file__).resolve().parents[1]
 W_LO, W_HI = 1.0, 5.0  # the guidance range both students learn (train_sd --guidance-range 1,5)
@@ -58,12 +59,6 @@ def is_text_teacher(folder) -> bool:
         return False
 
 
-def boot_rows(steps: int, batch: int, order: int = 2) -> int:
-    """The teacher rows of BOOT steps in train_sd: each example's target is one teacher step of `order` guided calls
-    (Heun: 2; in training the rows stepping to t = 0 ride along in the batched call), each call 2 rows."""
-    return steps * batch * order * 2
-
-
 def boot_run(opts, budget, d, tmp):
     """train_sd.py as a user runs it, stopped by --time-limit at the budget."""
     start, busy = time.perf_counter(), runtime.cpu_seconds()
@@ -80,7 +75,7 @@ def boot_run(opts, budget, d, tmp):
     done = last_step(tmp / "run")
     student = sd.load_student(tmp / "run", "bench/race.py", d.device)
     return student, dict(seconds=time.perf_counter() - start, busy=busy, steps_done=done, batch=meta["batch_size"],
-                         order=meta["order"], lr=meta["lr"], teacher_calls=boot_rows(done, meta["batch_size"], meta["order"]))
+                         order=meta["order"], lr=meta["lr"], teacher_calls=meta["teacher_rows"])
 
 
 class Pairs:

@@ -72,7 +72,7 @@ def error_map(teacher, schedule, student, eps, *, grid, order, per_pixel, batch=
         for k in range(1, n + 1):
             at_t, at_s = ([c[m].expand(b) for c in table] for m in (k, k - 1))
             # boot's own training step (private; as boot._down_the_grid calls it): its last step, to t = 0, one call
-            stepped = boot._teacher_step(teacher, g[k], e, None, t=grid[k].expand(b), s=grid[k - 1].expand(b),
+            stepped = boot.teacher_step(teacher, g[k], e, None, t=grid[k].expand(b), s=grid[k - 1].expand(b),
                                          at_t=at_t, at_s=at_s, order=order, final=ends_at_0 and k == 1)
             hops.append(sq(g[k - 1], stepped))
         return torch.stack([torch.stack([sq(g[k], fixed[k]) for k in range(n + 1)], 1), torch.stack(hops, 1)], 1)

@@ -122,6 +122,10 @@ def build(args, device):
     unet, read = pixel.load_pixel_teacher(args.teacher, device)
     args.spacing = args.spacing or ("t" if read.family == "edm" else "quadratic")  # the family is known from here on
     schedule, prediction = read.schedule, read.prediction
+    try:  # a discrete teacher's timesteps bound the grid: N at most its steps, no two grid times on one timestep
+        boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing)
+    except ValueError as e:
+        raise runtime.UsageError(f"--bootstrap-steps {args.bootstrap_steps}: {e}") from None
     teacher = pixel.pixel_teacher(unet, read)
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     if args.init_from_teacher:  # read at lambda = 0, where the conversion has gain 1 (boot.TeacherStudent)

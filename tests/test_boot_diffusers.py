@@ -193,6 +193,11 @@ def _config(**overrides):
     ({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_karras_sigmas": True}, "use_karras_sigmas"),
     ({"_class_name": "EDMEulerScheduler", "final_sigmas_type": "sigma_min"}, "ends at sigma_min, not at the data"),
     ({"_class_name": "EDMEulerScheduler", "prediction_type": "sample"}, "defined for epsilon and v_prediction only"),
+    ({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 0.0}, "FlowMatchEulerDiscreteScheduler: shift must be "
+                                                                        "positive"),
+    ({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": -1.0}, "shift must be positive"),
+    ({"_class_name": "EDMEulerScheduler", "rho": -7.0}, "EDMEulerScheduler: rho must be positive"),
+    ({"_class_name": "EDMEulerScheduler", "sigma_max": 0.0}, "sigma_max must be positive"),
     ({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": True}, "use_karras_sigmas"),
     ({"_class_name": "EulerDiscreteScheduler", "timestep_type": "continuous"}, "not a discrete-time teacher"),
     ({"beta_schedule": "cubic"}, "cubic is not implemented"),

@@ -79,6 +79,17 @@ def test_variants_need_a_name_and_are_parsed_as_flags():
         race.parse_args(["--variant", "x=--lr 1e-4", "--kd-variant", "x=--corrector-weight 1"])
 
 
+@pytest.mark.parametrize("flags, words", [("--bogus", "unrecognized arguments: --bogus"),
+                                          ("--weighting cubic", "argument --weighting: invalid choice: 'cubic'")])
+def test_every_variant_is_parsed_before_the_first_run(flags, words, capsys):
+    """A bad variant fails at once, in one line that names it, not when its turn comes after the other runs."""
+    with pytest.raises(SystemExit) as stopped:
+        race.parse_args(["--budgets", "60", "--variant", "good=--order 1", "--variant", f"x={flags}"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.count("\n") == 1 and err.count("error") == 1, err
+    assert f"argument --variant 'x': {words}" in err
+
+
 def test_cpu_seconds_count_this_process_apart_from_the_others():
     before = runtime.cpu_seconds()
     if before is None:
@@ -100,3 +111,12 @@ def test_each_committed_race_renders_into_its_committed_markdown(name, tmp_path)
     race.main(["--render", str(copy)])
     assert copy.with_suffix(".md").read_text() == (results / f"{name}.md").read_text()
     assert (results / f"{name}.png").exists()
+
+
+def test_a_race_without_kd_describes_no_kd():
+    """race-levers (--no-kd): BOOT and its variants only; the page names the variants' flags and says nothing of KD."""
+    r = json.loads((race.ROOT / "bench" / "results" / "race-levers.json").read_text())
+    assert all(row["method"] != "KD" for row in r["runs"])
+    text = race.report(r)
+    assert "KD" not in text and "knowledge distillation" not in text
+    assert "constant weight (`--weighting constant`)" in text and "DDIM step (`--order 1`)" in text

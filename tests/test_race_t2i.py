@@ -12,11 +12,10 @@ os.environ["OMP_NUM_THREADS"] = "1"  # tiny models: threads only contend with ea
 import pytest
 import torch
 
-import boot
 import race
 import race_t2i
 import train_sd
-from bootkit import kd, sd
+from bootkit import racing
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,12 +50,13 @@ def test_the_quick_race_runs_both_methods_per_budget_judged_alike(quick):
 
 
 def test_teacher_calls_are_what_each_method_made(quick):
-    """KD: its pairs' guided DDIM-k (2 rows a call) and the probe that timed a call; BOOT: its steps, each example
-    2 guided calls (Heun), 2 rows each."""
+    """Counted as made (a counting teacher in the race for KD, in train_sd.py for BOOT) against what each recipe
+    calls. KD: its pairs' guided DDIM-k (2 rows a call) and the probe that timed a call; BOOT: its steps, each
+    example 2 guided calls (Heun; the rows stepping to t = 0 ride along in the batched call), 2 rows each."""
     r, _ = quick
     for row in r["runs"]:
         if row["method"] == "KD":
-            assert row["probe_rows"] == 2 * race_t2i.QUICK["pair_batch"] and row["k"] in kd.KD_KS
+            assert row["probe_rows"] == 2 * race_t2i.QUICK["pair_batch"] and row["k"] in racing.KD_KS
             assert row["teacher_calls"] == row["pairs"] * row["k"] * 2 + row["probe_rows"]
             assert row["pairs"] % race_t2i.QUICK["pair_batch"] == 0
         else:
@@ -66,24 +66,6 @@ def test_teacher_calls_are_what_each_method_made(quick):
 
 def test_a_text_to_image_teacher_chooses_the_text_race():
     assert race_t2i.is_text_teacher(TEACHER) and not race_t2i.is_text_teacher(ROOT / "teachers" / "mnist16")
-
-
-@pytest.mark.parametrize("order", [1, 2])
-def test_boot_rows_are_what_a_counting_teacher_sees_in_train_sds_loss(order):
-    """race_t2i.boot_rows against the teacher rows of one sd.boot_sd_loss, as train_sd calls it (k = 1, whose Heun
-    step ends at t = 0, rides along in the batched call)."""
-    parts = sd.load_teacher(str(TEACHER), torch.float32, torch.device("cpu"))
-    schedule, prediction = parts.teacher.schedule, parts.teacher.prediction
-    encode = sd.PromptEncoder(parts, torch.device("cpu"), warn=False)
-    counting = kd.Counting(sd.teacher_fn(parts.unet, schedule, prediction))
-    grid = boot.time_grid(schedule, 16, spacing="quadratic")
-    student, b = sd.make_student(str(TEACHER)), 3
-    shape = sd.latent_shape(parts.vae, parts.unet, parts.unet.config.sample_size * sd.vae_scale(parts.vae))
-    sd.boot_sd_loss(student, counting, eps=torch.randn(b, *shape), cond=encode(["a 3", "the digit 7", "9"]),
-                    w=torch.tensor([1.0, 2.5, 5.0]), k=torch.tensor([1, 8, 16]), schedule=schedule, grid=grid,
-                    prediction=prediction, null_cond=encode([""]), dtype=torch.float32, finish=parts.teacher.finish,
-                    order=order)
-    assert counting.rows == race_t2i.boot_rows(1, b, order)
 
 
 def test_the_markdown_renders_from_the_json(quick):

@@ -2,6 +2,7 @@
 resume after SIGTERM, SIGKILL at any moment, non-finite steps, loading that never unpickles objects, torchrun with
 two CPU processes (gloo), and the one-line errors. Tiny settings, fixed seeds, no wall-clock assertions."""
 import json
+import math
 import os
 import pickle
 import random
@@ -685,3 +686,21 @@ def test_extra_networks_are_checkpointed_and_resumed_with_the_student(tmp_path):
     again.fit(4, loss_fn2)
     assert all(torch.equal(a, b) for a, b in zip(fake.state_dict().values(), fake2.state_dict().values()))
     assert all(torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(), again.model.state_dict().values()))
+
+
+def test_the_timed_schedule_follows_the_seconds_spent_not_the_steps(monkeypatch):
+    """runtime.timed_warmup_cosine, the races' learning rate: linear warm-up over warmup_share of the budget's seconds,
+    then a cosine to 0 at the deadline, wherever the steps fall; 0 after it."""
+    from types import SimpleNamespace
+    clock = [1000.0]
+    monkeypatch.setattr(runtime, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0)
+    schedule = runtime.timed_warmup_cosine(optimizer, start=1000.0, seconds=100.0, warmup_share=0.1)
+    cosine = lambda u: 0.5 * (1 + math.cos(math.pi * u))
+    for spent, steps, expected in [(5.0, 1, 0.5 * cosine(0.05)), (10.0, 1, cosine(0.1)), (50.0, 7, cosine(0.5)),
+                                   (75.0, 1, cosine(0.75)), (100.0, 1, 0.0), (130.0, 3, 0.0)]:
+        clock[0] = 1000.0 + spent
+        for _ in range(steps):  # how many steps were taken does not matter, only the seconds
+            optimizer.step()
+            schedule.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(2.0 * expected, abs=1e-12), spent

@@ -352,6 +352,15 @@ def test_every_run_ends_with_a_picture_of_its_final_student(tiny_sd, prompts, tm
     assert [f["step"] for f in figures] == [2, 3] and all(f["prompts"] == 2 for f in figures)
 
 
+@pytest.mark.parametrize("order", [1, 2])
+def test_boot_sd_json_counts_the_teacher_rows_of_training_alone(order, tiny_sd, prompts, tmp_path):
+    """teacher_rows (bench/race.py's BOOT teacher calls), counted as made: each example's target is `order` guided
+    calls of 2 rows (Heun's rows stepping to t = 0 ride along in the batched call); validation's are not counted."""
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--steps", "3", "--order", str(order)))
+    meta = json.loads((tmp_path / "run" / "boot_sd.json").read_text())
+    assert meta["teacher_rows"] == 3 * 2 * order * 2 and meta["validation"]["step"] == 3
+
+
 @pytest.mark.parametrize("large, flags, lr", [(False, [], train_sd.LR_SMALL), (True, [], train_sd.LR_LARGE),
                                                (True, ["--lr", "2e-4"], 2e-4)])
 def test_default_lr_follows_the_unets_size_is_constant_and_an_explicit_lr_wins(large, flags, lr, tiny_sd, prompts, tmp_path,

@@ -134,6 +134,17 @@ def test_bad_flags_get_one_line_and_write_nothing(tmp_path, args, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--bootstrap-steps", "2000"], "--bootstrap-steps 2000: grid steps must be at least 1 and at most 1000"),
+    (["--bootstrap-steps", "600", "--spacing", "quadratic"],
+     "--bootstrap-steps 600: 600 quadratic-spaced steps collide on the teacher's 1000 timesteps"),
+])
+def test_a_grid_the_teachers_timesteps_cannot_hold_gets_one_line_and_writes_nothing(tmp_path, args, message):
+    code, _, err = run_cli("--teacher", ROOT / "teachers/mnist16", "--out", tmp_path / "run", *PIXEL_TINY, *args)
+    assert code == 2 and message in err and err.strip().count("\n") == 0 and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_folder_that_is_not_a_diffusers_model_is_refused(tmp_path):
     (tmp_path / "not-a-model").mkdir()
     (tmp_path / "not-a-model" / "config.json").write_text("{}")
