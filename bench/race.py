@@ -173,8 +173,9 @@ def report(r) -> str:
     recipes = ("BOOT: train_toy's recipe, its learning rate's warm-up and cosine decay over the budget's seconds "
                f"(warm-up {WARMUP_SHARE:.0%} of them), no step after it.")
     if variants:
-        recipes += " Variants, BOOT's or KD's recipe with these flags: " + ", ".join(
-            f"{name} ({kind} with `{shlex.join(flags)}`)" for name, (kind, flags) in variants.items()) + "."
+        recipes += (" Variants, BOOT's or KD's recipe with these flags: " if kd_ran else " Its variants, the same with "
+                    "these flags: ") + ", ".join(f"{name} ({kind + ' with ' if kd_ran else ''}`{shlex.join(flags)}`)"
+                                                 for name, (kind, flags) in variants.items()) + "."
     if kd_ran:
         recipes += (f" KD: {PAIR_SHARE:.0%} of the budget on pairs of the teacher's DDIM-k (k the largest of "
                     f"{', '.join(map(str, KD_KS))} that gives {KD_MIN_PAIRS:,} pairs), then the same student, optimizer "
