@@ -1,19 +1,23 @@
 """boot_diffusers.py: boot's bridge to diffusers: a student in diffusers' own pipelines, a teacher read exactly.
 
 1. A train_sd.py run writes RUN/pipeline, a StableDiffusionPipeline folder (the teacher's tokenizer, text encoder
-   and VAE, the student UNet, BootOneStepScheduler) that draws in one UNet call. BootPipeline loads it and refuses
-   what a one-step student cannot honour. That part needs torch and diffusers only, not boot.py: the folder and
-   this file are all you need.
+   and VAE, the student UNet, diffusers' own LCMScheduler) that draws in one UNet call. Stock diffusers loads it
+   in a fresh process, nothing of boot imported (DiffusionPipeline, StableDiffusionPipeline,
+   AutoPipelineForText2Image), and draws with num_inference_steps=1 at a guidance_scale of the trained range:
 
     import torch
-    from boot_diffusers import BootPipeline
+    from diffusers import DiffusionPipeline
 
-    pipe = BootPipeline.from_pretrained("runs/sd/pipeline")
-    images = pipe(["a lighthouse on a cliff at dawn"], generator=torch.Generator().manual_seed(0)).images
+    pipe = DiffusionPipeline.from_pretrained("runs/sd/pipeline")
+    images = pipe(["a lighthouse on a cliff at dawn"], num_inference_steps=1, guidance_scale=3.0,
+                  generator=torch.Generator().manual_seed(0)).images
 
-   After `import boot_diffusers`, diffusers' own DiffusionPipeline, StableDiffusionPipeline and
-   AutoPipelineForText2Image load the folder too (diffusers finds the scheduler's class among the imported
-   modules) and draw the same images, but check less: see BootPipeline.
+   BootPipeline (this file) loads the same folder and refuses what a one-step student cannot honour; the stock
+   pipelines check nothing (their default is 50 steps). How the stock scheduler honours the student
+   (one_step_scheduler, retime): with one step LCMScheduler calls the UNet at timestep n - 1 and turns its
+   prediction into the sample at alphas_cumprod[n - 1], boot's alpha_T and sigma_T; the exported UNet reads its
+   t = 0 (boot.Schedule.network_time: -1) at n - 1, its time embedding's first bias moved by the difference.
+   Folders written before 2026-12-06 name BootOneStepScheduler (this file), which BootPipeline still reads.
 
 2. read_scheduler turns a teacher's scheduler config into what boot.py needs (a Schedule, the prediction type,
    the clipping of x0, how the network is called) with the scheduler's own class, so its defaults are the ones
@@ -62,7 +66,9 @@ ONE_STEP_ONLY = ("BootOneStepScheduler draws from pure noise in one step: img2im
 
 
 class BootOneStepScheduler(SchedulerMixin, ConfigMixin):
-    """One step from noise to the image latents with a BOOT student (train_sd.py's, boot.TeacherStudent).
+    """One step from noise to the image latents with a BOOT student (train_sd.py's, boot.TeacherStudent): the
+    scheduler of pipeline folders written before 2026-12-06, which stock diffusers loads only after
+    `import boot_diffusers` (BootPipeline reads them; newer folders name LCMScheduler, see one_step_scheduler).
 
     The student g(eps, t, c) = to_x0(unet(eps, t n - 1, c), x_t = eps, alpha_T, sigma_T) is drawn at t = 0:
     - the pipeline's latents are the noise eps itself (init_noise_sigma 1, no input scaling);
@@ -125,6 +131,62 @@ class BootOneStepScheduler(SchedulerMixin, ConfigMixin):
         raise NotImplementedError(ONE_STEP_ONLY)
 
 
+BOOT_KEY = "_boot"  # a student's facts in its LCMScheduler config: private, so stock diffusers ignores them, keeps them
+
+
+def one_step_scheduler(teacher_config: dict, *, prediction_type: str, alpha_T: float, sigma_T: float,
+                       guidance_range: list, guidance_scale: float):
+    """diffusers' LCMScheduler that draws a BOOT student in its one step (num_inference_steps=1), stock in every way:
+    - set_timesteps(1) gives timestep n - 1 (original_inference_steps n), the student's UNet reads it (retime);
+    - step: the teacher's betas give alphas_cumprod[n - 1] = alpha_T^2, so its x0 of the prediction at the noise is
+      boot's to_x0 at the fixed alpha_T, sigma_T (checked here); the consistency boundary's c_skip = 1 / (1 + (2 s)^2),
+      s = timestep_scaling (n - 1), vanishes in float32 at timestep_scaling 1e6, c_out is 1: the sample is that x0;
+    - no clipping or thresholding (the student's latents are not images), init_noise_sigma 1: the latents are eps.
+    The trained guidance range and w ride in its config under BOOT_KEY for BootPipeline."""
+    from diffusers import LCMScheduler
+    n = teacher_config["num_train_timesteps"]
+    scheduler = LCMScheduler.from_config(dict(teacher_config), prediction_type=prediction_type, original_inference_steps=n,
+                                         timestep_scaling=1e6, clip_sample=False, thresholding=False)
+    scheduler.set_timesteps(1)
+    alpha_bar = scheduler.alphas_cumprod[n - 1].double()
+    if scheduler.timesteps.tolist() != [n - 1] or not (math.isclose(alpha_bar.sqrt().item(), alpha_T, rel_tol=1e-5, abs_tol=1e-6)
+                                                       and math.isclose((1 - alpha_bar).sqrt().item(), sigma_T, rel_tol=1e-5)):
+        raise UnsupportedTeacher(f"LCMScheduler's one step at timestep {scheduler.timesteps.tolist()} (alpha "
+                                 f"{alpha_bar.sqrt().item():.6g}) is not the student's t = T (timestep {n - 1}, alpha_T "
+                                 f"{alpha_T:.6g}): this teacher's schedule has no stock one-step scheduler")
+    scheduler.register_to_config(**{BOOT_KEY: dict(guidance_range=list(guidance_range), guidance_scale=guidance_scale,
+                                                   unet_timestep=n - 1, trained_timestep=-1)})
+    return scheduler
+
+
+@torch.no_grad()
+def retime(unet, *, old: float, new: float):
+    """In place: the UNet at timestep `new` computes what it computed at `old`. Its time embedding's first layer
+    reads the sinusoidal features phi(t) (time_proj); its bias absorbs W (phi(old) - phi(new)), in float64, stored in
+    its dtype: exact at `new` up to that rounding, and every other timestep moves too (a one-step student is read
+    at one). A guidance input (time_cond_proj_dim) adds to phi before that layer: it reads the same w as before."""
+    config, layer = unet.config, getattr(getattr(unet, "time_embedding", None), "linear_1", None)
+    if config.get("time_embedding_type", "positional") != "positional" or layer is None or \
+            config.get("class_embed_type") == "timestep" or not hasattr(unet, "time_proj"):
+        raise UnsupportedTeacher(f"a {type(unet).__name__} whose timestep enters other than through its sinusoidal "
+                                 "time embedding: its student cannot be moved to the stock scheduler's timestep")
+    phi = unet.time_proj(torch.tensor([old, new], dtype=torch.float32, device=layer.weight.device)).double()
+    layer.bias.copy_((layer.bias.double() + layer.weight.double() @ (phi[0] - phi[1])).to(layer.bias.dtype))
+
+
+def student_facts(scheduler_config) -> dict:
+    """What a run recorded in its pipeline folder's scheduler: guidance_range, guidance_scale and, in LCMScheduler
+    folders, the timestep the exported UNet reads its t = 0 at (unet_timestep) and the trained one; {} for a
+    scheduler no run wrote. BootOneStepScheduler folders (before 2026-12-06) keep the trained timestep, -1."""
+    config = dict(scheduler_config)
+    if BOOT_KEY in config:
+        return dict(config[BOOT_KEY])
+    if config.get("_class_name", "BootOneStepScheduler") == "BootOneStepScheduler" and "guidance_range" in config:
+        return dict(guidance_range=config["guidance_range"], guidance_scale=config["guidance_scale"],
+                    unet_timestep=-1, trained_timestep=-1)
+    return {}
+
+
 def _pipeline_class():
     """BootPipeline, built on first use: importing StableDiffusionPipeline takes seconds and pulls in transformers'
     image processors, which warn when torchvision is missing (nothing this pipeline uses), and read_scheduler's
@@ -141,17 +203,18 @@ def _pipeline_class():
         """StableDiffusionPipeline for a BOOT student that refuses, with a ValueError, what it cannot honour:
         num_inference_steps other than 1; a negative prompt (the student has guidance built in, with no
         unconditional branch to steer away from: the stock pipeline drops it unseen); a guidance_scale outside the
-        range recorded in its BootOneStepScheduler (the stock pipeline extrapolates, from its default 7.5 too).
+        range recorded in its scheduler (student_facts; the stock pipeline extrapolates, from its default 7.5 too).
         guidance_scale defaults to the run's w; height and width, like the stock pipeline's, to the UNet's
         sample_size times the VAE's scale (train_sd.py records the trained resolution there). Arguments past the
         prompt are keywords. Saved, it is a StableDiffusionPipeline folder: every diffusers loader reads it."""
 
         def __call__(self, prompt=None, *, num_inference_steps: int = 1, guidance_scale: Optional[float] = None,
                      negative_prompt=None, negative_prompt_embeds=None, **kwargs):
-            trained, default = self.scheduler.config.get("guidance_range"), self.scheduler.config.get("guidance_scale")
+            facts = student_facts(self.scheduler.config)
+            trained, default = facts.get("guidance_range"), facts.get("guidance_scale")
             if trained is None or default is None:
                 raise ValueError(f"BootPipeline: the scheduler ({type(self.scheduler).__name__}) records no trained "
-                                 "guidance range; expected a BootOneStepScheduler written by train_sd.py")
+                                 "guidance range; expected the pipeline folder of a train_sd.py run")
             w = default if guidance_scale is None else guidance_scale
             if num_inference_steps != 1:
                 raise ValueError(f"num_inference_steps={num_inference_steps}: a BOOT student draws in one step; "

@@ -14,8 +14,9 @@ digit teachers and bootkit/card.py writes what the run hands over. This file par
 - With --guidance-range every example draws its own w, which guides its teacher target and enters the student;
   without, w is the one --guidance-scale.
 - The run's pipeline/ folder is a StableDiffusionPipeline: the teacher's text encoder and VAE, the student UNet (its
-  unet/), BootOneStepScheduler (boot_diffusers.py) and a model card. boot_diffusers.BootPipeline loads it in one
-  call and draws the same images as --sample, in one UNet call.
+  unet/, moved to read t = 0 at LCMScheduler's timestep), diffusers' own LCMScheduler and a model card. Stock
+  diffusers loads it in one call and draws the same images as --sample in one UNet call (num_inference_steps=1);
+  boot_diffusers.BootPipeline also refuses what a one-step student cannot honour.
 - --resume continues a run with the recipe it was started with: a changed flag outside RESUMABLE is refused.
 """
 import time
@@ -208,7 +209,7 @@ def train(args, prompts, started: float):
     meta = {**config, "steps": trainer.step, "teacher_rows": counted.rows, "validation": validation.figures}
     write_run(out, meta, g)  # the run is complete before the judged evaluation: --evaluate redoes that alone
     d.say(f"student in {out / sd.PIPELINE}; draw images with: python train_sd.py --sample {out} --prompts FILE, "
-          f"or with boot_diffusers.BootPipeline ({out / sd.PIPELINE / 'README.md'})")
+          f"or with diffusers' DiffusionPipeline at num_inference_steps=1 ({out / sd.PIPELINE / 'README.md'})")
     if judged_by is not None:
         with sd.evaluating(exported()) as model_now:
             meta["judged"] = {"step": trainer.step, **judging.judge_student(

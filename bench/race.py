@@ -39,7 +39,7 @@ import torch
 
 import boot
 import race_t2i
-from bootkit import evaluation, kd, metrics, runtime, toy
+from bootkit import evaluation, kd, metrics, pictures, runtime, toy
 from bootkit.racing import KD_KS, KD_MIN_PAIRS, PAIR_SHARE, STEP_CAP, Counting, busy_line, kd_k, last_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,32 +221,13 @@ def report(r) -> str:
 
 
 def picture(r, path: Path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    methods = list(dict.fromkeys(row["method"] for row in r["runs"]))
-    for (i, metric), (j, x) in [((i, m), (j, x)) for i, m in enumerate(("fd", "rmse")) for j, x in
-                                enumerate(("seconds", "teacher_calls"))]:
-        ax = axes[i][j]
-        for method in methods:
-            rows = [row for row in r["runs"] if row["method"] == method]
-            ax.plot([row[x] for row in rows], [row[metric] for row in rows], "o-", label=method)
-        for k in ("8", "16"):  # the teacher's DDIM-8 and DDIM-16 as levels to reach (the reference is RMSE 0)
-            level = r["teacher_ddim"].get(k, {}).get(metric, 0)
-            if int(k) < r["ref"] and level > 0:
-                ax.axhline(level, ls="--", lw=0.8, color="gray")
-                ax.text(0.01, level, f"teacher DDIM-{k}", transform=ax.get_yaxis_transform(), fontsize=8, color="gray",
-                        va="bottom")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("seconds on this machine" if x == "seconds" else "teacher calls (per sample)")
-        ax.set_ylabel("FD to held-out digits" if metric == "fd" else f"RMSE per pixel to the teacher's DDIM-{r['ref']}")
-        ax.legend(fontsize=8)
-    fig.suptitle(f"BOOT against KD at equal budgets, {r['teacher']} ({r['machine']})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    ref = r["ref"]
+    level = lambda k, metric: r["teacher_ddim"].get(k, {}).get(metric) or None  # the reference is RMSE 0: no level
+    pictures.plot_budget_curves(
+        path, r["runs"], calls="per sample", title=f"BOOT against KD at equal budgets, {r['teacher']} ({r['machine']})",
+        metrics=[("FD to held-out digits", lambda row: row["fd"], True),
+                 (f"RMSE per pixel to the teacher's DDIM-{ref}", lambda row: row["rmse"], True)],
+        levels={f"teacher DDIM-{k}": [level(k, "fd"), level(k, "rmse")] for k in ("8", "16") if int(k) < ref})
 
 
 def render(path: Path) -> str:

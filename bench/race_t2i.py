@@ -31,7 +31,7 @@ from types import SimpleNamespace
 import torch
 
 import boot
-from bootkit import digits, judging, runtime, sd
+from bootkit import digits, judging, pictures, runtime, sd
 from bootkit.racing import PAIR_SHARE, STEP_CAP, Counting, busy_line, kd_k, last_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,31 +212,11 @@ def report(r) -> str:
 
 
 def picture(r, path: Path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    methods = list(dict.fromkeys(row["method"] for row in r["runs"]))
-    for i, metric in enumerate(("fd", "accuracy")):
-        for j, x in enumerate(("seconds", "teacher_calls")):
-            ax = axes[i][j]
-            for method in methods:
-                rows = [row for row in r["runs"] if row["method"] == method]
-                ax.plot([row[x] for row in rows], [row["judged"][W][metric] for row in rows], "o-", label=method)
-            for k, row in r["teacher_ddim"].items():  # the teacher's DDIM-8 and DDIM-50: levels to reach
-                level = row[W][metric]
-                ax.axhline(level, ls="--", lw=0.8, color="gray")
-                ax.text(0.01, level, f"teacher DDIM-{k}", transform=ax.get_yaxis_transform(), fontsize=8, color="gray",
-                        va="bottom")
-            ax.set_xscale("log")
-            ax.set_yscale("log" if metric == "fd" else "linear")
-            ax.set_xlabel("seconds on this machine" if x == "seconds" else "teacher calls (rows evaluated)")
-            ax.set_ylabel(f"FD to held-out digits, w = {W}" if metric == "fd" else f"prompted-digit accuracy, w = {W}")
-            ax.legend(fontsize=8)
-    fig.suptitle(f"BOOT against KD at equal budgets, {r['teacher']} ({r['machine']})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    pictures.plot_budget_curves(
+        path, r["runs"], calls="rows evaluated", title=f"BOOT against KD at equal budgets, {r['teacher']} ({r['machine']})",
+        metrics=[(f"FD to held-out digits, w = {W}", lambda row: row["judged"][W]["fd"], True),
+                 (f"prompted-digit accuracy, w = {W}", lambda row: row["judged"][W]["accuracy"], False)],
+        levels={f"teacher DDIM-{k}": [row[W]["fd"], row[W]["accuracy"]] for k, row in r["teacher_ddim"].items()})
 
 
 def render(r, path: Path) -> str:

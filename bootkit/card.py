@@ -10,31 +10,41 @@ from bootkit import sd
 
 def save_pipeline(folder: Path, teacher: str, unet, g: boot.TeacherStudent, *, resolution: int, guidance: tuple,
                   w: float):
-    """folder: a StableDiffusionPipeline folder (model_index.json) that BootPipeline, and diffusers' own loaders
-    after `import boot_diffusers`, read in one call: the teacher's tokenizer, text encoder and VAE in float32
-    (lossless whatever their stored precision), the student UNet, and the BootOneStepScheduler that turns its
-    prediction into the image at the student's own alpha_T, sigma_T (the very floats of g) and records the trained
-    guidance [WMIN, WMAX] and w. The UNet's sample_size becomes the trained resolution's, so that the pipelines'
-    default height and width are the trained ones. No safety checker (requires_safety_checker False): it is another
-    model of 1.2 GB, not the student's; pass one to from_pretrained where it is wanted."""
-    from boot_diffusers import BootOneStepScheduler, BootPipeline
+    """folder: a StableDiffusionPipeline folder (model_index.json) that stock diffusers and BootPipeline read in one
+    call: the teacher's tokenizer, text encoder and VAE in float32 (lossless whatever their stored precision), the
+    student UNet moved to read its t = 0 at the timestep LCMScheduler's one step passes (boot_diffusers.retime), and
+    that LCMScheduler (boot_diffusers.one_step_scheduler), which turns the prediction into the image at the
+    student's alpha_T, sigma_T and records the trained guidance [WMIN, WMAX] and w. The UNet's sample_size becomes
+    the trained resolution's, so that the pipelines' default height and width are the trained ones. The live unet
+    is left as it was, bit for bit. No safety checker (requires_safety_checker False): it is another model of
+    1.2 GB, not the student's; pass one to from_pretrained where it is wanted."""
+    from boot_diffusers import BOOT_KEY, BootPipeline, one_step_scheduler, retime
     parts = sd.load_teacher(teacher, torch.float32, torch.device("cpu"), unet=False)
     unet.register_to_config(sample_size=resolution // sd.vae_scale(parts.vae))
-    scheduler = BootOneStepScheduler(prediction_type=g.prediction, alpha_T=g.alpha_a, sigma_T=g.sigma_a,
-                                     guidance_range=list(guidance), guidance_scale=w)
-    BootPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=unet,
-                 scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                 requires_safety_checker=False).save_pretrained(folder)  # safetensors
+    scheduler = one_step_scheduler(parts.scheduler.config, prediction_type=g.prediction, alpha_T=g.alpha_a,
+                                   sigma_T=g.sigma_a, guidance_range=list(guidance), guidance_scale=w)
+    facts = scheduler.config[BOOT_KEY]
+    assert facts["trained_timestep"] == g.schedule.network_time(torch.zeros(())).item(), "boot's time input of t = 0"
+    bias = unet.time_embedding.linear_1.bias
+    trained = bias.detach().clone()
+    retime(unet, old=facts["trained_timestep"], new=facts["unet_timestep"])
+    try:
+        BootPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=unet,
+                     scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                     requires_safety_checker=False).save_pretrained(folder)  # safetensors
+    finally:
+        with torch.no_grad():
+            bias.copy_(trained)  # the run goes on with the weights it trained
 
 
 def diffusers_snippet(pipeline: str, w: float) -> str:
-    """Python that draws images with the run's pipeline folder through BootPipeline (README and model card)."""
+    """Python that draws images with the run's pipeline folder with stock diffusers (README and model card)."""
     return f'''import torch
-from boot_diffusers import BootPipeline  # one small file of the boot repository
+from diffusers import DiffusionPipeline
 
-pipe = BootPipeline.from_pretrained("{pipeline}")  # the run's pipeline folder, or its hub id
+pipe = DiffusionPipeline.from_pretrained("{pipeline}")  # the run's pipeline folder, or its hub id
 # On a GPU: from_pretrained(..., torch_dtype=torch.float16), then pipe.to("cuda").
-images = pipe(["a lighthouse on a cliff at dawn"], guidance_scale={w},
+images = pipe(["a lighthouse on a cliff at dawn"], num_inference_steps=1, guidance_scale={w},
               generator=torch.Generator().manual_seed(0)).images
 '''
 
@@ -90,31 +100,35 @@ an image in one UNet call.
 {judged or ""}
 ## Use
 
-With diffusers and `boot_diffusers.py` (one small file of the boot repository):
+With diffusers alone (a StableDiffusionPipeline folder with diffusers' own LCMScheduler; nothing else to install):
 
 ```python
 {diffusers_snippet(pipeline, w)}```
 
-Its default height and width are the trained {meta['resolution']} pixels. From the same prompts (one batch) and
-seed it draws the images of `python train_sd.py --sample RUN --prompts FILE --seed 0` in the boot repository:
-both draw the noise from a CPU generator, the same on any device. `BootPipeline` raises a ValueError for what one
-step from noise cannot honour: a `guidance_scale` outside the trained range (an error, not a warning: the student
-was never taught that w, and extrapolates), a `negative_prompt` (guidance is built into the student: there is no
-unconditional branch for it to replace), `num_inference_steps` other than 1.
+Pass `num_inference_steps=1` and a `guidance_scale` of the trained range: the stock pipeline checks neither (its
+default is 50 steps, which draws something else, and w = 7.5, which the student extrapolates to without a word),
+drops a `negative_prompt` unseen (guidance is built into the student: there is no unconditional branch for it to
+replace), and runs img2img and inpainting pipelines that a student drawn from pure noise cannot honour. Its
+default height and width are the trained {meta['resolution']} pixels. From the same prompts (one batch) and seed
+it draws the images of `python train_sd.py --sample RUN --prompts FILE --seed 0` in the boot repository: both
+draw the noise from a CPU generator, the same on any device.
 
-The folder is a `StableDiffusionPipeline`: after `import boot_diffusers`, diffusers' `DiffusionPipeline`,
-`StableDiffusionPipeline` and `AutoPipelineForText2Image` load it in one call too and draw the same images at the
-same `guidance_scale`. They check less. What the scheduler sees, it catches: another `num_inference_steps` (their
-default is 50) gets a warning and one step, img2img and inpainting pipelines an error. What only the pipeline
-sees, they cannot check: their default `guidance_scale` is 7.5, and any w outside the range is extrapolated
-without a word; a `negative_prompt` is dropped unseen.
+`boot_diffusers.BootPipeline` (one small file of the boot repository) loads the same folder, defaults to one step
+and the run's w, and raises a ValueError for what one step from noise cannot honour: a `guidance_scale` outside the
+trained range, a `negative_prompt`, `num_inference_steps` other than 1.
 
-## Conventions (what BootOneStepScheduler encodes)
+## Conventions (what the folder encodes)
 
 - The pipeline's latents are the noise eps itself (standard normal, `init_noise_sigma = 1`).
-- The UNet reads eps at timestep -1: the student's time t = 0, where the teacher's timestep i is t = (i + 1) / n.
-- Its {g.prediction} prediction becomes the image latents at the FIXED coefficients of t = T, in float32:
-  `y = to_x0(pred, x_t = eps, alpha_T = {g.alpha_a!r}, sigma_T = {g.sigma_a!r})`.
+- LCMScheduler's one step calls the UNet at timestep {g.schedule.train_steps - 1} (n - 1); the UNet reads there the
+  student's time t = 0 (boot's timestep -1, where the teacher's timestep i is t = (i + 1) / n): its time
+  embedding's first bias was moved by the difference of the two timesteps' sinusoidal features
+  (`boot_diffusers.retime`).
+- The scheduler turns the {g.prediction} prediction into the image latents at alphas_cumprod[n - 1], the student's
+  fixed coefficients of t = T:
+  `y = to_x0(pred, x_t = eps, alpha_T = {g.alpha_a!r}, sigma_T = {g.sigma_a!r})`;
+  its consistency boundary (`timestep_scaling` 1e6) leaves that y unchanged. The trained guidance range and w are in
+  its config, under `_boot`.
 - Guidance: the UNet's guidance input (`time_cond_proj_dim`) reads StableDiffusionPipeline's embedding of w - 1;
   the pipeline then runs no classifier-free guidance of its own and calls the UNet once.
 - The latents decode with the teacher's VAE, or an AutoencoderTiny (`madebyollin/taesd` for SD 1.x and 2.x).

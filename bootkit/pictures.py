@@ -139,6 +139,39 @@ def plot_error_map(path, error_map: dict, title: str):
     plt.close(fig)
 
 
+def plot_budget_curves(path, runs: list, *, metrics: list, levels: dict, calls: str, title: str):
+    """A race at equal budgets: each metric (a row of panels) against seconds and teacher calls (the columns), a
+    line per method in the order the runs came, both axes log (y linear where the metric says so), and the
+    teacher's samplers as gray levels to reach. runs: dicts with "method", "seconds", "teacher_calls"; metrics:
+    (y label, value of a run, log y) per row; levels: {label: a value per metric, None where it has none};
+    calls: what a teacher call counts."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 4 * len(metrics)), squeeze=False)
+    methods = list(dict.fromkeys(row["method"] for row in runs))
+    for i, (ylabel, value, log_y) in enumerate(metrics):
+        for j, x in enumerate(("seconds", "teacher_calls")):
+            ax = axes[i][j]
+            for method in methods:
+                rows = [row for row in runs if row["method"] == method]
+                ax.plot([row[x] for row in rows], [value(row) for row in rows], "o-", label=method)
+            for label, values in levels.items():
+                if values[i] is not None:
+                    ax.axhline(values[i], ls="--", lw=0.8, color="gray")
+                    ax.text(0.01, values[i], label, transform=ax.get_yaxis_transform(), fontsize=8, color="gray",
+                            va="bottom")
+            ax.set_xscale("log")
+            ax.set_yscale("log" if log_y else "linear")
+            ax.set_xlabel("seconds on this machine" if x == "seconds" else f"teacher calls ({calls})")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def digit_columns(images, digits) -> list:
     """For each digit 0 ... 9, the first of images (B, ...) whose prompt names it (digits (B,)), None where none does."""
     firsts = [(digits == d).nonzero() for d in range(10)]

@@ -294,11 +294,19 @@ def read_run(run: Path, flag: str) -> dict:
 
 
 def load_student(run: Path, flag: str, device):
-    """The run's student UNet (RUN/pipeline/unet) in float32 (--dtype is the autocast it runs under), in eval mode."""
+    """The run's student UNet (RUN/pipeline/unet) in float32 (--dtype is the autocast it runs under), in eval mode,
+    reading its t = 0 at boot's timestep again (the folder's is the stock scheduler's: boot_diffusers.retime)."""
+    import boot_diffusers
     from diffusers import UNet2DConditionModel
     load = UNet2DConditionModel.from_pretrained
-    return loaded(f"{flag} {run}: its student", lambda: load(run / PIPELINE / "unet", torch_dtype=torch.float32,
-                                                             use_safetensors=True)).to(device).eval()
+    unet = loaded(f"{flag} {run}: its student", lambda: load(run / PIPELINE / "unet", torch_dtype=torch.float32,
+                                                             use_safetensors=True))
+    config = loaded(f"{flag} {run}: its scheduler", lambda: json.loads(
+        (run / PIPELINE / "scheduler" / "scheduler_config.json").read_text()))
+    facts = boot_diffusers.student_facts(config)
+    if facts.get("unet_timestep", -1) != facts.get("trained_timestep", -1):
+        boot_diffusers.retime(unet, old=facts["unet_timestep"], new=facts["trained_timestep"])
+    return unet.to(device).eval()
 
 
 def noise(generator: torch.Generator, n: int, shape: tuple, device) -> torch.Tensor:

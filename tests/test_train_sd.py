@@ -393,14 +393,31 @@ def student_with_trained_guidance(run: Path):
     student.save_pretrained(run / "pipeline" / "unet")
 
 
+STOCK_DRAW = """
+import json, sys
+import numpy as np, torch
+from diffusers import AutoencoderTiny, AutoPipelineForText2Image, DiffusionPipeline, LCMScheduler, StableDiffusionPipeline
+folder, tiny_vae, out = sys.argv[1:]
+extra = {"vae": AutoencoderTiny.from_pretrained(tiny_vae)} if tiny_vae else {}
+drawn = {}
+for load in (DiffusionPipeline, StableDiffusionPipeline, AutoPipelineForText2Image):
+    pipe = load.from_pretrained(folder, **extra)
+    assert type(pipe).__name__ == "StableDiffusionPipeline" and isinstance(pipe.scheduler, LCMScheduler), load
+    drawn[load.__name__] = pipe(["a red cat", "blue sky", "a dog on a hill"], num_inference_steps=1, guidance_scale=3.0,
+                                generator=torch.Generator().manual_seed(5), output_type="np").images
+assert not [m for m in sys.modules if m.startswith(("boot", "bootkit"))], "nothing of boot imported"
+np.savez(out, **drawn)
+"""
+
+
 @pytest.mark.parametrize("guidance, vae", [(["--guidance-range", "1,5"], "full"), (["--guidance-scale", "3"], "tiny")])
 def test_the_pipeline_folder_loads_in_one_call_and_draws_what_sample_draws(guidance, vae, tiny_sd, tmp_path,
                                                                            monkeypatch):
-    """Same prompts, same seed, the run's w (3), fp32: RUN/pipeline, loaded in one call by BootPipeline and by
-    diffusers' own loaders, draws --sample's images, in one UNet call fed w - 1."""
+    """Same prompts, same seed, the run's w (3), fp32: RUN/pipeline draws --sample's images in one UNet call fed
+    w - 1, loaded in one call by stock diffusers in a fresh process that imports nothing of boot (DiffusionPipeline,
+    StableDiffusionPipeline, AutoPipelineForText2Image: LCMScheduler, one step), and by BootPipeline."""
     import boot_diffusers
-    from diffusers import (AutoencoderTiny, AutoPipelineForText2Image, DiffusionPipeline, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import AutoencoderTiny, LCMScheduler, UNet2DConditionModel
     texts = ["a red cat", "blue sky", "a dog on a hill"]
     (tmp_path / "p.txt").write_text("\n".join(texts) + "\n")
     run = tmp_path / "run"
@@ -412,33 +429,35 @@ def test_the_pipeline_folder_loads_in_one_call_and_draws_what_sample_draws(guida
                    "--device", "cpu", "--batch-size", "3", "--dtype", "fp32", "--seed", "5", *tiny_vae])
     sampled = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "images").glob("*.png"))])
 
-    calls, forward = [], UNet2DConditionModel.forward
-    spy = lambda *a, **k: calls.append(k["timestep_cond"]) or forward(*a, **k)
-    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
-    extra = {"vae": AutoencoderTiny.from_pretrained(Path(tiny_sd) / "taesd")} if vae == "tiny" else {}
-    for load in (boot_diffusers.BootPipeline, StableDiffusionPipeline, DiffusionPipeline, AutoPipelineForText2Image):
-        pipe = load.from_pretrained(run / "pipeline", **extra)
-        assert isinstance(pipe.scheduler, boot_diffusers.BootOneStepScheduler), load
-        calls.clear()
-        generator = torch.Generator().manual_seed(5)
-        if load is boot_diffusers.BootPipeline:  # its defaults: the run's w, one step
-            images = pipe(texts, generator=generator, output_type="np").images
-        else:  # the stock ones: w given, their default of 50 steps gets a warning and one step
-            with pytest.warns(UserWarning, match="num_inference_steps=50"):
-                images = pipe(texts, guidance_scale=3.0, generator=generator, output_type="np").images
-        assert len(calls) == 1, load  # one UNet call, no CFG
-        torch.testing.assert_close(calls[0], sd.guidance_embedding(torch.full((3,), 3.0), sd.GUIDANCE_DIM),
-                                   rtol=0, atol=0)
+    done = subprocess.run([sys.executable, "-c", STOCK_DRAW, str(run / "pipeline"), tiny_vae[-1] if tiny_vae else "",
+                           str(tmp_path / "stock.npz")], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    for load, images in np.load(tmp_path / "stock.npz").items():
         assert np.abs(images * 255 - sampled).max() <= 0.5 + 1e-3, load  # --sample rounds to uint8
 
-    latents = pipe(texts, guidance_scale=3.0, num_inference_steps=1, generator=torch.Generator().manual_seed(5),
-                   output_type="latent").images
+    calls, forward = [], UNet2DConditionModel.forward
+    spy = lambda self, sample, timestep, *a, **k: calls.append((timestep, k["timestep_cond"])) or forward(
+        self, sample, timestep, *a, **k)
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    extra = {"vae": AutoencoderTiny.from_pretrained(Path(tiny_sd) / "taesd")} if vae == "tiny" else {}
+    pipe = boot_diffusers.BootPipeline.from_pretrained(run / "pipeline", **extra)
+    assert isinstance(pipe.scheduler, LCMScheduler)
+    images = pipe(texts, generator=torch.Generator().manual_seed(5), output_type="np").images  # the run's w, one step
+    assert len(calls) == 1 and int(calls[0][0]) == 999  # one UNet call, no CFG, at the stock scheduler's timestep
+    torch.testing.assert_close(calls[0][1], sd.guidance_embedding(torch.full((3,), 3.0), sd.GUIDANCE_DIM),
+                               rtol=0, atol=0)
+    assert np.abs(images * 255 - sampled).max() <= 0.5 + 1e-3
+
+    latents = pipe(texts, guidance_scale=3.0, generator=torch.Generator().manual_seed(5), output_type="latent").images
     parts = sd.load_teacher(tiny_sd, torch.float32, torch.device("cpu"), unet=False)
     schedule = boot.Schedule.discrete(parts.scheduler.alphas_cumprod)
     eps = torch.randn(latents.shape, generator=torch.Generator().manual_seed(5))
-    g = sd.student_fn(pipe.unet, schedule, "epsilon", torch.full((3,), 3.0))
+    g = sd.student_fn(sd.load_student(run, "test", "cpu"), schedule, "epsilon", torch.full((3,), 3.0))
     cond = sd.PromptEncoder(parts, torch.device("cpu"), warn=False)(texts)
-    torch.testing.assert_close(latents, boot.sample_student(g, eps, cond), rtol=1e-5, atol=1e-5)
+    # float32 rounding alone: the folder's UNet reads t = 0 at 999 through a moved bias, load_student's at -1 through
+    # the bias moved back; eps-prediction divides the UNet's rounding by alpha_T (0.07)
+    torch.testing.assert_close(latents, boot.sample_student(g, eps, cond), rtol=1e-4, atol=1e-4)
 
 
 def test_sample_noise_is_drawn_on_the_cpu_whatever_the_device():
@@ -455,10 +474,9 @@ def test_sample_noise_is_drawn_on_the_cpu_whatever_the_device():
 
 
 def test_the_pipeline_refuses_what_a_one_step_student_cannot_honour(tiny_sd, prompts, tmp_path):
-    """BootPipeline: a ValueError for each input it cannot honour. diffusers' own pipelines: a warning for other
-    num_inference_steps, an error for img2img and inpainting (not AttributeError: add_noise)."""
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
-    from boot_diffusers import BootOneStepScheduler, BootPipeline
+    """BootPipeline: a ValueError for each input it cannot honour, from the facts the run wrote into its scheduler."""
+    from diffusers import LCMScheduler
+    from boot_diffusers import BOOT_KEY, BootPipeline
     run = tmp_path / "run"
     train_sd.main(train_args(tiny_sd, prompts, run, "--guidance-range", "1,4", "--steps", "1", "--validate-every", "1000"))
     pipe = BootPipeline.from_pretrained(run / "pipeline")
@@ -472,21 +490,46 @@ def test_the_pipeline_refuses_what_a_one_step_student_cannot_honour(tiny_sd, pro
             (dict(num_inference_steps=4), "num_inference_steps=4: a BOOT student draws in one step")]:
         with pytest.raises(ValueError, match=message):
             draw(**kwargs)
-    config = dict(pipe.scheduler.config)
-    pipe.scheduler = BootOneStepScheduler.from_config({**config, "guidance_range": [3.0, 3.0], "guidance_scale": 3.0})
+    config = {k: v for k, v in pipe.scheduler.config.items() if k != BOOT_KEY}
+    pipe.scheduler = LCMScheduler.from_config(config)
+    pipe.scheduler.register_to_config(**{BOOT_KEY: {**pipe.scheduler.config.get(BOOT_KEY, {}),
+                                                    "guidance_range": [3.0, 3.0], "guidance_scale": 3.0}})
     with pytest.raises(ValueError, match=r"guidance_scale=4.0: this student was trained at w = 3.0 only"):
         draw(guidance_scale=4.0)
-    pipe.scheduler = BootOneStepScheduler.from_config({**config, "guidance_range": None, "guidance_scale": None})
-    with pytest.raises(ValueError, match="records no trained guidance range"):  # a scheduler config of before
+    pipe.scheduler = LCMScheduler.from_config(config)
+    with pytest.raises(ValueError, match="records no trained guidance range"):  # a stock LCMScheduler
         draw(guidance_scale=2.0)
 
-    stock = StableDiffusionPipeline.from_pretrained(run / "pipeline")
+
+def test_a_folder_of_before_with_boots_own_scheduler_still_draws_and_refuses_img2img(tiny_sd, prompts, tmp_path):
+    """Pipeline folders written before 2026-12-06: BootOneStepScheduler, the UNet reading t = 0 at -1. BootPipeline
+    draws what the new folder draws; diffusers' own img2img and inpainting pipelines (after import boot_diffusers)
+    stop with an error, not an AttributeError; another num_inference_steps gets a warning and one step."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
+    from boot_diffusers import BootOneStepScheduler, BootPipeline
+    run, old = tmp_path / "run", tmp_path / "old"
+    train_sd.main(train_args(tiny_sd, prompts, run, "--guidance-range", "1,4", "--steps", "1", "--validate-every", "1000"))
+    shutil.copytree(run / "pipeline", old)
+    facts = json.loads((run / "pipeline" / "scheduler" / "scheduler_config.json").read_text())["_boot"]
+    schedule = boot.Schedule.discrete(sd.load_teacher(tiny_sd, torch.float32, "cpu", unet=False).scheduler.alphas_cumprod)
+    g = boot.TeacherStudent(None, schedule, prediction="epsilon")
+    BootOneStepScheduler(prediction_type="epsilon", alpha_T=g.alpha_a, sigma_T=g.sigma_a,
+                         guidance_range=facts["guidance_range"], guidance_scale=facts["guidance_scale"]
+                         ).save_pretrained(old / "scheduler")
+    index = json.loads((old / "model_index.json").read_text())
+    (old / "model_index.json").write_text(json.dumps({**index, "scheduler": ["boot_diffusers", "BootOneStepScheduler"]}))
+    sd.load_student(run, "test", "cpu").save_pretrained(old / "unet")  # the UNet as trained: t = 0 at -1
+    draw = lambda folder: BootPipeline.from_pretrained(folder)(["a red cat"], output_type="latent",
+                                                              generator=torch.Generator().manual_seed(0)).images
+    torch.testing.assert_close(draw(old), draw(run / "pipeline"), rtol=1e-4, atol=1e-4)
+
+    stock = StableDiffusionPipeline.from_pretrained(old)
     with pytest.warns(UserWarning, match="num_inference_steps=4: a BOOT student draws in one step, and takes one"):
         stock(["a red cat"], num_inference_steps=4, guidance_scale=2.0, output_type="latent")
     image = Image.new("RGB", (RES, RES))
     for cls, extra in [(StableDiffusionImg2ImgPipeline, {}), (StableDiffusionInpaintPipeline, {"mask_image": image})]:
         with pytest.raises(NotImplementedError, match="img2img and inpainting .* not supported by a one-step BOOT"):
-            cls.from_pretrained(run / "pipeline")(["a red cat"], image=image, num_inference_steps=1, **extra)
+            cls.from_pretrained(old)(["a red cat"], image=image, num_inference_steps=1, **extra)
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
@@ -533,6 +576,49 @@ def test_scheduler_is_boots_conversion_at_t_T():
         torch.testing.assert_close(scheduler.step(pred, -1, eps).prev_sample, g(eps, torch.zeros(2)), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("prediction, zero_snr", [("epsilon", False), ("v_prediction", False), ("v_prediction", True),
+                                                 ("sample", False)])
+def test_the_stock_one_step_scheduler_draws_the_student_at_t_0(prediction, zero_snr, parts):
+    """boot_diffusers.one_step_scheduler (diffusers' LCMScheduler) and the UNet retimed to its timestep, stepped as
+    StableDiffusionPipeline steps them, draw g(eps, 0) of the student as trained, its guidance input included;
+    retimed back, the UNet is the student again."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from boot_diffusers import BOOT_KEY, one_step_scheduler, retime
+    teacher = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                            rescale_betas_zero_snr=zero_snr, prediction_type=prediction)
+    schedule = boot.Schedule.discrete(teacher.alphas_cumprod)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config({**parts.unet.config, "time_cond_proj_dim": sd.GUIDANCE_DIM}).eval()
+    w, eps, cond = torch.full((2,), 3.0), torch.randn(2, 4, 8, 8), torch.randn(2, 16, 32)
+    g = sd.student_fn(unet, schedule, prediction, w)
+    with torch.no_grad():
+        want = g(eps, torch.zeros(2), cond)
+    scheduler = one_step_scheduler(teacher.config, prediction_type=prediction, alpha_T=g.alpha_a, sigma_T=g.sigma_a,
+                                   guidance_range=[1.0, 5.0], guidance_scale=3.0)
+    facts = scheduler.config[BOOT_KEY]
+    assert (facts["unet_timestep"], facts["trained_timestep"]) == (999, -1) and facts["guidance_range"] == [1.0, 5.0]
+    retime(unet, old=facts["trained_timestep"], new=facts["unet_timestep"])
+    scheduler.set_timesteps(1)
+    (t,) = scheduler.timesteps
+    with torch.no_grad():
+        out = unet(eps, t, encoder_hidden_states=cond, timestep_cond=sd.guidance_embedding(w, sd.GUIDANCE_DIM)).sample
+        got = scheduler.step(out, t, eps).prev_sample
+        tol = 1e-5 * want.abs().max().item() / (g.alpha_a if prediction == "epsilon" else 1)
+        torch.testing.assert_close(got, want, rtol=0, atol=tol)
+        retime(unet, old=facts["unet_timestep"], new=facts["trained_timestep"])
+        torch.testing.assert_close(g(eps, torch.zeros(2), cond), want, rtol=0, atol=tol)
+
+
+def test_the_stock_one_step_scheduler_refuses_a_schedule_it_cannot_step():
+    """A student whose alpha_T is not the stock scheduler's alphas_cumprod[n - 1]: one line, not a wrong picture."""
+    from diffusers import DDIMScheduler
+    from boot_diffusers import UnsupportedTeacher, one_step_scheduler
+    config = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).config
+    with pytest.raises(UnsupportedTeacher, match="LCMScheduler's one step at timestep \\[999\\] .* is not the student's t = T"):
+        one_step_scheduler(config, prediction_type="epsilon", alpha_T=0.5, sigma_T=0.75 ** 0.5, guidance_range=[1, 1],
+                           guidance_scale=1)
+
+
 def test_model_card(tiny_sd, prompts, tmp_path):
     """pipeline/README.md: a model card whose YAML header the hub reads, and whose snippet runs as written, at the
     trained resolution by default (32 here; the teacher's own is 16)."""
@@ -545,7 +631,8 @@ def test_model_card(tiny_sd, prompts, tmp_path):
     assert hub_card.data.base_model is None  # a local teacher folder is no hub id
     assert tiny_sd in hub_card.text and "w = 3.0 only" in hub_card.text and "BootPipeline refuses any other" in hub_card.text
     assert hub_card.text.count("Heun-4 on the quadratic grid") == 2  # the fixed point, in the grid and validation rows
-    assert "cannot check: their default `guidance_scale` is 7.5" in hub_card.text
+    assert "Pass `num_inference_steps=1` and a `guidance_scale` of the trained range" in hub_card.text
+    assert "at timestep 999 (n - 1)" in hub_card.text and "alpha_T = " in hub_card.text
     snippet = hub_card.text.split("```python\n")[1].split("```")[0]
     assert snippet == card.diffusers_snippet(str(run / "pipeline"), 3.0)
     scope = {}
@@ -705,7 +792,8 @@ def test_judged_figures_are_the_students_and_teachers_own_from_the_same_noise(di
     for w, row in judged["guidance"].items():
         g = sd.student_fn(student, schedule, parts.teacher.prediction, torch.full((10,), float(w)))
         mine, figures = score(boot.sample_student(g, eps, cond))
-        assert row["student"] == pytest.approx(figures, rel=1e-9)
+        # the run judged its live student; load_student's differs by the rounding of one bias (boot_diffusers.retime)
+        assert row["student"] == pytest.approx(figures, rel=1e-6)
         teacher = parts.teacher.finish(boot.guided(net, scale=float(w), null_cond=null))
         for k in (1, 4) if w == "3" else (1,):
             _, figures = score(boot.ddim_sample(teacher, eps, schedule=schedule, steps=k, cond=cond))
@@ -724,11 +812,14 @@ def test_evaluate_redoes_a_finished_runs_judged_figures_at_its_one_w(digit_teach
     train_sd.main(digit_args(digit_teacher, run, "--guidance-scale", "3", "--steps", "1", *JUDGED))
     trained = json.loads((run / "boot_sd.json").read_text())["judged"]
     assert list(trained["guidance"]) == ["3"] and [p.name for p in (run / "figures").iterdir()] == ["judged-w3.png"]
-    picture = (run / "figures" / "judged-w3.png").read_bytes()
+    picture = np.asarray(Image.open(run / "figures" / "judged-w3.png"), dtype=int)
     (run / "figures" / "judged-w3.png").unlink()
     train_sd.main(["--evaluate", str(run), "--prompts", str(digit_teacher / "prompts.txt"), "--device", "cpu", *JUDGED])
-    assert json.loads((run / "boot_sd.json").read_text())["judged"] == trained
-    assert (run / "figures" / "judged-w3.png").read_bytes() == picture
+    redone = json.loads((run / "boot_sd.json").read_text())["judged"]
+    # the exported student (pipeline/unet) is the live one to the rounding of one bias (boot_diffusers.retime)
+    assert redone["guidance"]["3"]["teacher_ddim"] == trained["guidance"]["3"]["teacher_ddim"]
+    assert redone["guidance"]["3"]["student"] == pytest.approx(trained["guidance"]["3"]["student"], rel=1e-6)
+    assert np.abs(np.asarray(Image.open(run / "figures" / "judged-w3.png"), dtype=int) - picture).max() <= 1
 
 
 @pytest.mark.parametrize("flags, note", [([], "names no single digit"), (["--judge", "none"], None)])
