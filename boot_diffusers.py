@@ -1,9 +1,10 @@
 """boot_diffusers.py: boot's bridge to diffusers: a student in diffusers' own pipelines, a teacher read exactly.
 
-1. A train_sd.py run writes RUN/pipeline, a StableDiffusionPipeline folder (the teacher's tokenizer, text encoder
-   and VAE, the student UNet, diffusers' own LCMScheduler) that draws in one UNet call. Stock diffusers loads it
-   in a fresh process, nothing of boot imported (DiffusionPipeline, StableDiffusionPipeline,
-   AutoPipelineForText2Image), and draws with num_inference_steps=1 at a guidance_scale of the trained range:
+1. A train_sd.py run writes RUN/pipeline, a StableDiffusionPipeline folder (StableDiffusionXLPipeline for SDXL: the
+   teacher's tokenizers, text encoders and VAE, the student UNet, diffusers' own LCMScheduler) that draws in one
+   UNet call. Stock diffusers loads it in a fresh process, nothing of boot imported (DiffusionPipeline, the
+   family's own class, AutoPipelineForText2Image), and draws with num_inference_steps=1 at a guidance_scale of the
+   trained range:
 
     import torch
     from diffusers import DiffusionPipeline
@@ -12,8 +13,9 @@
     images = pipe(["a lighthouse on a cliff at dawn"], num_inference_steps=1, guidance_scale=3.0,
                   generator=torch.Generator().manual_seed(0)).images
 
-   BootPipeline (this file) loads the same folder and refuses what a one-step student cannot honour; the stock
-   pipelines check nothing (their default is 50 steps). How the stock scheduler honours the student
+   BootPipeline (BootXLPipeline for an SDXL folder; this file) loads the same folder and refuses what a one-step
+   student cannot honour; the stock pipelines check nothing (their default is 50 steps). How the stock scheduler
+   honours the student
    (one_step_scheduler, retime): with one step LCMScheduler calls the UNet at timestep n - 1 and turns its
    prediction into the sample at alphas_cumprod[n - 1], boot's alpha_T and sigma_T; the exported UNet reads its
    t = 0 (boot.Schedule.network_time: -1) at n - 1, its time embedding's first bias moved by the difference.
@@ -187,41 +189,47 @@ def student_facts(scheduler_config) -> dict:
     return {}
 
 
-def _pipeline_class():
-    """BootPipeline, built on first use: importing StableDiffusionPipeline takes seconds and pulls in transformers'
-    image processors, which warn when torchvision is missing (nothing this pipeline uses), and read_scheduler's
-    users (train_sd.py, train_toy.py) need none of it."""
+BOOT_PIPELINES = {"BootPipeline": "StableDiffusionPipeline", "BootXLPipeline": "StableDiffusionXLPipeline"}
+
+
+def _pipeline_class(name: str):
+    """BootPipeline or BootXLPipeline, built on first use: importing diffusers' pipelines takes seconds and pulls in
+    transformers' image processors, which warn when torchvision is missing (nothing these pipelines use), and
+    read_scheduler's users (train_sd.py, train_toy.py) need none of it."""
+    import diffusers
     from transformers.utils import logging as transformers_logging
     level = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        from diffusers import StableDiffusionPipeline
+        stock = getattr(diffusers, BOOT_PIPELINES[name])
     finally:
         transformers_logging.set_verbosity(level)
 
-    class BootPipeline(StableDiffusionPipeline):
-        """StableDiffusionPipeline for a BOOT student that refuses, with a ValueError, what it cannot honour:
-        num_inference_steps other than 1; a negative prompt (the student has guidance built in, with no
-        unconditional branch to steer away from: the stock pipeline drops it unseen); a guidance_scale outside the
-        range recorded in its scheduler (student_facts; the stock pipeline extrapolates, from its default 7.5 too).
-        guidance_scale defaults to the run's w; height and width, like the stock pipeline's, to the UNet's
-        sample_size times the VAE's scale (train_sd.py records the trained resolution there). Arguments past the
-        prompt are keywords. Saved, it is a StableDiffusionPipeline folder: every diffusers loader reads it."""
+    class Boot(stock):
+        __doc__ = f"""{stock.__name__} for a BOOT student that refuses, with a ValueError, what it cannot honour:
+        num_inference_steps other than 1; a negative prompt or any other negative_* input (the student has guidance
+        built in, with no unconditional branch to steer away from: the stock pipeline drops them unseen); a
+        guidance_scale outside the range recorded in its scheduler (student_facts; the stock pipeline
+        extrapolates, from its default too). guidance_scale defaults to the run's w; height and width, like the
+        stock pipeline's, to the UNet's sample_size times the VAE's scale (train_sd.py records the trained
+        resolution there). Arguments past the prompt are keywords. Saved, it is a {stock.__name__} folder: every
+        diffusers loader reads it."""
 
         def __call__(self, prompt=None, *, num_inference_steps: int = 1, guidance_scale: Optional[float] = None,
-                     negative_prompt=None, negative_prompt_embeds=None, **kwargs):
+                     **kwargs):
             facts = student_facts(self.scheduler.config)
             trained, default = facts.get("guidance_range"), facts.get("guidance_scale")
             if trained is None or default is None:
-                raise ValueError(f"BootPipeline: the scheduler ({type(self.scheduler).__name__}) records no trained "
+                raise ValueError(f"{name}: the scheduler ({type(self.scheduler).__name__}) records no trained "
                                  "guidance range; expected the pipeline folder of a train_sd.py run")
             w = default if guidance_scale is None else guidance_scale
             if num_inference_steps != 1:
                 raise ValueError(f"num_inference_steps={num_inference_steps}: a BOOT student draws in one step; "
                                  "pass 1 (or leave it out)")
-            if negative_prompt is not None or negative_prompt_embeds is not None:
-                raise ValueError("negative_prompt: a BOOT student has guidance built in, with no unconditional branch "
-                                 "a negative prompt could replace; it cannot honour one")
+            negative = [key for key, value in kwargs.items() if key.startswith("negative_") and value is not None]
+            if negative:
+                raise ValueError(f"{negative[0]}: a BOOT student has guidance built in, with no unconditional branch "
+                                 "a negative input could replace; it cannot honour one")
             lo, hi = trained
             if not lo <= w <= hi:
                 raise ValueError(f"guidance_scale={w}: this student was trained at w = {lo} only" if lo == hi else
@@ -230,19 +238,18 @@ def _pipeline_class():
             return super().__call__(prompt, num_inference_steps=1, guidance_scale=w, **kwargs)
 
         def to_json_string(self) -> str:
-            """model_index.json names StableDiffusionPipeline, so that a re-saved BootPipeline (fp16, push_to_hub)
-            still loads with DiffusionPipeline and AutoPipelineForText2Image."""
+            """model_index.json names the stock class, so that a re-saved pipeline (fp16, push_to_hub) still loads
+            with DiffusionPipeline and AutoPipelineForText2Image."""
             config = json.loads(super().to_json_string())
-            return json.dumps({**config, "_class_name": StableDiffusionPipeline.__name__}, indent=2,
-                              sort_keys=True) + "\n"
+            return json.dumps({**config, "_class_name": stock.__name__}, indent=2, sort_keys=True) + "\n"
 
-    BootPipeline.__module__, BootPipeline.__qualname__ = __name__, "BootPipeline"
-    return BootPipeline
+    Boot.__module__, Boot.__name__, Boot.__qualname__ = __name__, name, name
+    return Boot
 
 
 def __getattr__(name):
-    if name == "BootPipeline":  # from boot_diffusers import BootPipeline: built once, then an ordinary global
-        globals()[name] = _pipeline_class()
+    if name in BOOT_PIPELINES:  # from boot_diffusers import BootPipeline: built once, then an ordinary global
+        globals()[name] = _pipeline_class(name)
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

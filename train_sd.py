@@ -159,8 +159,8 @@ def train(args, prompts, started: float):
     resolution = args.resolution or parts.unet.config.sample_size * sd.vae_scale(parts.vae)  # the teacher's own, as diffusers'
     shape = sd.latent_shape(parts.vae, parts.unet, resolution)
     judged_by = judging.judge_fits(judged_by, resolution, d)
-    encode = sd.PromptEncoder(parts, d.device, warn=d.main)
-    null = encode([""])  # the null branch of guidance: the empty prompt
+    encode = sd.PromptEncoder(parts, d.device, warn=d.main, resolution=resolution)
+    null = encode.null()  # the null branch of guidance: the empty prompt (zeros for most SDXL pipelines)
     if args.overwrite and d.main:
         runtime.clear(out, RUN_OUTPUTS)
 
@@ -251,8 +251,8 @@ def sample(args, prompts):
     schedule = parts.teacher.schedule
     grid = boot.time_grid(schedule, meta["bootstrap_steps"], spacing=meta.get("spacing", "t")).to(d.device)
     shape = sd.latent_shape(parts.vae, student, meta["resolution"])
-    encode = sd.PromptEncoder(parts, d.device, warn=True)
-    null = encode([""]) if args.teacher_steps else None  # the null branch of the teacher's guidance
+    encode = sd.PromptEncoder(parts, d.device, warn=True, resolution=meta["resolution"])
+    null = encode.null() if args.teacher_steps else None  # the null branch of the teacher's guidance
     if args.overwrite:
         runtime.clear(out, ("*.png",))
     out.mkdir(parents=True, exist_ok=True)

@@ -129,9 +129,10 @@ def kd_run(opts, budget, d, tmp):
     start, busy = time.perf_counter(), runtime.cpu_seconds()
     dtype = sd.DTYPES[opts.dtype]
     parts = sd.load_teacher(opts.teacher, dtype, d.device)
-    prompts, encode = sd.read_prompts(Path(opts.teacher) / "prompts.txt"), sd.PromptEncoder(parts, d.device, warn=False)
+    prompts = sd.read_prompts(Path(opts.teacher) / "prompts.txt")
+    encode = sd.PromptEncoder(parts, d.device, warn=False, resolution=opts.shape[-1] * sd.vae_scale(parts.vae))
     counting = Counting(sd.teacher_fn(parts.unet, parts.teacher.schedule, parts.teacher.prediction))
-    pairs = Pairs(parts, counting, prompts, encode, encode([""]), opts.shape, opts.seed, dtype, d.device)
+    pairs = Pairs(parts, counting, prompts, encode, encode.null(), opts.shape, opts.seed, dtype, d.device)
     student = sd.make_student(opts.teacher).to(d.device)
     clock = time.perf_counter()
     pairs.batch(opts.pair_batch, 1)  # one guided call on a batch times a call (its rows counted, its pairs unused)

@@ -10,15 +10,16 @@ from bootkit import sd
 
 def save_pipeline(folder: Path, teacher: str, unet, g: boot.TeacherStudent, *, resolution: int, guidance: tuple,
                   w: float):
-    """folder: a StableDiffusionPipeline folder (model_index.json) that stock diffusers and BootPipeline read in one
-    call: the teacher's tokenizer, text encoder and VAE in float32 (lossless whatever their stored precision), the
+    """folder: a StableDiffusionPipeline folder (StableDiffusionXLPipeline for SDXL) that stock diffusers and
+    BootPipeline (BootXLPipeline) read in one call: the teacher's tokenizers, text encoders and VAE in float32 (lossless whatever their stored precision), the
     student UNet moved to read its t = 0 at the timestep LCMScheduler's one step passes (boot_diffusers.retime), and
     that LCMScheduler (boot_diffusers.one_step_scheduler), which turns the prediction into the image at the
     student's alpha_T, sigma_T and records the trained guidance [WMIN, WMAX] and w. The UNet's sample_size becomes
     the trained resolution's, so that the pipelines' default height and width are the trained ones. The live unet
     is left as it was, bit for bit. No safety checker (requires_safety_checker False): it is another model of
     1.2 GB, not the student's; pass one to from_pretrained where it is wanted."""
-    from boot_diffusers import BOOT_KEY, BootPipeline, one_step_scheduler, retime
+    import boot_diffusers
+    from boot_diffusers import BOOT_KEY, one_step_scheduler, retime
     parts = sd.load_teacher(teacher, torch.float32, torch.device("cpu"), unet=False)
     unet.register_to_config(sample_size=resolution // sd.vae_scale(parts.vae))
     scheduler = one_step_scheduler(parts.scheduler.config, prediction_type=g.prediction, alpha_T=g.alpha_a,
@@ -29,9 +30,14 @@ def save_pipeline(folder: Path, teacher: str, unet, g: boot.TeacherStudent, *, r
     trained = bias.detach().clone()
     retime(unet, old=facts["trained_timestep"], new=facts["unet_timestep"])
     try:
-        BootPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=unet,
-                     scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                     requires_safety_checker=False).save_pretrained(folder)  # safetensors
+        common = dict(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=unet,
+                      scheduler=scheduler)
+        if parts.xl:  # no watermarker: diffusers adds one only where invisible-watermark is installed
+            boot_diffusers.BootXLPipeline(**common, text_encoder_2=parts.text_encoder_2, tokenizer_2=parts.tokenizer_2,
+                                          force_zeros_for_empty_prompt=parts.force_zeros).save_pretrained(folder)
+        else:
+            boot_diffusers.BootPipeline(**common, safety_checker=None, feature_extractor=None,
+                                        requires_safety_checker=False).save_pretrained(folder)  # safetensors
     finally:
         with torch.no_grad():
             bias.copy_(trained)  # the run goes on with the weights it trained
@@ -131,6 +137,7 @@ trained range, a `negative_prompt`, `num_inference_steps` other than 1.
   its config, under `_boot`.
 - Guidance: the UNet's guidance input (`time_cond_proj_dim`) reads StableDiffusionPipeline's embedding of w - 1;
   the pipeline then runs no classifier-free guidance of its own and calls the UNet once.
-- The latents decode with the teacher's VAE, or an AutoencoderTiny (`madebyollin/taesd` for SD 1.x and 2.x).
+- The latents decode with the teacher's VAE, or an AutoencoderTiny (`madebyollin/taesd` for SD 1.x and 2.x,
+  `madebyollin/taesdxl` for SDXL).
 """
 

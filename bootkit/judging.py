@@ -86,8 +86,8 @@ def judge_guided(teacher, judge, reference, texts: list, eps, *, ws, student=Non
     named: the digit each prompt names."""
     device, schedule, prediction = eps.device, teacher.teacher.schedule, teacher.teacher.prediction
     named = torch.tensor([digits.prompt_digit(t) for t in texts])
-    encode = sd.PromptEncoder(teacher, device, warn=False)
-    cond, null = encode(texts), encode([""])
+    encode = sd.PromptEncoder(teacher, device, warn=False, resolution=eps.shape[-1] * sd.vae_scale(teacher.vae))
+    cond, null = encode(texts), encode.null()
     net = sd.teacher_fn(teacher.unet, schedule, prediction)
 
     def score(sampler):  # every sample, JUDGE_BATCH at a time; the VAE in its dtype, the judge in float32

@@ -11,6 +11,12 @@ BOOT.md section 4. Conventions, stated here once:
   StableDiffusionPipeline's embedding of w - 1.
 - Prompts are read from the file when a batch needs them and encoded per batch: memory does not grow with
   the file (a million prompts cost 16 MB of offsets).
+- SDXL (a UNet with addition_embed_type "text_time", two text encoders): the conditioning is one tensor still,
+  as boot.py's cond, which guidance batches and splits: the penultimate hidden states of both encoders
+  concatenated (L tokens), then one more token holding the second encoder's pooled output and the six
+  add_time_ids (size, crop (0, 0), target size of the trained resolution), zero-padded (PromptEncoder);
+  unet_inputs unpacks it at every UNet call. Its null branch is StableDiffusionXLPipeline's: zeros for both
+  when force_zeros_for_empty_prompt, else the empty prompt.
 diffusers and transformers are imported where they are used: they take seconds, and bad input should not.
 """
 import codecs
@@ -31,7 +37,9 @@ from bootkit.runtime import UsageError
 DEFAULT_TEACHER = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GUIDANCE_DIM = 256  # width of the student's guidance embedding, as in LCM
-UNSUPPORTED_UNET = ("addition_embed_type", "class_embed_type")  # conditioning beyond text embeddings (SDXL's)
+UNSUPPORTED_UNET = ("addition_embed_type", "class_embed_type")  # conditioning beyond text (SDXL's text_time is read)
+XL = "text_time"  # SDXL's addition_embed_type: pooled text and time ids beside the text embeddings
+XL_TIME_IDS = 6  # original size, crop top-left, target size (a refiner's aesthetic score makes 5: not read)
 PIPELINE = "pipeline"  # a run's diffusers pipeline folder (bootkit/card.py): its unet/ is the student
 
 
@@ -100,24 +108,27 @@ def loaded(what: str, load):
         raise UsageError(f"{what} does not load ({reason})") from None
 
 
-def check_unet_config(name: str):
-    """Refuse, from its config alone (before any weights load), a UNet that needs more than text embeddings:
-    this script gives the teacher and the student nothing else (SDXL's added time ids and pooled text)."""
+def check_unet_config(name: str) -> dict:
+    """Refuse, from its config alone (before any weights load), a UNet that needs more than this script gives it:
+    text embeddings, and SDXL's pooled text and time ids. Returns the config."""
     from diffusers import UNet2DConditionModel
     config = loaded(f"--teacher {name}: its unet", lambda: UNet2DConditionModel.load_config(name, subfolder="unet"))
-    needs = [f"{key}={config[key]!r}" for key in UNSUPPORTED_UNET if config.get(key)]
+    needs = [f"{key}={config[key]!r}" for key in UNSUPPORTED_UNET if config.get(key) and config[key] != XL]
     if needs:
-        raise UsageError(f"--teacher {name}: its UNet needs more than text embeddings ({', '.join(needs)}, as SDXL's); "
-                         "train_sd.py supports teachers conditioned on text alone (SD 1.x, SD 2.x)")
+        raise UsageError(f"--teacher {name}: its UNet needs more than text embeddings ({', '.join(needs)}); "
+                         "train_sd.py supports teachers conditioned on text (SD 1.x, SD 2.x) and SDXL's layout")
+    return config
 
 
 def load_teacher(name: str, dtype, device, *, unet: bool = True):
     """The frozen parts of a diffusers Stable Diffusion (hub id or folder), the UNet only if asked for (its config
     checked first). The scheduler config is read first, with its own class (boot_diffusers.read_scheduler: the
-    schedule, the prediction type, x0 clipping; other families refused): sd.teacher, and sd.scheduler."""
+    schedule, the prediction type, x0 clipping; other families refused): sd.teacher, and sd.scheduler. An SDXL
+    layout (sd.xl) adds tokenizer_2 and text_encoder_2, sd.force_zeros (its pipeline's null branch), and a VAE in
+    float32 where fp16 would overflow (force_upcast, as StableDiffusionXLPipeline decodes)."""
     import boot_diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
     from transformers.utils import logging as transformers_logging
     try:
         read = boot_diffusers.read_scheduler(name, subfolder="scheduler", what=f"--teacher {name}")
@@ -127,29 +138,46 @@ def load_teacher(name: str, dtype, device, *, unet: bool = True):
         raise UsageError(f"--teacher {name}: {type(read.scheduler).__name__} is a {boot_diffusers.FAMILY_WORDS[read.family]} "
                          "teacher; text-to-image with flow-matching and EDM teachers (SD3's layout) is the next step, not "
                          "in train_sd.py yet (train_toy.py --teacher distils unconditional ones)")
-    if unet:
-        check_unet_config(name)
+    unet_config = check_unet_config(name)  # its config only: cheap where the UNet is not loaded
+    xl = unet_config.get("addition_embed_type") == XL
     # No "Loading weights" bar per model (noise before a one-line error); the hub's download bars stay.
     # transformers 4.x has no such hook and shows no such bar.
     set_tqdm_hook = getattr(transformers_logging, "set_tqdm_hook", None)
     if set_tqdm_hook is not None:
         set_tqdm_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True}))
     classes = dict(tokenizer=CLIPTokenizer, text_encoder=CLIPTextModel, vae=AutoencoderKL)
+    if xl:
+        classes |= dict(tokenizer_2=CLIPTokenizer, text_encoder_2=CLIPTextModelWithProjection)
     if unet:
         classes["unet"] = UNet2DConditionModel
-    sd = SimpleNamespace(teacher=read, scheduler=read.scheduler)
+    sd = SimpleNamespace(teacher=read, scheduler=read.scheduler, xl=xl, force_zeros=False)
     for part, cls in classes.items():
+        if part == "unet" and xl and xl_pooled_dim(unet_config) != sd.text_encoder_2.config.projection_dim:
+            raise UsageError(f"--teacher {name}: its UNet reads {unet_config['projection_class_embeddings_input_dim']} "
+                             f"added features, not {XL_TIME_IDS} time ids and the pooled text (an SDXL refiner's "
+                             "aesthetic score?); train_sd.py reads SDXL base layouts")
         # Weights from safetensors only: a pickled .bin can run arbitrary code.
-        kwargs = {} if part == "tokenizer" else {"torch_dtype": dtype, "use_safetensors": True}
+        kwargs = {} if part.startswith("tokenizer") else {"torch_dtype": dtype, "use_safetensors": True}
         value = loaded(f"--teacher {name}: its {part}", lambda: cls.from_pretrained(name, subfolder=part, **kwargs))
         if isinstance(value, torch.nn.Module):
             value = value.to(device).eval().requires_grad_(False)
         setattr(sd, part, value)
-    # transformers builds an empty tokenizer, rather than failing, where the tokenizer's files are missing.
-    tok = sd.tokenizer
-    if len(tok) <= len(tok.all_special_tokens) or tok.model_max_length > sd.text_encoder.config.max_position_embeddings:
-        raise UsageError(f"--teacher {name}: its tokenizer does not load (no vocabulary, or longer than the encoder)")
+    for tok, encoder in [(sd.tokenizer, sd.text_encoder)] + ([(sd.tokenizer_2, sd.text_encoder_2)] if xl else []):
+        # transformers builds an empty tokenizer, rather than failing, where the tokenizer's files are missing.
+        if len(tok) <= len(tok.all_special_tokens) or tok.model_max_length > encoder.config.max_position_embeddings:
+            raise UsageError(f"--teacher {name}: its tokenizer does not load (no vocabulary, or longer than the encoder)")
+    if xl:
+        from diffusers import DiffusionPipeline
+        index = loaded(f"--teacher {name}: its model_index.json", lambda: DiffusionPipeline.load_config(name))
+        sd.force_zeros = index.get("force_zeros_for_empty_prompt", True)  # StableDiffusionXLPipeline's default
+        if dtype == torch.float16 and sd.vae.config.get("force_upcast"):  # SDXL's VAE overflows in fp16
+            sd.vae = sd.vae.float()
     return sd
+
+
+def xl_pooled_dim(unet_config) -> int:
+    """The pooled text width an SDXL UNet reads beside its XL_TIME_IDS time ids."""
+    return unet_config["projection_class_embeddings_input_dim"] - XL_TIME_IDS * unet_config["addition_time_embed_dim"]
 
 
 def vae_scale(vae) -> int:
@@ -167,16 +195,21 @@ def latent_shape(vae, unet, resolution: int) -> tuple:
 
 
 class PromptEncoder:
-    """Prompts -> text embeddings (B, L, D) on the device, batch by batch, as StableDiffusionPipeline encodes them.
-    Nothing is kept: memory does not grow with the prompts file. The first over-long prompt met is reported
+    """Prompts -> text conditioning (B, L, D) on the device, batch by batch, as StableDiffusionPipeline encodes them,
+    or StableDiffusionXLPipeline (packed as the conventions above say; resolution: the images' side, for its time
+    ids). Nothing is kept: memory does not grow with the prompts file. The first over-long prompt met is reported
     (once, when warn): the tokenizer truncates it."""
 
-    def __init__(self, sd, device, *, warn: bool):
-        self.tokenizer, self.text_encoder, self.device, self.warn = sd.tokenizer, sd.text_encoder, device, warn
+    def __init__(self, sd, device, *, warn: bool, resolution: int = None):
+        self.sd, self.device, self.warn = sd, device, warn
+        self.xl = getattr(sd, "xl", False)
+        if self.xl and resolution is None:
+            raise ValueError("an SDXL teacher's conditioning holds the image size: pass resolution")
+        self.time_ids = None if not self.xl else torch.tensor([resolution, resolution, 0, 0, resolution, resolution],
+                                                              dtype=torch.float32)
 
-    @torch.no_grad()
-    def __call__(self, prompts: list) -> torch.Tensor:
-        tok, length = self.tokenizer, self.tokenizer.model_max_length
+    def _ids(self, tok, prompts: list) -> torch.Tensor:
+        length = tok.model_max_length
         if self.warn:
             ids = tok(prompts, truncation=True, max_length=length + 1).input_ids  # one token more than fits: over-long
             over = [p for p, p_ids in zip(prompts, ids) if len(p_ids) > length]
@@ -184,9 +217,47 @@ class PromptEncoder:
                 tqdm.write(f"warning: prompts longer than the tokenizer's {length} tokens are truncated "
                            f"(reported once), first: {over[0][:60]!r}", file=sys.stderr)
                 self.warn = False
-        ids = tok(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.device)).last_hidden_state
+        return tok(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
 
+    @torch.no_grad()
+    def __call__(self, prompts: list) -> torch.Tensor:
+        sd = self.sd
+        if not self.xl:
+            return sd.text_encoder(self._ids(sd.tokenizer, prompts).to(self.device)).last_hidden_state
+        hidden, pooled = [], None
+        for tok, encoder in ((sd.tokenizer, sd.text_encoder), (sd.tokenizer_2, sd.text_encoder_2)):
+            out = encoder(self._ids(tok, prompts).to(self.device), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])  # the penultimate layer, as the pipeline reads it (clip_skip None)
+            pooled = out[0] if out[0].ndim == 2 else pooled  # the second encoder's projection
+        return self._pack(torch.cat(hidden, dim=-1), pooled)
+
+    def null(self) -> torch.Tensor:
+        """The null branch of guidance, (1, L, D): the empty prompt, or zeros where an SDXL pipeline zeroes it."""
+        if not (self.xl and self.sd.force_zeros):
+            return self([""])
+        like = self([""])  # shapes and dtype; its values are replaced
+        return self._pack(torch.zeros_like(like[:, :-1]), torch.zeros_like(like[:, -1, :self.sd.text_encoder_2.config.projection_dim]))
+
+    def _pack(self, hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        extra = torch.zeros(len(hidden), 1, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+        n = pooled.shape[-1]
+        if n + XL_TIME_IDS > hidden.shape[-1]:
+            raise ValueError(f"pooled text ({n}) and time ids do not fit one token of {hidden.shape[-1]}")
+        extra[:, 0, :n] = pooled
+        extra[:, 0, n:n + XL_TIME_IDS] = self.time_ids.to(hidden.device, hidden.dtype)
+        return torch.cat([hidden, extra], dim=1)
+
+
+def unet_inputs(unet, cond: torch.Tensor) -> dict:
+    """The UNet's conditioning keywords from a PromptEncoder's cond, in the UNet's dtype: encoder_hidden_states, and
+    for SDXL added_cond_kwargs (text_embeds, time_ids) unpacked from its last token."""
+    cond = cond.to(unet.dtype)
+    if unet.config.get("addition_embed_type") != XL:
+        return {"encoder_hidden_states": cond}
+    n = xl_pooled_dim(unet.config)
+    extra = cond[:, -1]
+    return {"encoder_hidden_states": cond[:, :-1],
+            "added_cond_kwargs": {"text_embeds": extra[:, :n], "time_ids": extra[:, n:n + XL_TIME_IDS]}}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -197,7 +268,7 @@ def teacher_fn(unet, schedule: boot.Schedule, prediction: str) -> boot.Teacher:
     """f(x_t, t, c) -> x0: the teacher UNet in its own dtype; the result is in x_t's dtype (float32 in
     training), so the bootstrap target is computed in fp32."""
     def unet_call(x, timestep, cond):
-        return unet(x.to(unet.dtype), timestep, encoder_hidden_states=cond.to(unet.dtype)).sample
+        return unet(x.to(unet.dtype), timestep, **unet_inputs(unet, cond)).sample
     return boot.denoiser(unet_call, schedule, prediction=prediction)
 
 
@@ -222,7 +293,7 @@ def student_fn(model, schedule: boot.Schedule, prediction: str, w=None) -> boot.
     w_emb = guidance_embedding(w, dim).to(unet.dtype) if dim and w is not None else None
 
     def net(x, time, cond):  # float32 out: the signal, and the bootstrap target made from it, are fp32
-        out = model(x.to(unet.dtype), time, encoder_hidden_states=cond.to(unet.dtype), timestep_cond=w_emb)
+        out = model(x.to(unet.dtype), time, **unet_inputs(unet, cond), timestep_cond=w_emb)
         return out.sample.float()
     return boot.TeacherStudent(net, schedule, prediction=prediction)
 

@@ -55,6 +55,37 @@ def make_tiny_sd(root: Path) -> str:
     return str(root)
 
 
+def make_tiny_sdxl(root: Path, force_zeros: bool = True) -> str:
+    """A random SDXL-shaped pipeline (two text encoders, the second with a projection; a UNet with text_time
+    added conditions; a VAE that asks for fp32 decoding; SDXL's Euler scheduler), saved as diffusers saves one."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    make_tiny_sd(root / "sd")  # its vocabulary files and tokenizer
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer(vocab=str(root / "sd" / "vocab.json"), merges=str(root / "sd" / "merges.txt"),
+                              model_max_length=16)
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                            pad_token_id=1, projection_dim=32)
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=64,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), attention_head_dim=8,
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), addition_embed_type="text_time",
+                                addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
+    vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2, latent_channels=4,
+                        up_block_types=("UpDecoderBlock2D",) * 2, sample_size=RES, force_upcast=True)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading", steps_offset=1)  # SDXL's
+    StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(config), text_encoder_2=CLIPTextModelWithProjection(config),
+                              tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+                              force_zeros_for_empty_prompt=force_zeros).save_pretrained(root / "xl")
+    return str(root / "xl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> str:
+    return make_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
+
+
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> str:
     return make_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
@@ -396,18 +427,28 @@ def student_with_trained_guidance(run: Path):
 STOCK_DRAW = """
 import json, sys
 import numpy as np, torch
-from diffusers import AutoencoderTiny, AutoPipelineForText2Image, DiffusionPipeline, LCMScheduler, StableDiffusionPipeline
-folder, tiny_vae, out = sys.argv[1:]
+from diffusers import AutoencoderTiny, AutoPipelineForText2Image, DiffusionPipeline, LCMScheduler
+import diffusers
+folder, tiny_vae, out, family = sys.argv[1:]
 extra = {"vae": AutoencoderTiny.from_pretrained(tiny_vae)} if tiny_vae else {}
 drawn = {}
-for load in (DiffusionPipeline, StableDiffusionPipeline, AutoPipelineForText2Image):
+for load in (DiffusionPipeline, getattr(diffusers, family), AutoPipelineForText2Image):
     pipe = load.from_pretrained(folder, **extra)
-    assert type(pipe).__name__ == "StableDiffusionPipeline" and isinstance(pipe.scheduler, LCMScheduler), load
+    assert type(pipe).__name__ == family and isinstance(pipe.scheduler, LCMScheduler), load
     drawn[load.__name__] = pipe(["a red cat", "blue sky", "a dog on a hill"], num_inference_steps=1, guidance_scale=3.0,
                                 generator=torch.Generator().manual_seed(5), output_type="np").images
 assert not [m for m in sys.modules if m.startswith(("boot", "bootkit"))], "nothing of boot imported"
 np.savez(out, **drawn)
 """
+
+
+def stock_draw(folder: Path, tiny_vae: str, family: str) -> dict:
+    """STOCK_DRAW in a fresh process: {loader: images (3, H, W, 3) in [0, 1]}."""
+    out = folder.parent / "stock.npz"
+    done = subprocess.run([sys.executable, "-c", STOCK_DRAW, str(folder), tiny_vae, str(out), family], cwd=folder.parent,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return dict(np.load(out))
 
 
 @pytest.mark.parametrize("guidance, vae", [(["--guidance-range", "1,5"], "full"), (["--guidance-scale", "3"], "tiny")])
@@ -429,11 +470,7 @@ def test_the_pipeline_folder_loads_in_one_call_and_draws_what_sample_draws(guida
                    "--device", "cpu", "--batch-size", "3", "--dtype", "fp32", "--seed", "5", *tiny_vae])
     sampled = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "images").glob("*.png"))])
 
-    done = subprocess.run([sys.executable, "-c", STOCK_DRAW, str(run / "pipeline"), tiny_vae[-1] if tiny_vae else "",
-                           str(tmp_path / "stock.npz")], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": ""})
-    assert done.returncode == 0, done.stderr[-2000:]
-    for load, images in np.load(tmp_path / "stock.npz").items():
+    for load, images in stock_draw(run / "pipeline", tiny_vae[-1] if tiny_vae else "", "StableDiffusionPipeline").items():
         assert np.abs(images * 255 - sampled).max() <= 0.5 + 1e-3, load  # --sample rounds to uint8
 
     calls, forward = [], UNet2DConditionModel.forward
@@ -486,7 +523,7 @@ def test_the_pipeline_refuses_what_a_one_step_student_cannot_honour(tiny_sd, pro
             (dict(guidance_scale=7.5), r"guidance_scale=7.5 is outside the range this student was trained on, \[1.0, 4.0\]"),
             (dict(guidance_scale=0.5), r"guidance_scale=0.5 is outside the range"),
             (dict(negative_prompt="blurry"), "negative_prompt: a BOOT student has guidance built in"),
-            (dict(negative_prompt_embeds=torch.zeros(1, 16, 32)), "negative_prompt: .* cannot honour one"),
+            (dict(negative_prompt_embeds=torch.zeros(1, 16, 32)), "negative_prompt_embeds: .* cannot honour one"),
             (dict(num_inference_steps=4), "num_inference_steps=4: a BOOT student draws in one step")]:
         with pytest.raises(ValueError, match=message):
             draw(**kwargs)
@@ -557,6 +594,62 @@ def test_guided_teacher_ddim_is_stable_diffusion_pipelines(w, prediction, tiny_s
     # fp32 rounding alone: CFG on x0 (boot.guided) rather than on the prediction; the random UNet's latents reach
     # about 50, where one ulp is 4e-6.
     assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
+@pytest.mark.parametrize("force_zeros", [True, False])
+def test_sdxl_guided_teacher_ddim_is_stable_diffusion_xl_pipelines(force_zeros, tiny_sdxl, tmp_path):
+    """The SDXL oracle: train_sd's guided teacher under boot.ddim_sample is StableDiffusionXLPipeline with
+    DDIMScheduler (trailing, alpha 1 at the end, eta 0) from the same latents, prompts and w: it pins both encoders'
+    penultimate states, the pooled text, the time ids of the resolution and the null branch (zeros when
+    force_zeros_for_empty_prompt, else the empty prompt)."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+    teacher = tiny_sdxl if force_zeros else make_tiny_sdxl(tmp_path, force_zeros=False)
+    parts = sd.load_teacher(teacher, torch.float32, torch.device("cpu"))
+    assert parts.xl and parts.force_zeros == force_zeros
+    texts, steps, w = ["a red cat", "a very long prompt about many things"], 4, 5.0
+    schedule = parts.teacher.schedule
+    encode = sd.PromptEncoder(parts, torch.device("cpu"), warn=False, resolution=RES)
+    null = encode.null()
+    assert (null[:, :-1].abs().sum() == 0) == force_zeros
+    teacher_fn = boot.guided(sd.teacher_fn(parts.unet, schedule, "epsilon"), scale=w, null_cond=null)
+    eps = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ours = boot.ddim_sample(teacher_fn, eps, schedule=schedule, steps=steps, cond=encode(texts))
+    ddim = DDIMScheduler.from_pretrained(teacher, subfolder="scheduler", timestep_spacing="trailing",
+                                         set_alpha_to_one=True, clip_sample=False)
+    pipe = StableDiffusionXLPipeline.from_pretrained(teacher, scheduler=ddim)
+    theirs = pipe(texts, guidance_scale=w, num_inference_steps=steps, latents=eps, eta=0.0, height=RES, width=RES,
+                  output_type="latent").images
+    assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+    other = sd.PromptEncoder(parts, torch.device("cpu"), warn=False, resolution=2 * RES)(texts)
+    assert not torch.equal(other, encode(texts)), "the time ids are the resolution's"
+
+
+def test_an_sdxl_run_writes_a_stock_sdxl_folder_that_draws_what_sample_draws(tiny_sdxl, tmp_path):
+    """An SDXL teacher distils from the same command: its run writes a StableDiffusionXLPipeline folder (LCMScheduler,
+    the student's guidance input) that stock diffusers loads in a fresh process and draws --sample's images with in
+    one call; BootXLPipeline refuses what the student cannot honour. fp16 loading keeps the VAE in fp32."""
+    from boot_diffusers import BootXLPipeline
+    texts = ["a red cat", "blue sky", "a dog on a hill"]
+    (tmp_path / "p.txt").write_text("\n".join(texts) + "\n")
+    run = tmp_path / "run"
+    train_sd.main(train_args(tiny_sdxl, tmp_path / "p.txt", run, "--guidance-range", "1,5", "--validate-every", "1000",
+                             "--dtype", "fp32"))
+    student_with_trained_guidance(run)
+    train_sd.main(["--sample", str(run), "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "images"),
+                   "--device", "cpu", "--batch-size", "3", "--dtype", "fp32", "--seed", "5", "--guidance-scale", "3"])
+    sampled = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "images").glob("*.png"))])
+    for load, images in stock_draw(run / "pipeline", "", "StableDiffusionXLPipeline").items():
+        assert np.abs(images * 255 - sampled).max() <= 0.5 + 1e-3, load
+    pipe = BootXLPipeline.from_pretrained(run / "pipeline")
+    images = pipe(texts, guidance_scale=3.0, generator=torch.Generator().manual_seed(5), output_type="np").images
+    assert np.abs(images * 255 - sampled).max() <= 0.5 + 1e-3
+    for kwargs, message in [(dict(guidance_scale=7.5), "guidance_scale=7.5 is outside the range"),
+                            (dict(negative_prompt_2="blurry"), "negative_prompt_2: a BOOT student has guidance built in"),
+                            (dict(negative_original_size=(8, 8)), "negative_original_size: .* cannot honour one")]:
+        with pytest.raises(ValueError, match=message):
+            pipe(["a red cat"], output_type="latent", **kwargs)
+    half = sd.load_teacher(tiny_sdxl, torch.float16, torch.device("cpu"), unet=False)
+    assert half.vae.dtype == torch.float32 and half.text_encoder_2.dtype == torch.float16
 
 
 def test_scheduler_is_boots_conversion_at_t_T():
@@ -932,15 +1025,29 @@ def test_bench_runs_and_reports_every_part():
 
 
 def test_unet_that_needs_more_than_text_is_refused_before_anything_loads(tiny_sd, prompts, tmp_path, capsys):
-    """SDXL's UNet (addition_embed_type) is refused from its config: here no weights or text encoder exist at all."""
+    """A UNet conditioned on more than text and SDXL's time ids (Kandinsky's image embeddings, a class label) is
+    refused from its config: here no weights or text encoder exist at all."""
     import shutil
     teacher = tmp_path / "teacher"
     shutil.copytree(tiny_sd, teacher, ignore=shutil.ignore_patterns("*.safetensors", "text_encoder"))
     config = json.loads((teacher / "unet" / "config.json").read_text())
-    (teacher / "unet" / "config.json").write_text(json.dumps({**config, "addition_embed_type": "text_time"}))
+    (teacher / "unet" / "config.json").write_text(json.dumps({**config, "addition_embed_type": "text_image"}))
     with pytest.raises(SystemExit) as stop:
         train_sd.main(train_args(str(teacher), prompts, tmp_path / "run"))
-    check_failure(stop.value.code, capsys.readouterr().err, "addition_embed_type='text_time'", tmp_path / "run")
+    check_failure(stop.value.code, capsys.readouterr().err, "addition_embed_type='text_image'", tmp_path / "run")
+
+
+def test_an_sdxl_refiner_is_refused_before_its_unet_loads(tiny_sdxl, prompts, tmp_path, capsys):
+    """A refiner's UNet reads five time ids (an aesthetic score): one line, before its weights load."""
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_sdxl, teacher)
+    (teacher / "unet" / "diffusion_pytorch_model.safetensors").unlink()  # refused before its weights are looked for
+    config = json.loads((teacher / "unet" / "config.json").read_text())
+    (teacher / "unet" / "config.json").write_text(json.dumps({**config, "projection_class_embeddings_input_dim": 5 * 8 + 32}))
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(train_args(str(teacher), prompts, tmp_path / "run"))
+    check_failure(stop.value.code, capsys.readouterr().err, "its UNet reads 72 added features, not 6 time ids and the "
+                  "pooled text (an SDXL refiner's aesthetic score?)", tmp_path / "run")
 
 
 @pytest.mark.parametrize("trained, w", [(["--guidance-range", "1,4"], "4.5"), (["--guidance-scale", "3"], "4")])
