@@ -39,7 +39,7 @@ from bootkit import card, judging, pictures, runtime, sd
 from bootkit.racing import Counting
 from bootkit.runtime import UsageError
 
-RUN_OUTPUTS = ("checkpoints", "validation", "figures", sd.PIPELINE, "boot_sd.json", "log.jsonl")  # --overwrite clears
+RUN_OUTPUTS = ("checkpoints", "validation", "figures", sd.PIPELINE, sd.LORA, "boot_sd.json", "log.jsonl")  # --overwrite clears
 # The flags that may change on --resume: where and how long the run goes, what it shows and checks at the end, and
 # the sampling-only ones (never set in training). Every other flag is the recipe, recorded and compared.
 RESUMABLE = {"out", "resume", "overwrite", "device", "steps", "time_limit", "ckpt_every", "validate_every", "validation_prompts",
@@ -49,6 +49,7 @@ MAX_VALIDATION_IMAGES = 16  # a --validation-prompts file may hold up to this ma
 # Default --lr by the UNet's size: measured on teachers/mnist-t2i's 1 M parameters (README); at Stable Diffusion's
 # 860 M, a full fine-tune's rate (not measured here: no GPU), since Adam moves every weight about lr a step.
 LR_SMALL, LR_LARGE, LARGE_UNET = 3e-4, 1e-5, 100_000_000
+LR_LORA_LARGE = 1e-4  # a LoRA student of a large UNet: LCM-LoRA's rate (not measured here)
 WARMUP = 200  # steps of learning-rate warm-up of --lr-schedule cosine
 EVAL_SAMPLES = {"cuda": 500, "cpu": 100}  # default --eval-samples: 500 as the teacher's figures; ~1 min on 2 CPU cores
 
@@ -68,6 +69,9 @@ def training_flags(args, prompts):
     the guidance range (lo, hi), the validation prompts)."""
     if args.ema is not None and args.ema >= 1:
         raise UsageError(f"--ema {args.ema}: the decay must be below 1 (e.g. 0.999)")
+    if args.lora_rank and args.guidance_range:
+        raise UsageError("--lora-rank with --guidance-range: a LoRA cannot carry the student's guidance input; bake one "
+                         "w with --guidance-scale (as LCM-LoRA and DMD2 do), or train the full student for a range")
     if args.dtype == "fp16":  # runtime.Trainer has no loss scaling: fp16 gradients would underflow unseen
         raise UsageError("--dtype fp16 trains without loss scaling here; train in bf16 or fp32 "
                          "(fp16 is fine for --sample)")
@@ -86,11 +90,13 @@ def training_flags(args, prompts):
     return w_val, (lo, hi), val_prompts
 
 
-def make_student(args, teacher_name: str, d):
-    """(the student: the teacher's UNet with a guidance input; what trains it, DDP-wrapped under torchrun; its EMA,
-    None when off; the learning rate, --lr or by the UNet's size)."""
-    student = sd.make_student(teacher_name).to(d.device)
-    lr = args.lr or (LR_LARGE if sum(p.numel() for p in student.parameters()) >= LARGE_UNET else LR_SMALL)
+def make_student(args, teacher_name: str, d, parts):
+    """(the student: the teacher's UNet with a guidance input, or with --lora-rank the teacher's own UNet (parts.unet)
+    with LoRA adapters; what trains it, DDP-wrapped under torchrun; its EMA, None when off; the learning rate, --lr
+    or by the UNet's size)."""
+    student = sd.add_lora(parts.unet, args.lora_rank) if args.lora_rank else sd.make_student(teacher_name).to(d.device)
+    large = sum(p.numel() for p in student.parameters()) >= LARGE_UNET
+    lr = args.lr or (LR_SMALL if not large else LR_LORA_LARGE if args.lora_rank else LR_LARGE)
     if args.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     model = student
@@ -164,17 +170,17 @@ def train(args, prompts, started: float):
     if args.overwrite and d.main:
         runtime.clear(out, RUN_OUTPUTS)
 
-    student, model, ema, lr = make_student(args, teacher_name, d)
+    student, model, ema, lr = make_student(args, teacher_name, d, parts)
     # The recipe as it runs (the defaults resolved): what a resume must repeat, and what boot_sd.json records.
     config = {**{k: v for k, v in vars(args).items() if k not in RESUMABLE}, "teacher": teacher_name,
               "prompts": str(Path(args.prompts).resolve()), "resolution": resolution, "lr": lr,
               "guidance_scale": w_val, "prediction": prediction}
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr)  # a LoRA's adapters
     trainer = runtime.Trainer(out=out, model=model, optimizer=optimizer, lr_schedule=lr_schedule(optimizer, args),
                               ema=ema, dist_info=d, config=config, ckpt_every=args.ckpt_every, clip=args.clip)
     if args.resume and not trainer.resume(same_keys=sorted(set(config) - {"prediction"})):  # the teacher's own
         d.say(f"--resume: no checkpoint in {out} yet; starting from the teacher")
-    teacher = sd.teacher_fn(parts.unet, schedule, prediction)
+    teacher = sd.teacher_fn(parts.unet, schedule, prediction, lora_base=bool(args.lora_rank))
     counted = Counting(teacher)  # the rows training makes it evaluate (validation's are not counted)
     exported = lambda: ema.module if ema is not None else trainer.student  # what validation shows and the run hands over
 
@@ -204,7 +210,10 @@ def train(args, prompts, started: float):
     if validation.figures.get("step") != trainer.step:  # every run ends with a picture of its final student
         validation(trainer.step, exported())
     g = sd.student_fn(exported(), schedule, prediction)
-    card.save_pipeline(out / sd.PIPELINE, teacher_name, exported(), g, resolution=resolution, guidance=(lo, hi), w=w_val)
+    card.save_pipeline(out / sd.PIPELINE, teacher_name, card.fused(exported()) if args.lora_rank else exported(), g,
+                       resolution=resolution, guidance=(lo, hi), w=w_val)
+    if args.lora_rank:
+        card.save_lora(out / sd.LORA, teacher_name, exported(), g, w=w_val)
     # teacher_rows: this process's training (a resumed run's since its resume); a guided call is 2 rows
     meta = {**config, "steps": trainer.step, "teacher_rows": counted.rows, "validation": validation.figures}
     write_run(out, meta, g)  # the run is complete before the judged evaluation: --evaluate redoes that alone
@@ -363,6 +372,11 @@ def parser():
     p.add_argument("--resolution", type=positive(),
                    help="image size in pixels (default: the teacher's own, its UNet's sample_size times the VAE's "
                         "scale factor: 512 for SD 1.5, 768 for SD 2.x 768-v)")
+    p.add_argument("--lora-rank", type=positive(), metavar="R",
+                   help="train LoRA adapters of this rank (peft) on the teacher's UNet instead of a full copy, the base "
+                        "frozen and, adapters off, the teacher: one copy of the weights. One w baked in (--guidance-scale; "
+                        "no --guidance-range). Writes RUN/lora/pytorch_lora_weights.safetensors for the stock teacher "
+                        "pipeline's load_lora_weights, beside the fused student in RUN/pipeline")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute the student's activations in backward: less memory, slower")
     p.add_argument("--clip", type=positive(float), default=1.0, help="gradient norm clipping")

@@ -1,5 +1,6 @@
 """bootkit/card.py: what a train_sd.py run hands over: RUN/pipeline, a diffusers pipeline folder with the student and
-the one-step scheduler, the snippet that draws with it, and its Hugging Face model card."""
+the one-step scheduler, the snippet that draws with it, and its Hugging Face model card; RUN/lora for a LoRA student."""
+import copy
 from pathlib import Path
 
 import torch
@@ -41,6 +42,87 @@ def save_pipeline(folder: Path, teacher: str, unet, g: boot.TeacherStudent, *, r
     finally:
         with torch.no_grad():
             bias.copy_(trained)  # the run goes on with the weights it trained
+
+
+def fused(unet):
+    """A plain float32 UNet with a LoRA student's adapters merged into its weights (the live one is untouched)."""
+    merged = copy.deepcopy(unet).float()
+    merged.fuse_lora()
+    merged.unload_lora()
+    return merged
+
+
+def save_lora(folder: Path, teacher: str, unet, g: boot.TeacherStudent, *, w: float):
+    """folder: a LoRA student as diffusers hands LoRAs over: pytorch_lora_weights.safetensors (peft keys, which
+    load_lora_weights reads onto the stock teacher pipeline), scheduler/ (the one-step LCMScheduler to swap in:
+    boot_diffusers.one_step_scheduler) and README.md. The time embedding's LoRA bias holds the shift retime gives the
+    full student, (W + BA)(phi(-1) - phi(n - 1)), so that the stock scheduler's timestep n - 1 reads the student's
+    t = 0; the other LoRA biases are zero (diffusers reads lora_bias for all or none)."""
+    from peft.utils import get_peft_model_state_dict
+    import boot_diffusers
+    parts = sd.load_teacher(teacher, torch.float32, torch.device("cpu"), unet=False)
+    scheduler = boot_diffusers.one_step_scheduler(parts.scheduler.config, prediction_type=g.prediction, alpha_T=g.alpha_a,
+                                                  sigma_T=g.sigma_a, guidance_range=[w, w], guidance_scale=w)
+    facts = scheduler.config[boot_diffusers.BOOT_KEY]
+    state = {key: value.detach().float().cpu().clone() for key, value in get_peft_model_state_dict(unet).items()}
+    for key in [k for k in state if k.endswith(".lora_B.weight")]:
+        state[key.removesuffix("weight") + "bias"] = torch.zeros(state[key].shape[0])
+    layer = unet.time_embedding.linear_1  # peft's LoRA layer over the base Linear
+    with torch.no_grad():
+        weight = layer.base_layer.weight.double() + layer.get_delta_weight("default").double()
+        times = torch.tensor([facts["trained_timestep"], facts["unet_timestep"]], dtype=torch.float32, device=weight.device)
+        phi = unet.time_proj(times).double()
+        state["time_embedding.linear_1.lora_B.bias"] = (weight @ (phi[0] - phi[1])).float().cpu()
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    (StableDiffusionXLPipeline if parts.xl else StableDiffusionPipeline).save_lora_weights(
+        folder, unet_lora_layers=state, safe_serialization=True)
+    scheduler.save_pretrained(folder / "scheduler")
+    (folder / "README.md").write_text(lora_card(teacher, str(folder), w, rank=layer.r["default"]))
+
+
+def lora_snippet(teacher: str, lora: str) -> str:
+    """Python that draws with a LoRA student on the stock teacher pipeline (its README)."""
+    return f'''import torch
+from diffusers import DiffusionPipeline, LCMScheduler
+
+pipe = DiffusionPipeline.from_pretrained("{teacher}")
+pipe.scheduler = LCMScheduler.from_pretrained("{lora}", subfolder="scheduler")  # the one-step scheduler
+pipe.load_lora_weights("{lora}")
+images = pipe(["a lighthouse on a cliff at dawn"], num_inference_steps=1, guidance_scale=1.0,
+              generator=torch.Generator().manual_seed(0)).images
+'''
+
+
+def lora_card(teacher: str, lora: str, w: float, *, rank: int) -> str:
+    """lora/README.md: what the LoRA student is, how to draw with it, what it cannot do."""
+    return f"""---
+library_name: diffusers
+tags:
+- boot
+- distillation
+- one-step
+- lora
+- text-to-image
+---
+
+# One-step BOOT LoRA of {Path(teacher).name}
+
+Rank-{rank} LoRA adapters on `{teacher}`'s UNet (attention, feed-forward, resnet convolutions, time projections and
+the time embedding's first layer), distilled with BOOT by boot's `train_sd.py --lora-rank {rank}` from prompts
+alone, at guidance w = {w} baked in. On the stock teacher pipeline, with the one-step scheduler of this folder
+swapped in, it draws in one UNet call:
+
+```python
+{lora_snippet(teacher, lora)}```
+
+- `guidance_scale=1.0` (or 0): the student carries w = {w} itself; above 1 the stock pipeline would run
+  classifier-free guidance around it, two calls and another picture. A LoRA cannot carry the full student's
+  guidance input: for a range of w, train the full student (`--guidance-range`, the run's `pipeline/`).
+- `num_inference_steps=1`: the scheduler is diffusers' own LCMScheduler (`timestep_scaling` 1e6: its consistency
+  boundary leaves the prediction's x0 unchanged); it calls the UNet at timestep n - 1, which the time embedding's
+  LoRA bias moves to the student's t = 0. Without that scheduler (the teacher's own), the LoRA draws nothing meant.
+- The same student, fused into a full UNet, is the run's `pipeline/` folder (what `--sample` and `--evaluate` read).
+"""
 
 
 def diffusers_snippet(pipeline: str, w: float) -> str:

@@ -41,6 +41,7 @@ UNSUPPORTED_UNET = ("addition_embed_type", "class_embed_type")  # conditioning b
 XL = "text_time"  # SDXL's addition_embed_type: pooled text and time ids beside the text embeddings
 XL_TIME_IDS = 6  # original size, crop top-left, target size (a refiner's aesthetic score makes 5: not read)
 PIPELINE = "pipeline"  # a run's diffusers pipeline folder (bootkit/card.py): its unet/ is the student
+LORA = "lora"  # a --lora-rank run's LoRA folder (bootkit/card.py): pytorch_lora_weights.safetensors, its scheduler
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -264,11 +265,12 @@ def unet_inputs(unet, cond: torch.Tensor) -> dict:
 # Teacher and student as boot.py sees them.
 
 
-def teacher_fn(unet, schedule: boot.Schedule, prediction: str) -> boot.Teacher:
+def teacher_fn(unet, schedule: boot.Schedule, prediction: str, *, lora_base: bool = False) -> boot.Teacher:
     """f(x_t, t, c) -> x0: the teacher UNet in its own dtype; the result is in x_t's dtype (float32 in
-    training), so the bootstrap target is computed in fp32."""
+    training), so the bootstrap target is computed in fp32. lora_base: unet is a LoRA student, its base the teacher."""
     def unet_call(x, timestep, cond):
-        return unet(x.to(unet.dtype), timestep, **unet_inputs(unet, cond)).sample
+        with adapters_off(unet) if lora_base else contextlib.nullcontext():
+            return unet(x.to(unet.dtype), timestep, **unet_inputs(unet, cond)).sample
     return boot.denoiser(unet_call, schedule, prediction=prediction)
 
 
@@ -311,6 +313,34 @@ def make_student(teacher: str):
     for name in student.load_state_dict(unet.state_dict(), strict=False).missing_keys:  # time_embedding.cond_proj
         torch.nn.init.zeros_(student.get_parameter(name))
     return student.train()
+
+
+# LCM-LoRA's targets (attention, feed-forward, resnet convolutions, time projections), and the time embedding's first
+# layer, whose LoRA bias carries the exported student's time shift (card.save_lora).
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
+                "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj", "time_embedding.linear_1"]
+
+
+def add_lora(unet, rank: int):
+    """The LoRA student, in place: rank-`rank` adapters (peft, scale 1: lora_alpha = rank) on LORA_TARGETS, in float32,
+    B zero-initialised so that it starts as the teacher; the base frozen. No guidance input: a LoRA bakes one w."""
+    from peft import LoraConfig
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    for p in unet.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return unet.train()
+
+
+@contextlib.contextmanager
+def adapters_off(unet):
+    """The base network inside the block: a LoRA student's teacher, one copy of the weights for both."""
+    unet.disable_adapters()
+    try:
+        yield unet
+    finally:
+        unet.enable_adapters()
 
 
 @contextlib.contextmanager

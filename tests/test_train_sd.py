@@ -497,6 +497,96 @@ def test_the_pipeline_folder_loads_in_one_call_and_draws_what_sample_draws(guida
     torch.testing.assert_close(latents, boot.sample_student(g, eps, cond), rtol=1e-4, atol=1e-4)
 
 
+STOCK_LORA = """
+import sys
+import numpy as np, torch
+from diffusers import DiffusionPipeline, LCMScheduler
+teacher, lora, out = sys.argv[1:]
+texts = ["a red cat", "blue sky", "a dog on a hill"]
+pipe = DiffusionPipeline.from_pretrained(teacher)
+pipe.scheduler = LCMScheduler.from_pretrained(lora, subfolder="scheduler")
+draw = lambda: pipe(texts, num_inference_steps=1, guidance_scale=1.0, generator=torch.Generator().manual_seed(5),
+                    output_type="np").images
+without = draw()
+pipe.load_lora_weights(lora)
+assert not [m for m in sys.modules if m.startswith(("boot", "bootkit"))], "nothing of boot imported"
+np.savez(out, lora=draw(), without=without)
+"""
+
+
+def test_a_lora_student_trains_adapters_alone_and_loads_onto_the_stock_teacher_pipeline(tiny_sd, tmp_path):
+    """--lora-rank: the teacher's own UNet with adapters, the base frozen (the fused student differs from the
+    teacher only where adapters sit). RUN/lora loads onto the stock teacher pipeline in a fresh process (its
+    one-step scheduler swapped in, load_lora_weights) and draws --sample's images in one call at guidance_scale 1;
+    the teacher without the LoRA draws others."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+    texts = ["a red cat", "blue sky", "a dog on a hill"]
+    (tmp_path / "p.txt").write_text("\n".join(texts) + "\n")
+    run = tmp_path / "run"
+    train_sd.main(train_args(tiny_sd, tmp_path / "p.txt", run, "--lora-rank", "4", "--guidance-scale", "3", "--lr",
+                             "1e-2", "--validate-every", "1000", "--dtype", "fp32"))
+    weights = load_file(run / "lora" / "pytorch_lora_weights.safetensors")
+    assert any(".to_q.lora_A." in k for k in weights) and weights["unet.time_embedding.linear_1.lora_B.bias"].abs().max() > 0
+    fused = UNet2DConditionModel.from_pretrained(run / "pipeline" / "unet")
+    teacher = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet")
+    assert fused.config.time_cond_proj_dim is None, "a LoRA student has no guidance input"
+    torch.testing.assert_close(fused.conv_in.weight, teacher.conv_in.weight, rtol=0, atol=0)  # no adapter there
+    q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+    assert not torch.equal(fused.get_parameter(q), teacher.get_parameter(q))
+    train_sd.main(["--sample", str(run), "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "images"),
+                   "--device", "cpu", "--batch-size", "3", "--dtype", "fp32", "--seed", "5"])
+    sampled = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "images").glob("*.png"))])
+    done = subprocess.run([sys.executable, "-c", STOCK_LORA, tiny_sd, str(run / "lora"), str(tmp_path / "lora.npz")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    drawn = np.load(tmp_path / "lora.npz")
+    assert np.abs(drawn["lora"] * 255 - sampled).max() <= 0.5 + 1e-3
+    assert np.abs(drawn["without"] * 255 - sampled).max() > 1
+    assert "guidance_scale=1.0" in (run / "lora" / "README.md").read_text()
+
+
+def test_a_lora_students_teacher_is_its_base_with_the_adapters_off(parts):
+    """One copy of the weights: the LoRA student's teacher is the same module with its adapters off, bit for bit
+    the teacher; only the adapters train, in float32."""
+    import copy
+    unet = sd.add_lora(copy.deepcopy(parts.unet), 4)
+    trained = [(n, p.dtype) for n, p in unet.named_parameters() if p.requires_grad]
+    assert trained and all(".lora_" in n and dtype == torch.float32 for n, dtype in trained)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if ".lora_B." in name:
+                torch.nn.init.normal_(p, std=0.1)
+    schedule = parts.teacher.schedule
+    x, t, cond = torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.9]), torch.randn(2, 16, 32)
+    with torch.no_grad():
+        want = sd.teacher_fn(parts.unet, schedule, "epsilon")(x, t, cond)
+        torch.testing.assert_close(sd.teacher_fn(unet, schedule, "epsilon", lora_base=True)(x, t, cond), want, rtol=0, atol=0)
+        assert not torch.allclose(sd.teacher_fn(unet, schedule, "epsilon")(x, t, cond), want), "adapters on: the student"
+
+
+def test_a_lora_run_resumes_to_the_same_adapters(tiny_sd, prompts, tmp_path, capsys):
+    """Stopped after step 2 of 3 (its newest checkpoint removed), then resumed: the straight run's LoRA, bit for bit."""
+    from safetensors.torch import load_file
+    args = ["--lora-rank", "2", "--guidance-scale", "3", "--ckpt-every", "1", "--validate-every", "1000", "--steps", "3"]
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "straight", *args))
+    shutil.copytree(tmp_path / "straight", tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-00000003")
+    train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", *args, "--resume"))
+    assert "at step 2" in capsys.readouterr().out
+    resumed, straight = (load_file(tmp_path / run / "lora" / "pytorch_lora_weights.safetensors") for run in ("run", "straight"))
+    assert resumed.keys() == straight.keys()
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_lora_student_refuses_a_guidance_range(tiny_sd, prompts, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", "--lora-rank", "4", "--guidance-range", "1,5"))
+    check_failure(stop.value.code, capsys.readouterr().err, "--lora-rank with --guidance-range: a LoRA cannot carry the "
+                  "student's guidance input", tmp_path / "run")
+
+
 def test_sample_noise_is_drawn_on_the_cpu_whatever_the_device():
     """--sample's noise is a pipeline's from a CPU generator (diffusers' randn_tensor), drawn on the CPU, then moved:
     the same on any device ("meta" stands in for an accelerator)."""
