@@ -72,6 +72,10 @@ def training_flags(args, prompts):
     if args.lora_rank and args.guidance_range:
         raise UsageError("--lora-rank with --guidance-range: a LoRA cannot carry the student's guidance input; bake one "
                          "w with --guidance-scale (as LCM-LoRA and DMD2 do), or train the full student for a range")
+    if not (args.corrector_weight >= 0 and math.isfinite(args.corrector_weight)):
+        raise UsageError(f"--corrector-weight {args.corrector_weight}: must be 0 or more")
+    if args.corrector_start < 0:
+        raise UsageError(f"--corrector-start {args.corrector_start}: must be 0 or more")
     if args.dtype == "fp16":  # runtime.Trainer has no loss scaling: fp16 gradients would underflow unseen
         raise UsageError("--dtype fp16 trains without loss scaling here; train in bf16 or fp32 "
                          "(fp16 is fine for --sample)")
@@ -114,8 +118,10 @@ class Validation:
     """Rank 0's picture of the student (one call) below its fixed point, the teacher's N steps down the run's grid
     with the run's step, on fixed prompts and noise; `figures` holds the latest one's numbers (boot_sd.json, the card)."""
 
-    def __init__(self, args, out: Path, parts, teacher, texts, encode, null, *, shape, grid, w: float, d, dtype):
+    def __init__(self, args, out: Path, parts, teacher, texts, encode, null, *, shape, grid, w: float, d, dtype,
+                 fake=None):
         self.args, self.out, self.parts, self.teacher, self.texts, self.null = args, out, parts, teacher, texts, null
+        self.fake = fake  # the corrector: its fake network's DDIM-N becomes a third row, where a collapse shows
         self.grid, self.w_val, self.device, self.dtype = grid, w, d.device, dtype
         self.eps = torch.randn(len(texts), *shape, generator=torch.Generator(d.device).manual_seed(args.seed), device=d.device)
         self.cond, self.w = encode(texts), torch.full((len(texts),), w, device=d.device)
@@ -130,6 +136,8 @@ class Validation:
                                         order=args.order)[0]
                 self.reference = ddim.float(), sd.decode(self.parts.vae, ddim)
             mine = boot.sample_student(sd.student_fn(model_now, schedule, prediction, self.w), self.eps, self.cond)
+            fake = None if self.fake is None else boot.ddim_sample(self.fake.denoiser(self.w), self.eps, schedule=schedule,
+                                                                   grid=self.grid, cond=self.cond)
         rms = lambda x: x.pow(2).mean().sqrt().item()
         self.figures.update(step=step, prompts=len(self.texts), rmse_to_teacher=rms(mine - self.reference[0]),
                             teacher_rms=rms(self.reference[0]))
@@ -137,9 +145,12 @@ class Validation:
         with open(self.out / "validation" / "log.jsonl", "a") as f:
             f.write(json.dumps(self.figures) + "\n")
         fixed_point = f"{'DDIM' if args.order == 1 else 'Heun'}-{args.bootstrap_steps}"
-        pictures.save_labelled(self.out / "validation" / f"step-{step:08d}.png",
-                               [self.reference[1], sd.decode(self.parts.vae, mine)],
-                               row_labels=[f"teacher {fixed_point}", "student, 1 call"], col_labels=self.texts,
+        rows, labels = [self.reference[1], sd.decode(self.parts.vae, mine)], [f"teacher {fixed_point}", "student, 1 call"]
+        if fake is not None:
+            rows.append(sd.decode(self.parts.vae, fake))
+            labels.append(f"fake network DDIM-{args.bootstrap_steps}")
+        pictures.save_labelled(self.out / "validation" / f"step-{step:08d}.png", rows, row_labels=labels,
+                               col_labels=self.texts,
                                title=f"step {step}, w = {self.w_val:g}: the student below its fixed point (the teacher's "
                                      f"{fixed_point} on the {args.spacing} grid), same noise in a column")
 
@@ -171,17 +182,24 @@ def train(args, prompts, started: float):
         runtime.clear(out, RUN_OUTPUTS)
 
     student, model, ema, lr = make_student(args, teacher_name, d, parts)
+    if args.corrector_weight:  # the corrector's defaults resolved, as the recipe records them
+        args.corrector_batch, args.fake_lr = args.corrector_batch or args.batch_size, args.fake_lr or lr
     # The recipe as it runs (the defaults resolved): what a resume must repeat, and what boot_sd.json records.
     config = {**{k: v for k, v in vars(args).items() if k not in RESUMABLE}, "teacher": teacher_name,
               "prompts": str(Path(args.prompts).resolve()), "resolution": resolution, "lr": lr,
               "guidance_scale": w_val, "prediction": prediction}
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr)  # a LoRA's adapters
-    trainer = runtime.Trainer(out=out, model=model, optimizer=optimizer, lr_schedule=lr_schedule(optimizer, args),
-                              ema=ema, dist_info=d, config=config, ckpt_every=args.ckpt_every, clip=args.clip)
-    if args.resume and not trainer.resume(same_keys=sorted(set(config) - {"prediction"})):  # the teacher's own
-        d.say(f"--resume: no checkpoint in {out} yet; starting from the teacher")
     teacher = sd.teacher_fn(parts.unet, schedule, prediction, lora_base=bool(args.lora_rank))
     counted = Counting(teacher)  # the rows training makes it evaluate (validation's are not counted)
+    corrector = None
+    if args.corrector_weight:
+        corrector = sd.Corrector(args, teacher_name, d, teacher=counted, parts=parts, encode=encode, null=null,
+                                 prompts=prompts, shape=shape, w_range=(lo, hi))
+    trainer = runtime.Trainer(out=out, model=model, optimizer=optimizer, lr_schedule=lr_schedule(optimizer, args),
+                              ema=ema, dist_info=d, config=config, ckpt_every=args.ckpt_every, clip=args.clip,
+                              extras={"fake": (corrector.net, corrector.optimizer)} if corrector else None)
+    if args.resume and not trainer.resume(same_keys=sorted(set(config) - {"prediction"})):  # the teacher's own
+        d.say(f"--resume: no checkpoint in {out} yet; starting from the teacher")
     exported = lambda: ema.module if ema is not None else trainer.student  # what validation shows and the run hands over
 
     def loss_fn(step):
@@ -192,16 +210,20 @@ def train(args, prompts, started: float):
         k = torch.randint(1, len(grid), (b,), generator=gen, device=device)
         w = lo + (hi - lo) * torch.rand(b, generator=gen, device=device)
         cond = encode(prompts.read(which.tolist()))  # this rank's own batch, nothing else
-        return sd.boot_sd_loss(model, counted, eps=eps, cond=cond, w=w, k=k, schedule=schedule, grid=grid,
-                               prediction=prediction, null_cond=null, dtype=dtype, finish=parts.teacher.finish,
-                               target=None if ema is None else ema.module, order=args.order)
+        loss, logs = sd.boot_sd_loss(model, counted, eps=eps, cond=cond, w=w, k=k, schedule=schedule, grid=grid,
+                                     prediction=prediction, null_cond=null, dtype=dtype, finish=parts.teacher.finish,
+                                     target=None if ema is None else ema.module, order=args.order)
+        corrected = corrector and corrector.loss(model, step, gen, dtype)
+        if not corrected:
+            return loss, logs
+        return loss + corrected[0], logs | corrected[1] | {"terms": {"boot": loss, "corrector": corrected[0]}}
 
     validation, every = None, None
     if d.main:
         texts = val_prompts.read(range(len(val_prompts) if args.validation_prompts else
                                        min(len(prompts), VALIDATION_IMAGES)))
         validation = Validation(args, out, parts, teacher, texts, encode, null, shape=shape, grid=grid, w=w_val, d=d,
-                                dtype=dtype)
+                                dtype=dtype, fake=corrector)
         every = (args.validate_every, lambda step: validation(step, exported()))
     until = None if args.time_limit is None else started + 60 * args.time_limit
     trainer.fit(args.steps, loss_fn, desc="boot-sd", every=every, until=until)
@@ -377,6 +399,16 @@ def parser():
                         "frozen and, adapters off, the teacher: one copy of the weights. One w baked in (--guidance-scale; "
                         "no --guidance-range). Writes RUN/lora/pytorch_lora_weights.safetensors for the stock teacher "
                         "pipeline's load_lora_weights, beside the fused student in RUN/pipeline")
+    p.add_argument("--corrector-weight", type=float, default=0.0,
+                   help="weight of the data-free distribution corrector (boot.corrector_loss, DMD's score difference on "
+                        "the student's one-call samples; the real score the guided teacher at each sample's w, the fake a "
+                        "copy of the teacher trained online on those samples) added to BOOT's loss; 0 = BOOT alone")
+    p.add_argument("--corrector-batch", type=positive(), help="one-call samples per step for the corrector (default "
+                                                               "--batch-size)")
+    p.add_argument("--corrector-start", type=int, default=0, help="the step the corrector starts at (BOOT alone before)")
+    p.add_argument("--fake-lr", type=positive(float), help="AdamW learning rate of the fake network (default: the "
+                                                          "student's)")
+    p.add_argument("--fake-updates", type=positive(), default=1, help="fake-network steps per student step")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute the student's activations in backward: less memory, slower")
     p.add_argument("--clip", type=positive(float), default=1.0, help="gradient norm clipping")

@@ -286,18 +286,25 @@ def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.sin(emb), torch.cos(emb)], dim=1).to(w.device)  # dim is even (GUIDANCE_DIM)
 
 
-def student_fn(model, schedule: boot.Schedule, prediction: str, w=None) -> boot.TeacherStudent:
-    """g(eps, t, c): boot.TeacherStudent over the student UNet, to_x0(unet(eps, t n - 1, c, emb(w - 1)), x_t = eps)
-    at the fixed alpha_T, sigma_T. model: the UNet or its DistributedDataParallel wrapper; w (B,) is fed when
-    the UNet has a guidance input (time_cond_proj_dim)."""
+def unet_fn(model, w=None):
+    """net(x, timestep, cond) -> the UNet's raw prediction, x in its dtype, fed the embedding of w (B,) where it has a
+    guidance input (time_cond_proj_dim). model: the UNet or its DistributedDataParallel wrapper."""
     unet = getattr(model, "module", model)
     dim = unet.config.time_cond_proj_dim
     w_emb = guidance_embedding(w, dim).to(unet.dtype) if dim and w is not None else None
 
-    def net(x, time, cond):  # float32 out: the signal, and the bootstrap target made from it, are fp32
-        out = model(x.to(unet.dtype), time, **unet_inputs(unet, cond), timestep_cond=w_emb)
-        return out.sample.float()
-    return boot.TeacherStudent(net, schedule, prediction=prediction)
+    def net(x, timestep, cond):
+        return model(x.to(unet.dtype), timestep, **unet_inputs(unet, cond), timestep_cond=w_emb).sample
+    return net
+
+
+def student_fn(model, schedule: boot.Schedule, prediction: str, w=None) -> boot.TeacherStudent:
+    """g(eps, t, c): boot.TeacherStudent over the student UNet, to_x0(unet(eps, t n - 1, c, emb(w - 1)), x_t = eps)
+    at the fixed alpha_T, sigma_T. model: the UNet or its DistributedDataParallel wrapper; w (B,) is fed when
+    the UNet has a guidance input (time_cond_proj_dim)."""
+    net = unet_fn(model, w)
+    # float32 out: the signal, and the bootstrap target made from it, are fp32
+    return boot.TeacherStudent(lambda x, time, cond: net(x, time, cond).float(), schedule, prediction=prediction)
 
 
 def make_student(teacher: str):
@@ -376,6 +383,56 @@ def boot_sd_loss(model, teacher, *, eps, cond, w, k, schedule, grid, prediction,
         target_student = None if target is None else student_fn(target, schedule, prediction, w)
         return boot.boot_loss(student, guided, eps, schedule=schedule, grid=grid, cond=cond, k=k,
                               config=boot.BootConfig(order=order), target_student=target_student)
+
+
+class Corrector:
+    """train_sd's data-free distribution corrector (BOOT.md section 10), as train_toy's: a fake copy of the teacher's
+    UNet with the student's guidance input (make_student: it starts as the unguided teacher, as DMD's fake score
+    starts), trained on the student's one-call samples with their prompts and w; the real denoiser is the guided
+    teacher at each sample's w. Both finished as the teacher (its x0 clipping), so that equal networks give 0. Every
+    step draws its noise, prompts, w and times from the step's generator: resume is exact."""
+    T_RANGE = (0.02, 0.98)
+
+    def __init__(self, args, teacher_name: str, d, *, teacher, parts, encode, null, prompts, shape, w_range):
+        self.net = make_student(teacher_name).to(d.device)
+        self.trained = torch.nn.parallel.DistributedDataParallel(self.net) if d.world > 1 else self.net
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=args.fake_lr)
+        self.args, self.d, self.teacher, self.read, self.encode, self.null = args, d, teacher, parts.teacher, encode, null
+        self.prompts, self.shape, self.w_range = prompts, shape, w_range
+
+    def denoiser(self, w):
+        """The fake network's x0 at w, finished as the teacher's."""
+        return self.read.finish(boot.denoiser(unet_fn(self.net, w), self.read.schedule, prediction=self.read.prediction))
+
+    def loss(self, model, step: int, gen, dtype):
+        """(weighted corrector loss, logs) of this step, after the fake network's updates; None before the start."""
+        a, device, schedule, prediction = self.args, self.d.device, self.read.schedule, self.read.prediction
+        if step < a.corrector_start:
+            return None
+        b, (lo, hi) = a.corrector_batch, self.w_range
+        eps = torch.randn(b, *self.shape, generator=gen, device=device)
+        which = torch.randint(len(self.prompts), (b,), generator=gen, device=device)
+        w = lo + (hi - lo) * torch.rand(b, generator=gen, device=device)
+        cond = self.encode(self.prompts.read(which.tolist()))
+        t = boot.random_times(schedule, b, lo=self.T_RANGE[0], hi=self.T_RANGE[1], generator=gen, device=device)
+        noise = torch.randn(eps.shape, generator=gen, device=device)
+        with autocast(device, dtype):
+            x = student_fn(model, schedule, prediction, w)(eps, eps.new_zeros(b), cond)  # one call, with gradient
+            real = self.read.finish(boot.guided(self.teacher, scale=w, null_cond=self.null))
+            loss, logs = boot.corrector_loss(x, real, self.denoiser(w), noise, schedule=schedule, t=t, cond=cond)
+            fake_losses = []
+            for _ in range(a.fake_updates):  # after the term: this step's corrector reads the fake as it was
+                t = boot.random_times(schedule, b, generator=gen, device=device)
+                noise = torch.randn(eps.shape, generator=gen, device=device)
+                fake = boot.fake_loss(unet_fn(self.trained, w), x, noise, schedule=schedule, prediction=prediction, t=t,
+                                      cond=cond)
+                self.optimizer.zero_grad(set_to_none=True)
+                fake.backward()
+                norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+                if self.d.all_true(torch.isfinite(fake.detach()) & torch.isfinite(norm)):  # else skipped, as the student's
+                    self.optimizer.step()
+                fake_losses.append(fake.detach())
+        return a.corrector_weight * loss, logs | {"fake_loss": torch.stack(fake_losses).mean()}
 
 
 @torch.no_grad()

@@ -546,6 +546,59 @@ def test_a_lora_student_trains_adapters_alone_and_loads_onto_the_stock_teacher_p
     assert "guidance_scale=1.0" in (run / "lora" / "README.md").read_text()
 
 
+# The distribution corrector (BOOT.md section 10) in train_sd.
+
+
+def corrector_run(tiny_sd, prompts, out, *extra):
+    train_sd.main(train_args(tiny_sd, prompts, out, "--corrector-weight", "1", "--corrector-batch", "2",
+                             "--validate-every", "1000", "--ckpt-every", "1", *extra))
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_the_corrector_logs_both_terms_shows_the_fake_network_and_is_zero_where_the_fake_is_the_real(tiny_sd, prompts,
+                                                                                                      tmp_path):
+    """At w = 1 the fake network (the teacher plus a zero-initialised guidance input) is the real denoiser: the term
+    is 0 to rounding at the first step; at w = 5 it is not. The log carries both losses and each term's gradient
+    norm; the validation picture a third row, the fake network's DDIM-N; the checkpoint the fake network."""
+    from safetensors.torch import load_file
+    at_1 = corrector_run(tiny_sd, prompts, tmp_path / "w1", "--guidance-scale", "1", "--steps", "1")[-1]
+    at_5 = corrector_run(tiny_sd, prompts, tmp_path / "w5", "--guidance-scale", "5", "--steps", "1")[-1]
+    assert at_1["corrector"] < 1e-12 < 1e-6 < at_5["corrector"]
+    for key in ("loss", "corrector", "corrector_grad", "fake_loss", "grad_norm_boot", "grad_norm_corrector"):
+        assert math.isfinite(at_5[key]), key
+    picture = Image.open(tmp_path / "w5" / "validation" / "step-00000001.png")
+    assert picture.size == pictures.layout(RES, RES, 3, 3, title=True, col_labels=True)[0]
+    meta = json.loads((tmp_path / "w5" / "boot_sd.json").read_text())
+    assert meta["corrector_batch"] == 2 and meta["fake_lr"] == meta["lr"] and meta["fake_updates"] == 1
+    checkpoint = next((tmp_path / "w5" / "checkpoints").iterdir())
+    assert any("fake" in p.name for p in checkpoint.iterdir()), sorted(p.name for p in checkpoint.iterdir())
+
+
+def test_a_run_with_the_corrector_resumes_exactly(tiny_sd, prompts, tmp_path, capsys):
+    """Stopped after step 2 of 3, then resumed: the straight run's student, bit for bit (the fake network and its
+    optimizer come back from the checkpoint; without them the third step's corrector would differ)."""
+    from diffusers import UNet2DConditionModel
+    args = ("--guidance-range", "1,5", "--steps", "3")
+    corrector_run(tiny_sd, prompts, tmp_path / "straight", *args)
+    shutil.copytree(tmp_path / "straight", tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-00000003")
+    corrector_run(tiny_sd, prompts, tmp_path / "run", *args, "--resume")
+    assert "at step 2" in capsys.readouterr().out
+    resumed, straight = (UNet2DConditionModel.from_pretrained(tmp_path / run / "pipeline" / "unet").state_dict()
+                         for run in ("run", "straight"))
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("flags, message", [(["--corrector-weight", "-1"], "--corrector-weight -1.0: must be 0 or more"),
+                                            (["--corrector-weight", "nan"], "--corrector-weight nan: must be 0 or more"),
+                                            (["--corrector-start", "-2"], "--corrector-start -2: must be 0 or more")])
+def test_bad_corrector_flags_are_one_line(flags, message, tiny_sd, prompts, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(train_args(tiny_sd, prompts, tmp_path / "run", *flags))
+    check_failure(stop.value.code, capsys.readouterr().err, message, tmp_path / "run")
+
+
 def test_a_lora_students_teacher_is_its_base_with_the_adapters_off(parts):
     """One copy of the weights: the LoRA student's teacher is the same module with its adapters off, bit for bit
     the teacher; only the adapters train, in float32."""
