@@ -61,7 +61,8 @@ def parse_args(argv):
     p.add_argument("--budgets", nargs="+", type=runtime.positive(float), default=[2, 5, 15, 30, 60], metavar="MIN",
                    help="budgets in minutes of this machine, each run by both methods")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
-                   help="also race BOOT with these train_toy flags, e.g. 'constant weight=--weighting constant'")
+                   help="also race BOOT with these train_toy flags (train_sd flags for a text-to-image --teacher), "
+                        "e.g. 'constant weight=--weighting constant'")
     p.add_argument("--kd-variant", action="append", default=[], metavar="NAME=FLAGS",
                    help="also race KD with these train_toy flags, e.g. 'KD + corrector=--corrector-weight 1'")
     p.add_argument("--kd", action=argparse.BooleanOptionalAction, default=True,
@@ -80,6 +81,8 @@ def parse_args(argv):
             if not sep or not name or name in ("BOOT", "KD", *opts.variants, *opts.kd_variants):
                 p.error(f"argument {flag}: NAME=FLAGS with a name other than BOOT, KD and the other variants', got {v!r}")
             variants[name] = shlex.split(flags)
+            if race_t2i.is_text_teacher(opts.teacher):
+                continue  # train_sd flags: race_t2i checks them with train_sd.py itself before the first run
             try:  # now, not when the variant's turn comes after minutes of other runs
                 with contextlib.redirect_stderr(io.StringIO()) as said:
                     toy.parse_args(["--teacher", opts.teacher, *variants[name]])
@@ -256,9 +259,9 @@ def main(argv=None):
     if path.is_dir() or path.suffix != ".json":
         raise runtime.UsageError(f"--json {path}: name a file ending .json (the markdown and picture go beside it)")
     if text:
-        if opts.variants or not opts.kd:
-            raise runtime.UsageError("--variant and --no-kd: for the pixel race (train_toy flags); not with a "
-                                     "text-to-image --teacher")
+        if opts.kd_variants or not opts.kd:
+            raise runtime.UsageError("--kd-variant and --no-kd: for the pixel race; a text-to-image race takes "
+                                     "--variant (train_sd flags) only")
         path.parent.mkdir(parents=True, exist_ok=True)
         opts.teacher = str(Path(opts.teacher).resolve())
         return race_t2i.main(opts, argv, path)

@@ -59,12 +59,30 @@ def is_text_teacher(folder) -> bool:
         return False
 
 
-def boot_run(opts, budget, d, tmp):
-    """train_sd.py as a user runs it, stopped by --time-limit at the budget."""
+def boot_flags(opts, device, variant=()) -> list:
+    """train_sd.py's flags of the race's BOOT (and of a variant: more train_sd flags)."""
+    return ["--teacher", opts.teacher, "--prompts", str(Path(opts.teacher) / "prompts.txt"), "--guidance-range",
+            f"{W_LO:g},{W_HI:g}", "--judge", "none", "--seed", str(opts.seed), "--device", str(device),
+            "--batch-size", str(opts.batch), *variant]
+
+
+def check_variants(opts, device):
+    """Each variant's flags, tried now by train_sd.py itself (one step, its own refusals), not when its turn comes
+    after minutes of other runs: a UsageError naming the variant and train_sd's message."""
+    for name, variant in opts.variants.items():
+        with tempfile.TemporaryDirectory(prefix="race-t2i-check-") as tmp:
+            done = subprocess.run([sys.executable, str(ROOT / "train_sd.py"), *boot_flags(opts, device, variant),
+                                   "--steps", "1", "--validate-every", "1000", "--out", str(Path(tmp) / "run")],
+                                  capture_output=True, text=True)
+        if done.returncode:
+            why = (done.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("error: ")
+            raise runtime.UsageError(f"--variant {name!r}: {why}")
+
+
+def boot_run(opts, budget, d, tmp, variant=()):
+    """train_sd.py as a user runs it, stopped by --time-limit at the budget; variant: more train_sd flags."""
     start, busy = time.perf_counter(), runtime.cpu_seconds()
-    flags = ["--teacher", opts.teacher, "--prompts", str(Path(opts.teacher) / "prompts.txt"), "--guidance-range",
-             f"{W_LO:g},{W_HI:g}", "--judge", "none", "--seed", str(opts.seed), "--device", str(d.device),
-             "--batch-size", str(opts.batch)]
+    flags = boot_flags(opts, d.device, variant)
 
     def train_sd(*extra):  # a process of its own, as a user runs it (scripts are run, never imported)
         if subprocess.run([sys.executable, str(ROOT / "train_sd.py"), *flags, *extra]).returncode:
@@ -164,18 +182,23 @@ def judged(opts, parts, judge, student=None, ks=()) -> dict:
 
 
 def winner(rows: list, budget: float, n: int) -> str:
-    at = {r["method"]: r["judged"][W] for r in rows if r["budget_min"] == budget}
-    if "BOOT" not in at or "KD" not in at:
+    """Who has the lowest FD at w = W at this budget, by how much over the next, and the accuracy between those two."""
+    at = sorted(((r["judged"][W], r["method"]) for r in rows if r["budget_min"] == budget), key=lambda x: x[0]["fd"])
+    if len(at) < 2:
         return ""
-    (b, k) = at["BOOT"], at["KD"]
-    gap = abs(b["fd"] - k["fd"]) / min(b["fd"], k["fd"])
-    fd = f"{'BOOT' if b['fd'] <= k['fd'] else 'KD'} by {gap:.0%} in FD" + (" (under 10%: one seed does not settle it)"
-                                                                          if gap < 0.1 else "")
+    (b, first), (k, second) = at[:2]
+    gap = (k["fd"] - b["fd"]) / b["fd"]
+    fd = f"{first} by {gap:.0%} in FD over {second}" + (" (under 10%: one seed does not settle it)" if gap < 0.1 else "")
     se = (b["accuracy"] * (1 - b["accuracy"]) / n + k["accuracy"] * (1 - k["accuracy"]) / n) ** 0.5
     diff = b["accuracy"] - k["accuracy"]
-    acc = ("a tie in accuracy" if diff == 0 else f"{'BOOT' if diff > 0 else 'KD'} by {abs(diff):.3f} in accuracy" +
+    acc = ("a tie in accuracy" if diff == 0 else f"{first if diff > 0 else second} by {abs(diff):.3f} in accuracy" +
            (" (within 2 standard errors)" if abs(diff) < 2 * se else ""))
     return f"{fd}, {acc}"
+
+
+def variants(r) -> dict:
+    """BOOT's variants in a race's figures: {name: train_sd flags} (none in races run before they existed)."""
+    return {row["method"]: row["flags"] for row in r["runs"] if row.get("flags") and row["method"] not in ("BOOT", "KD")}
 
 
 def report(r) -> str:
@@ -188,7 +211,8 @@ def report(r) -> str:
            f"{r['lr']:g} constant, seed {r['seed']}",
            f"- {busy_line(r)}",
            f"- BOOT: `train_sd.py --guidance-range {W_LO:g},{W_HI:g}` with its defaults (Heun, N 16), in processes of "
-           "its own (start-up counted), stopped by --time-limit at the budget. "
+           "its own (start-up counted), stopped by --time-limit at the budget. " + "".join(
+               f"{name}: the same with `{shlex.join(flags)}`. " for name, flags in variants(r).items()) +
            f"KD: {PAIR_SHARE:.0%} of the budget on pairs (noise, a prompt of the file, w ~ U[{W_LO:g}, {W_HI:g}], the "
            "teacher's guided DDIM-k), then the student's one call at t = 0 and that w regressed on them: every "
            "(prompt, w) it learns costs a pair; BOOT draws fresh ones every step.",
@@ -235,6 +259,7 @@ def main(opts, argv, path: Path) -> dict:
     opts.batch, opts.pair_batch = (QUICK["batch"], QUICK["pair_batch"]) if opts.quick else (BATCH, PAIR_BATCH)
     d = runtime.setup("cpu" if opts.quick else "auto")
     opts.device, opts.dtype = d.device, sd.resolved_dtype("auto", d.device)
+    check_variants(opts, d.device)
     start = time.perf_counter()
     parts = sd.load_teacher(opts.teacher, sd.DTYPES[opts.dtype], d.device)
     resolution = parts.unet.config.sample_size * sd.vae_scale(parts.vae)
@@ -251,14 +276,17 @@ def main(opts, argv, path: Path) -> dict:
     r["teacher_ddim"] = judged(opts, parts, judge, ks=TEACHER_KS)
     with tempfile.TemporaryDirectory(prefix="race-t2i-") as tmp:
         for budget in budgets:
-            for method in ("BOOT", "KD"):
+            for method, flags in [("BOOT", [])] + list(opts.variants.items()) + [("KD", None)]:
                 say(f"{budget:g} min: {method}")
-                where = Path(tmp) / f"{method}-{budget:g}"
-                student, row = (boot_run if method == "BOOT" else kd_run)(opts, 60 * budget, d, where)
+                where = Path(tmp) / f"{method}-{budget:g}".replace(" ", "_").replace("+", "plus")
+                if flags is None:
+                    student, row = kd_run(opts, 60 * budget, d, where)
+                else:
+                    student, row = boot_run(opts, 60 * budget, d, where, flags)
                 busy, now = row.pop("busy"), runtime.cpu_seconds()
                 row["other_cpu_s"] = None if busy is None else now[1] - busy[1]
                 row["judged"] = judged(opts, parts, judge, student=student)
-                r["runs"].append(dict(budget_min=budget, method=method, **row))
+                r["runs"].append(dict(budget_min=budget, method=method, flags=flags or [], **row))
                 at = row["judged"][W]
                 say(f"{budget:g} min: {method}: w = {W} accuracy {at['accuracy']:.3f}, FD {at['fd']:.1f}, "
                     f"{row['seconds']:.0f} s")

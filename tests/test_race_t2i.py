@@ -20,12 +20,14 @@ from bootkit import racing
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "teachers" / "mnist-t2i"
+CORRECTED = "BOOT + corrector"
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     path = tmp_path_factory.mktemp("race-t2i") / "race-t2i.json"
-    race.main(["--teacher", str(TEACHER), "--quick", "--json", str(path), "--seed", "0"])
+    race.main(["--teacher", str(TEACHER), "--quick", "--json", str(path), "--seed", "0",
+               "--variant", f"{CORRECTED}=--corrector-weight 1 --corrector-batch 2"])
     return json.loads(path.read_text()), path
 
 
@@ -35,11 +37,11 @@ def _judged(cells: dict):
         assert 0 <= cell["accuracy"] <= 1 and math.isfinite(cell["fd"]) and cell["fd"] > 0
 
 
-def test_the_quick_race_runs_both_methods_per_budget_judged_alike(quick):
+def test_the_quick_race_runs_every_method_per_budget_judged_alike(quick):
     r, _ = quick
     assert r["race"] == "text-to-image" and r["budgets_min"] == race_t2i.QUICK["budgets"]
     assert [(row["budget_min"], row["method"]) for row in r["runs"]] == [
-        (b, m) for b in race_t2i.QUICK["budgets"] for m in ("BOOT", "KD")]
+        (b, m) for b in race_t2i.QUICK["budgets"] for m in ("BOOT", CORRECTED, "KD")]
     assert list(r["teacher_ddim"]) == ["8", "50"]
     for row in r["teacher_ddim"].values():
         _judged(row)
@@ -52,7 +54,8 @@ def test_the_quick_race_runs_both_methods_per_budget_judged_alike(quick):
 def test_teacher_calls_are_what_each_method_made(quick):
     """Counted as made (a counting teacher in the race for KD, in train_sd.py for BOOT) against what each recipe
     calls. KD: its pairs' guided DDIM-k (2 rows a call) and the probe that timed a call; BOOT: its steps, each
-    example 2 guided calls (Heun; the rows stepping to t = 0 ride along in the batched call), 2 rows each."""
+    example 2 guided calls (Heun; the rows stepping to t = 0 ride along in the batched call), 2 rows each; with the
+    corrector, one guided call (the real score) a corrector sample more."""
     r, _ = quick
     for row in r["runs"]:
         if row["method"] == "KD":
@@ -61,7 +64,8 @@ def test_teacher_calls_are_what_each_method_made(quick):
             assert row["pairs"] % race_t2i.QUICK["pair_batch"] == 0
         else:
             assert row["order"] == 2
-            assert row["teacher_calls"] == row["steps_done"] * row["batch"] * 2 * 2
+            corrector = 2 * row["steps_done"] * 2 if row["method"] == CORRECTED else 0  # --corrector-batch 2
+            assert row["teacher_calls"] == row["steps_done"] * row["batch"] * 2 * 2 + corrector
 
 
 def test_a_text_to_image_teacher_chooses_the_text_race():
@@ -77,5 +81,15 @@ def test_the_markdown_renders_from_the_json(quick):
     assert path.with_suffix(".md").read_text() == written and path.with_suffix(".png").stat().st_size > 0
     assert json.loads(path.read_text()) == r  # rendering measures nothing and leaves the figures alone
     assert "| teacher DDIM-8 |" in written and "| teacher DDIM-50 |" in written
-    assert written.count("| BOOT |") == written.count("| KD |") == len(r["budgets_min"])
+    assert written.count("| BOOT |") == written.count("| KD |") == written.count(f"| {CORRECTED} |") == len(r["budgets_min"])
+    assert f"{CORRECTED}: the same with `--corrector-weight 1 --corrector-batch 2`" in written
     assert "Who wins each budget at w = 3: " in written and "other processes' CPU time" in written
+
+
+def test_a_bad_variant_is_refused_by_train_sd_before_the_race_starts(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        race.main(["--teacher", str(TEACHER), "--quick", "--json", str(tmp_path / "r.json"),
+                   "--variant", "bad=--corrector-weight -1"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and err.splitlines()[-1] == "error: --variant 'bad': --corrector-weight -1.0: must be 0 or more"
+    assert not (tmp_path / "r.json").exists()
