@@ -1159,12 +1159,14 @@ def test_flags_out_of_the_teachers_range(flags, expected, tiny_sd, prompts, tmp_
     check_failure(stop.value.code, capsys.readouterr().err, expected, tmp_path / "run")
 
 
-def test_bench_runs_and_reports_every_part():
+@pytest.mark.parametrize("shape, lora_rank", [("sd15", 0), ("sdxl", 0), ("sdxl", 4)])
+def test_bench_runs_and_reports_every_part(shape, lora_rank):
     import sd_step
-    result = sd_step.run("cpu", batch=1, tiny=True, reps=1)
+    result = sd_step.run("cpu", batch=1, tiny=True, reps=1, shape=shape, lora_rank=lora_rank)
     parts = result["teacher_ms"] + result["student_call_ms"] + result["student_train_ms"]
     assert result["sum_ms"] == pytest.approx(parts)
     assert result["step_ms"] > 0 and result["peak_gib"] is None and "| whole BOOT step |" in sd_step.table(result)
+    assert (0 < result["trained_m"] < result["params_m"]) if lora_rank else result["trained_m"] == result["params_m"]
 
 
 def test_unet_that_needs_more_than_text_is_refused_before_anything_loads(tiny_sd, prompts, tmp_path, capsys):
