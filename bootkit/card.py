@@ -9,27 +9,33 @@ import boot
 from bootkit import sd
 
 
+def one_step(parts, g: boot.TeacherStudent, *, guidance: tuple, w: float):
+    """(the stock one-step scheduler of the student g, its facts: boot_diffusers.one_step_scheduler)."""
+    import boot_diffusers
+    scheduler = boot_diffusers.one_step_scheduler(parts.scheduler.config, prediction_type=g.prediction, alpha_T=g.alpha_a,
+                                                  sigma_T=g.sigma_a, guidance_range=list(guidance), guidance_scale=w)
+    return scheduler, scheduler.config[boot_diffusers.BOOT_KEY]
+
+
 def save_pipeline(folder: Path, teacher: str, unet, g: boot.TeacherStudent, *, resolution: int, guidance: tuple,
                   w: float):
     """folder: a StableDiffusionPipeline folder (StableDiffusionXLPipeline for SDXL) that stock diffusers and
-    BootPipeline (BootXLPipeline) read in one call: the teacher's tokenizers, text encoders and VAE in float32 (lossless whatever their stored precision), the
-    student UNet moved to read its t = 0 at the timestep LCMScheduler's one step passes (boot_diffusers.retime), and
+    BootPipeline (BootXLPipeline) read in one call: the teacher's tokenizers, text encoders and VAE in float32
+    (lossless whatever their stored precision), the student UNet moved to read its t = 0 at the timestep
+    LCMScheduler's one step passes (boot_diffusers.retime), and
     that LCMScheduler (boot_diffusers.one_step_scheduler), which turns the prediction into the image at the
     student's alpha_T, sigma_T and records the trained guidance [WMIN, WMAX] and w. The UNet's sample_size becomes
     the trained resolution's, so that the pipelines' default height and width are the trained ones. The live unet
     is left as it was, bit for bit. No safety checker (requires_safety_checker False): it is another model of
     1.2 GB, not the student's; pass one to from_pretrained where it is wanted."""
     import boot_diffusers
-    from boot_diffusers import BOOT_KEY, one_step_scheduler, retime
     parts = sd.load_teacher(teacher, torch.float32, torch.device("cpu"), unet=False)
     unet.register_to_config(sample_size=resolution // sd.vae_scale(parts.vae))
-    scheduler = one_step_scheduler(parts.scheduler.config, prediction_type=g.prediction, alpha_T=g.alpha_a,
-                                   sigma_T=g.sigma_a, guidance_range=list(guidance), guidance_scale=w)
-    facts = scheduler.config[BOOT_KEY]
+    scheduler, facts = one_step(parts, g, guidance=guidance, w=w)
     assert facts["trained_timestep"] == g.schedule.network_time(torch.zeros(())).item(), "boot's time input of t = 0"
     bias = unet.time_embedding.linear_1.bias
     trained = bias.detach().clone()
-    retime(unet, old=facts["trained_timestep"], new=facts["unet_timestep"])
+    boot_diffusers.retime(unet, old=facts["trained_timestep"], new=facts["unet_timestep"])
     try:
         common = dict(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=unet,
                       scheduler=scheduler)
@@ -59,11 +65,8 @@ def save_lora(folder: Path, teacher: str, unet, g: boot.TeacherStudent, *, w: fl
     full student, (W + BA)(phi(-1) - phi(n - 1)), so that the stock scheduler's timestep n - 1 reads the student's
     t = 0; the other LoRA biases are zero (diffusers reads lora_bias for all or none)."""
     from peft.utils import get_peft_model_state_dict
-    import boot_diffusers
     parts = sd.load_teacher(teacher, torch.float32, torch.device("cpu"), unet=False)
-    scheduler = boot_diffusers.one_step_scheduler(parts.scheduler.config, prediction_type=g.prediction, alpha_T=g.alpha_a,
-                                                  sigma_T=g.sigma_a, guidance_range=[w, w], guidance_scale=w)
-    facts = scheduler.config[boot_diffusers.BOOT_KEY]
+    scheduler, facts = one_step(parts, g, guidance=(w, w), w=w)
     state = {key: value.detach().float().cpu().clone() for key, value in get_peft_model_state_dict(unet).items()}
     for key in [k for k in state if k.endswith(".lora_B.weight")]:
         state[key.removesuffix("weight") + "bias"] = torch.zeros(state[key].shape[0])

@@ -325,6 +325,18 @@ def _grad_norm(loss, params) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None]))
 
 
+def extra_step(optimizer, loss, module, d: Dist) -> torch.Tensor:
+    """One update of a network a loss_fn trains itself (Trainer's extras: the corrector's fake network): backward,
+    gradient norm clipped to 1, the step skipped where the loss or the norm is not finite on some rank, as the
+    student's. Returns the detached loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    if d.all_true(torch.isfinite(loss.detach()) & torch.isfinite(norm)):
+        optimizer.step()
+    return loss.detach()
+
+
 class Trainer:
     """Owns the optimisation loop: skip non-finite steps, clip, EMA, log, checkpoint, resume, stop cleanly.
     extras: {name: (module, optimizer)} that loss_fn trains itself (the corrector's fake network), checkpointed and

@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 import boot
+from bootkit import runtime
 from bootkit.runtime import UsageError
 
 DEFAULT_TEACHER = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -237,7 +238,8 @@ class PromptEncoder:
         if not (self.xl and self.sd.force_zeros):
             return self([""])
         like = self([""])  # shapes and dtype; its values are replaced
-        return self._pack(torch.zeros_like(like[:, :-1]), torch.zeros_like(like[:, -1, :self.sd.text_encoder_2.config.projection_dim]))
+        pooled = like[:, -1, :self.sd.text_encoder_2.config.projection_dim]
+        return self._pack(torch.zeros_like(like[:, :-1]), torch.zeros_like(pooled))
 
     def _pack(self, hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         extra = torch.zeros(len(hidden), 1, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
@@ -426,12 +428,7 @@ class Corrector:
                 noise = torch.randn(eps.shape, generator=gen, device=device)
                 fake = boot.fake_loss(unet_fn(self.trained, w), x, noise, schedule=schedule, prediction=prediction, t=t,
                                       cond=cond)
-                self.optimizer.zero_grad(set_to_none=True)
-                fake.backward()
-                norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
-                if self.d.all_true(torch.isfinite(fake.detach()) & torch.isfinite(norm)):  # else skipped, as the student's
-                    self.optimizer.step()
-                fake_losses.append(fake.detach())
+                fake_losses.append(runtime.extra_step(self.optimizer, fake, self.net, self.d))
         return a.corrector_weight * loss, logs | {"fake_loss": torch.stack(fake_losses).mean()}
 
 

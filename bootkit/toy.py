@@ -182,12 +182,7 @@ class Corrector:
             t = boot.random_times(self.schedule, len(eps), generator=gen, device=self.d.device)
             noise = torch.randn(x.shape, generator=gen, device=self.d.device)
             fake = boot.fake_loss(self.trained, x, noise, schedule=self.schedule, prediction=self.prediction, t=t)
-            self.optimizer.zero_grad(set_to_none=True)
-            fake.backward()
-            norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
-            if self.d.all_true(torch.isfinite(fake.detach()) & torch.isfinite(norm)):  # else skipped, as the student's
-                self.optimizer.step()
-            fake_losses.append(fake.detach())
+            fake_losses.append(runtime.extra_step(self.optimizer, fake, self.net, self.d))
         return a.corrector_weight * loss, logs | {"fake_loss": torch.stack(fake_losses).mean()}
 
 
