@@ -137,14 +137,15 @@ BOOT_KEY = "_boot"  # a student's facts in its LCMScheduler config: private, so 
 
 
 def one_step_scheduler(teacher_config: dict, *, prediction_type: str, alpha_T: float, sigma_T: float,
-                       guidance_range: list, guidance_scale: float):
+                       guidance_range: list, guidance_scale: float, guidance_input: bool = True):
     """diffusers' LCMScheduler that draws a BOOT student in its one step (num_inference_steps=1), stock in every way:
     - set_timesteps(1) gives timestep n - 1 (original_inference_steps n), the student's UNet reads it (retime);
     - step: the teacher's betas give alphas_cumprod[n - 1] = alpha_T^2, so its x0 of the prediction at the noise is
       boot's to_x0 at the fixed alpha_T, sigma_T (checked here); the consistency boundary's c_skip = 1 / (1 + (2 s)^2),
       s = timestep_scaling (n - 1), vanishes in float32 at timestep_scaling 1e6, c_out is 1: the sample is that x0;
     - no clipping or thresholding (the student's latents are not images), init_noise_sigma 1: the latents are eps.
-    The trained guidance range and w ride in its config under BOOT_KEY for BootPipeline."""
+    The trained guidance range and w ride in its config under BOOT_KEY for BootPipeline, and whether the UNet reads w
+    (guidance_input; a LoRA student's fused UNet has one w baked in, and is drawn without the pipeline's guidance)."""
     from diffusers import LCMScheduler
     n = teacher_config["num_train_timesteps"]
     scheduler = LCMScheduler.from_config(dict(teacher_config), prediction_type=prediction_type, original_inference_steps=n,
@@ -157,7 +158,7 @@ def one_step_scheduler(teacher_config: dict, *, prediction_type: str, alpha_T: f
                                  f"{alpha_bar.sqrt().item():.6g}) is not the student's t = T (timestep {n - 1}, alpha_T "
                                  f"{alpha_T:.6g}): this teacher's schedule has no stock one-step scheduler")
     scheduler.register_to_config(**{BOOT_KEY: dict(guidance_range=list(guidance_range), guidance_scale=guidance_scale,
-                                                   unet_timestep=n - 1, trained_timestep=-1)})
+                                                   guidance_input=guidance_input, unet_timestep=n - 1, trained_timestep=-1)})
     return scheduler
 
 
@@ -235,7 +236,9 @@ def _pipeline_class(name: str):
                 raise ValueError(f"guidance_scale={w}: this student was trained at w = {lo} only" if lo == hi else
                                  f"guidance_scale={w} is outside the range this student was trained on, "
                                  f"[{lo}, {hi}]")
-            return super().__call__(prompt, num_inference_steps=1, guidance_scale=w, **kwargs)
+            # a UNet with one w baked in is called as it is: a stock guidance_scale above 1 would guide around it
+            return super().__call__(prompt, num_inference_steps=1, guidance_scale=w if facts.get("guidance_input", True)
+                                    else 1.0, **kwargs)
 
         def to_json_string(self) -> str:
             """model_index.json names the stock class, so that a re-saved pipeline (fp16, push_to_hub) still loads

@@ -9,11 +9,12 @@ import boot
 from bootkit import sd
 
 
-def one_step(parts, g: boot.TeacherStudent, *, guidance: tuple, w: float):
+def one_step(parts, g: boot.TeacherStudent, *, guidance: tuple, w: float, guidance_input: bool):
     """(the stock one-step scheduler of the student g, its facts: boot_diffusers.one_step_scheduler)."""
     import boot_diffusers
     scheduler = boot_diffusers.one_step_scheduler(parts.scheduler.config, prediction_type=g.prediction, alpha_T=g.alpha_a,
-                                                  sigma_T=g.sigma_a, guidance_range=list(guidance), guidance_scale=w)
+                                                  sigma_T=g.sigma_a, guidance_range=list(guidance), guidance_scale=w,
+                                                  guidance_input=guidance_input)
     return scheduler, scheduler.config[boot_diffusers.BOOT_KEY]
 
 
@@ -31,7 +32,7 @@ def save_pipeline(folder: Path, teacher: str, unet, g: boot.TeacherStudent, *, r
     import boot_diffusers
     parts = sd.load_teacher(teacher, torch.float32, torch.device("cpu"), unet=False)
     unet.register_to_config(sample_size=resolution // sd.vae_scale(parts.vae))
-    scheduler, facts = one_step(parts, g, guidance=guidance, w=w)
+    scheduler, facts = one_step(parts, g, guidance=guidance, w=w, guidance_input=bool(unet.config.time_cond_proj_dim))
     assert facts["trained_timestep"] == g.schedule.network_time(torch.zeros(())).item(), "boot's time input of t = 0"
     bias = unet.time_embedding.linear_1.bias
     trained = bias.detach().clone()
@@ -66,7 +67,7 @@ def save_lora(folder: Path, teacher: str, unet, g: boot.TeacherStudent, *, w: fl
     t = 0; the other LoRA biases are zero (diffusers reads lora_bias for all or none)."""
     from peft.utils import get_peft_model_state_dict
     parts = sd.load_teacher(teacher, torch.float32, torch.device("cpu"), unet=False)
-    scheduler, facts = one_step(parts, g, guidance=(w, w), w=w)
+    scheduler, facts = one_step(parts, g, guidance=(w, w), w=w, guidance_input=False)
     state = {key: value.detach().float().cpu().clone() for key, value in get_peft_model_state_dict(unet).items()}
     for key in [k for k in state if k.endswith(".lora_B.weight")]:
         state[key.removesuffix("weight") + "bias"] = torch.zeros(state[key].shape[0])
@@ -128,14 +129,16 @@ swapped in, it draws in one UNet call:
 """
 
 
-def diffusers_snippet(pipeline: str, w: float) -> str:
-    """Python that draws images with the run's pipeline folder with stock diffusers (README and model card)."""
+def diffusers_snippet(pipeline: str, w: float, baked: bool = False) -> str:
+    """Python that draws images with the run's pipeline folder with stock diffusers (README and model card); baked: a
+    student with its one w inside (a LoRA run's), drawn without the pipeline's guidance."""
+    scale = f"1.0,  # w = {w} is baked in: no guidance around it" if baked else f"{w},"
     return f'''import torch
 from diffusers import DiffusionPipeline
 
 pipe = DiffusionPipeline.from_pretrained("{pipeline}")  # the run's pipeline folder, or its hub id
 # On a GPU: from_pretrained(..., torch_dtype=torch.float16), then pipe.to("cuda").
-images = pipe(["a lighthouse on a cliff at dawn"], num_inference_steps=1, guidance_scale={w},
+images = pipe(["a lighthouse on a cliff at dawn"], num_inference_steps=1, guidance_scale={scale}
               generator=torch.Generator().manual_seed(0)).images
 '''
 
@@ -144,6 +147,7 @@ def model_card(meta: dict, pipeline: str, g: boot.TeacherStudent) -> str:
     """pipeline/README.md: a Hugging Face model card (YAML header, then what the student is and how to use it)."""
     teacher, w, rng, n = meta["teacher"], meta["guidance_scale"], meta["guidance_range"], meta["bootstrap_steps"]
     base = "" if Path(teacher).is_dir() else f"base_model: {teacher}\n"  # the hub wants an id, not a local folder
+    baked = bool(meta.get("lora_rank"))  # a LoRA student has no guidance input: its w is baked in
     guidance = (f"any w in [{rng[0]}, {rng[1]}] (default {w})" if rng else f"w = {w} only (guidance_scale={w})") + \
         "; BootPipeline refuses any other"
     training = (f"{meta['steps']} steps, batch {meta['batch_size']} per process, AdamW lr {meta['lr']} "
@@ -194,9 +198,9 @@ an image in one UNet call.
 With diffusers alone (a StableDiffusionPipeline folder with diffusers' own LCMScheduler; nothing else to install):
 
 ```python
-{diffusers_snippet(pipeline, w)}```
+{diffusers_snippet(pipeline, w, baked)}```
 
-Pass `num_inference_steps=1` and a `guidance_scale` of the trained range: the stock pipeline checks neither (its
+Pass `num_inference_steps=1` and {"`guidance_scale=1.0` (the student carries its w; above 1 the stock pipeline would guide around it)" if baked else "a `guidance_scale` of the trained range"}: the stock pipeline checks neither (its
 default is 50 steps, which draws something else, and w = 7.5, which the student extrapolates to without a word),
 drops a `negative_prompt` unseen (guidance is built into the student: there is no unconditional branch for it to
 replace), and runs img2img and inpainting pipelines that a student drawn from pure noise cannot honour. Its

@@ -514,7 +514,7 @@ np.savez(out, lora=draw(), without=without)
 """
 
 
-def test_a_lora_student_trains_adapters_alone_and_loads_onto_the_stock_teacher_pipeline(tiny_sd, tmp_path):
+def test_a_lora_student_trains_adapters_alone_and_loads_onto_the_stock_teacher_pipeline(tiny_sd, tmp_path, monkeypatch):
     """--lora-rank: the teacher's own UNet with adapters, the base frozen (the fused student differs from the
     teacher only where adapters sit). RUN/lora loads onto the stock teacher pipeline in a fresh process (its
     one-step scheduler swapped in, load_lora_weights) and draws --sample's images in one call at guidance_scale 1;
@@ -544,6 +544,14 @@ def test_a_lora_student_trains_adapters_alone_and_loads_onto_the_stock_teacher_p
     assert np.abs(drawn["lora"] * 255 - sampled).max() <= 0.5 + 1e-3
     assert np.abs(drawn["without"] * 255 - sampled).max() > 1
     assert "guidance_scale=1.0" in (run / "lora" / "README.md").read_text()
+    # the fused student's pipeline folder: BootPipeline draws it at the run's w without guidance (one UNet call)
+    assert "guidance_scale=1.0,  # w = 3.0 is baked in" in (run / "pipeline" / "README.md").read_text()
+    from boot_diffusers import BootPipeline
+    calls, forward = [], UNet2DConditionModel.forward
+    monkeypatch.setattr(UNet2DConditionModel, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    images = BootPipeline.from_pretrained(run / "pipeline")(texts, generator=torch.Generator().manual_seed(5),
+                                                               output_type="np").images
+    assert len(calls) == 1 and np.abs(images * 255 - sampled).max() <= 0.5 + 1e-3
 
 
 # The distribution corrector (BOOT.md section 10) in train_sd.
