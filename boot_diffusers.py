@@ -146,6 +146,9 @@ def one_step_scheduler(teacher_config: dict, *, prediction_type: str, alpha_T: f
     - no clipping or thresholding (the student's latents are not images), init_noise_sigma 1: the latents are eps.
     The trained guidance range and w ride in its config under BOOT_KEY for BootPipeline, and whether the UNet reads w
     (guidance_input; a LoRA student's fused UNet has one w baked in, and is drawn without the pipeline's guidance)."""
+    if teacher_config.get("_class_name") == FLOW:
+        return _flow_one_step(teacher_config, alpha_T=alpha_T, sigma_T=sigma_T, guidance_range=guidance_range,
+                              guidance_scale=guidance_scale, guidance_input=guidance_input)
     from diffusers import LCMScheduler
     n = teacher_config["num_train_timesteps"]
     scheduler = LCMScheduler.from_config(dict(teacher_config), prediction_type=prediction_type, original_inference_steps=n,
@@ -162,18 +165,44 @@ def one_step_scheduler(teacher_config: dict, *, prediction_type: str, alpha_T: f
     return scheduler
 
 
+def _flow_one_step(teacher_config: dict, *, alpha_T: float, sigma_T: float, guidance_range: list, guidance_scale: float,
+                   guidance_input: bool):
+    """A flow-matching teacher's own FlowMatchEulerDiscreteScheduler, which with one step draws the student exactly:
+    sigma 1 to 0 at timestep n, x0 = eps - v, boot's to_x0 of a velocity at alpha_T = 0, sigma_T = 1 (checked). The
+    student reads its t = 0 at timestep 0 (n sigma_0), moved to n (retime)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(dict(teacher_config))
+    scheduler.set_timesteps(1)
+    if scheduler.sigmas.tolist() != [1.0, 0.0] or (alpha_T, sigma_T) != (0.0, 1.0):
+        raise UnsupportedTeacher(f"FlowMatchEulerDiscreteScheduler's one step runs sigma {scheduler.sigmas.tolist()}, the "
+                                 f"student's t = T has alpha {alpha_T}, sigma {sigma_T}: no stock one-step scheduler")
+    scheduler.register_to_config(**{BOOT_KEY: dict(guidance_range=list(guidance_range), guidance_scale=guidance_scale,
+                                                   guidance_input=guidance_input,
+                                                   unet_timestep=scheduler.timesteps[0].item(), trained_timestep=0.0)})
+    return scheduler
+
+
+def time_layers(unet):
+    """(the sinusoidal features of the timestep, the first layer reading them) of a UNet2DConditionModel or an
+    SD3Transformer2DModel; UnsupportedTeacher where the timestep enters otherwise."""
+    if hasattr(unet, "time_text_embed"):  # SD3's transformer: its timestep embedder, beside the pooled text's
+        return unet.time_text_embed.time_proj, unet.time_text_embed.timestep_embedder.linear_1
+    config, layer = unet.config, getattr(getattr(unet, "time_embedding", None), "linear_1", None)
+    if config.get("time_embedding_type", "positional") != "positional" or layer is None or \
+            config.get("class_embed_type") == "timestep" or not hasattr(unet, "time_proj"):
+        raise UnsupportedTeacher(f"a {type(unet).__name__} whose timestep enters other than through its sinusoidal "
+                                 "time embedding: its student cannot be moved to the stock scheduler's timestep")
+    return unet.time_proj, layer
+
+
 @torch.no_grad()
 def retime(unet, *, old: float, new: float):
     """In place: the UNet at timestep `new` computes what it computed at `old`. Its time embedding's first layer
     reads the sinusoidal features phi(t) (time_proj); its bias absorbs W (phi(old) - phi(new)), in float64, stored in
     its dtype: exact at `new` up to that rounding, and every other timestep moves too (a one-step student is read
     at one). A guidance input (time_cond_proj_dim) adds to phi before that layer: it reads the same w as before."""
-    config, layer = unet.config, getattr(getattr(unet, "time_embedding", None), "linear_1", None)
-    if config.get("time_embedding_type", "positional") != "positional" or layer is None or \
-            config.get("class_embed_type") == "timestep" or not hasattr(unet, "time_proj"):
-        raise UnsupportedTeacher(f"a {type(unet).__name__} whose timestep enters other than through its sinusoidal "
-                                 "time embedding: its student cannot be moved to the stock scheduler's timestep")
-    phi = unet.time_proj(torch.tensor([old, new], dtype=torch.float32, device=layer.weight.device)).double()
+    time_proj, layer = time_layers(unet)
+    phi = time_proj(torch.tensor([old, new], dtype=torch.float32, device=layer.weight.device)).double()
     layer.bias.copy_((layer.bias.double() + layer.weight.double() @ (phi[0] - phi[1])).to(layer.bias.dtype))
 
 
@@ -190,7 +219,8 @@ def student_facts(scheduler_config) -> dict:
     return {}
 
 
-BOOT_PIPELINES = {"BootPipeline": "StableDiffusionPipeline", "BootXLPipeline": "StableDiffusionXLPipeline"}
+BOOT_PIPELINES = {"BootPipeline": "StableDiffusionPipeline", "BootXLPipeline": "StableDiffusionXLPipeline",
+                  "BootSD3Pipeline": "StableDiffusion3Pipeline"}
 
 
 def _pipeline_class(name: str):

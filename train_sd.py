@@ -98,7 +98,8 @@ def make_student(args, teacher_name: str, d, parts):
     """(the student: the teacher's UNet with a guidance input, or with --lora-rank the teacher's own UNet (parts.unet)
     with LoRA adapters; what trains it, DDP-wrapped under torchrun; its EMA, None when off; the learning rate, --lr
     or by the UNet's size)."""
-    student = sd.add_lora(parts.unet, args.lora_rank) if args.lora_rank else sd.make_student(teacher_name).to(d.device)
+    student = (sd.add_lora(parts.unet, args.lora_rank) if args.lora_rank else
+               sd.make_student(teacher_name, sd3=parts.sd3).to(d.device))
     large = sum(p.numel() for p in student.parameters()) >= LARGE_UNET
     lr = args.lr or (LR_SMALL if not large else LR_LORA_LARGE if args.lora_rank else LR_LARGE)
     if args.gradient_checkpointing:
@@ -168,6 +169,11 @@ def train(args, prompts, started: float):
         teacher_name = str(Path(teacher_name).resolve())
     judged_by = judging.find_judge(args, prompts, teacher_name, d)  # before the teacher loads: a bad --judge fails at once
     parts = sd.load_teacher(teacher_name, dtype, d.device)
+    if parts.sd3 and (args.guidance_range or args.lora_rank):
+        raise UsageError(f"{'--guidance-range' if args.guidance_range else '--lora-rank'} with an SD3 teacher: "
+                         + ("StableDiffusion3Pipeline feeds its transformer no guidance input, so its student bakes one w "
+                            "(--guidance-scale)" if args.guidance_range else "a LoRA student of SD3's transformer is not "
+                            "written yet; train the full student"))
     schedule, prediction = parts.teacher.schedule, parts.teacher.prediction
     try:
         grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing)
@@ -237,7 +243,8 @@ def train(args, prompts, started: float):
     if args.lora_rank:
         card.save_lora(out / sd.LORA, teacher_name, exported(), g, w=w_val)
     # teacher_rows: this process's training (a resumed run's since its resume); a guided call is 2 rows
-    meta = {**config, "steps": trainer.step, "teacher_rows": counted.rows, "validation": validation.figures}
+    meta = {**config, "steps": trainer.step, "teacher_rows": counted.rows, "validation": validation.figures,
+            "guidance_input": bool(exported().config.get("time_cond_proj_dim"))}  # else one w baked in
     write_run(out, meta, g)  # the run is complete before the judged evaluation: --evaluate redoes that alone
     d.say(f"student in {out / sd.PIPELINE}; draw images with: python train_sd.py --sample {out} --prompts FILE, "
           f"or with diffusers' DiffusionPipeline at num_inference_steps=1 ({out / sd.PIPELINE / 'README.md'})")

@@ -20,11 +20,12 @@ def one_step(parts, g: boot.TeacherStudent, *, guidance: tuple, w: float, guidan
 
 def save_pipeline(folder: Path, teacher: str, unet, g: boot.TeacherStudent, *, resolution: int, guidance: tuple,
                   w: float):
-    """folder: a StableDiffusionPipeline folder (StableDiffusionXLPipeline for SDXL) that stock diffusers and
-    BootPipeline (BootXLPipeline) read in one call: the teacher's tokenizers, text encoders and VAE in float32
-    (lossless whatever their stored precision), the student UNet moved to read its t = 0 at the timestep
-    LCMScheduler's one step passes (boot_diffusers.retime), and
-    that LCMScheduler (boot_diffusers.one_step_scheduler), which turns the prediction into the image at the
+    """folder: a StableDiffusionPipeline folder (StableDiffusionXLPipeline for SDXL, StableDiffusion3Pipeline for SD3)
+    that stock diffusers and BootPipeline (BootXLPipeline, BootSD3Pipeline) read in one call: the teacher's
+    tokenizers, text encoders and VAE in float32 (lossless whatever their stored precision), the student network
+    moved to read its t = 0 at the timestep the stock scheduler's one step passes (boot_diffusers.retime), and that
+    scheduler (boot_diffusers.one_step_scheduler: LCMScheduler, or SD3's own flow-matching Euler), which turns the
+    prediction into the image at the
     student's alpha_T, sigma_T and records the trained guidance [WMIN, WMAX] and w. The UNet's sample_size becomes
     the trained resolution's, so that the pipelines' default height and width are the trained ones. The live unet
     is left as it was, bit for bit. No safety checker (requires_safety_checker False): it is another model of
@@ -32,14 +33,19 @@ def save_pipeline(folder: Path, teacher: str, unet, g: boot.TeacherStudent, *, r
     import boot_diffusers
     parts = sd.load_teacher(teacher, torch.float32, torch.device("cpu"), unet=False)
     unet.register_to_config(sample_size=resolution // sd.vae_scale(parts.vae))
-    scheduler, facts = one_step(parts, g, guidance=guidance, w=w, guidance_input=bool(unet.config.time_cond_proj_dim))
-    assert facts["trained_timestep"] == g.schedule.network_time(torch.zeros(())).item(), "boot's time input of t = 0"
-    bias = unet.time_embedding.linear_1.bias
+    scheduler, facts = one_step(parts, g, guidance=guidance, w=w,
+                                guidance_input=bool(unet.config.get("time_cond_proj_dim")))
+    bias = boot_diffusers.time_layers(unet)[1].bias
     trained = bias.detach().clone()
     boot_diffusers.retime(unet, old=facts["trained_timestep"], new=facts["unet_timestep"])
     try:
-        common = dict(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=unet,
-                      scheduler=scheduler)
+        common = dict(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, scheduler=scheduler)
+        if parts.sd3:
+            boot_diffusers.BootSD3Pipeline(**common, transformer=unet, text_encoder_2=parts.text_encoder_2,
+                                           tokenizer_2=parts.tokenizer_2, text_encoder_3=parts.text_encoder_3,
+                                           tokenizer_3=parts.tokenizer_3).save_pretrained(folder)
+            return
+        common["unet"] = unet
         if parts.xl:  # no watermarker: diffusers adds one only where invisible-watermark is installed
             boot_diffusers.BootXLPipeline(**common, text_encoder_2=parts.text_encoder_2, tokenizer_2=parts.tokenizer_2,
                                           force_zeros_for_empty_prompt=parts.force_zeros).save_pretrained(folder)
@@ -147,7 +153,7 @@ def model_card(meta: dict, pipeline: str, g: boot.TeacherStudent) -> str:
     """pipeline/README.md: a Hugging Face model card (YAML header, then what the student is and how to use it)."""
     teacher, w, rng, n = meta["teacher"], meta["guidance_scale"], meta["guidance_range"], meta["bootstrap_steps"]
     base = "" if Path(teacher).is_dir() else f"base_model: {teacher}\n"  # the hub wants an id, not a local folder
-    baked = bool(meta.get("lora_rank"))  # a LoRA student has no guidance input: its w is baked in
+    baked = not meta.get("guidance_input", True)  # a LoRA or SD3 student has no guidance input: its w is baked in
     guidance = (f"any w in [{rng[0]}, {rng[1]}] (default {w})" if rng else f"w = {w} only (guidance_scale={w})") + \
         "; BootPipeline refuses any other"
     training = (f"{meta['steps']} steps, batch {meta['batch_size']} per process, AdamW lr {meta['lr']} "

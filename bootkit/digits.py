@@ -52,6 +52,7 @@ def rgb(x):
 @torch.no_grad()
 def decode(vae, latents):
     """Gray images (B, 1, H, W) from latents scaled as the pipeline's (the mean of the three channels)."""
-    gray = lambda z: vae.decode(z / vae.config.scaling_factor).sample.mean(1, keepdim=True)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0  # SD3's VAE (sd.latent_shift; digits sits below sd)
+    gray = lambda z: vae.decode(z / vae.config.scaling_factor + shift).sample.mean(1, keepdim=True)
     return metrics.batched(gray, latents, 500)
 

@@ -41,6 +41,9 @@ GUIDANCE_DIM = 256  # width of the student's guidance embedding, as in LCM
 UNSUPPORTED_UNET = ("addition_embed_type", "class_embed_type")  # conditioning beyond text (SDXL's text_time is read)
 XL = "text_time"  # SDXL's addition_embed_type: pooled text and time ids beside the text embeddings
 XL_TIME_IDS = 6  # original size, crop top-left, target size (a refiner's aesthetic score makes 5: not read)
+SD3 = "SD3Transformer2DModel"  # SD3's network, read at timestep n sigma_t (its flow scheduler's n: FLOW_TIMESTEPS)
+FLOW_TIMESTEPS = 1000  # the num_train_timesteps of every flow-matching teacher read here (others refused)
+T5_TOKENS = 256  # StableDiffusion3Pipeline's default max_sequence_length: T5's tokens, or zeros without T5
 PIPELINE = "pipeline"  # a run's diffusers pipeline folder (bootkit/card.py): its unet/ is the student
 LORA = "lora"  # a --lora-rank run's LoRA folder (bootkit/card.py): pytorch_lora_weights.safetensors, its scheduler
 
@@ -136,23 +139,27 @@ def load_teacher(name: str, dtype, device, *, unet: bool = True):
         read = boot_diffusers.read_scheduler(name, subfolder="scheduler", what=f"--teacher {name}")
     except boot_diffusers.UnsupportedTeacher as e:
         raise UsageError(str(e)) from None
-    if read.family != "vp":
-        raise UsageError(f"--teacher {name}: {type(read.scheduler).__name__} is a {boot_diffusers.FAMILY_WORDS[read.family]} "
-                         "teacher; text-to-image with flow-matching and EDM teachers (SD3's layout) is the next step, not "
-                         "in train_sd.py yet (train_toy.py --teacher distils unconditional ones)")
-    unet_config = check_unet_config(name)  # its config only: cheap where the UNet is not loaded
-    xl = unet_config.get("addition_embed_type") == XL
     # No "Loading weights" bar per model (noise before a one-line error); the hub's download bars stay.
     # transformers 4.x has no such hook and shows no such bar.
     set_tqdm_hook = getattr(transformers_logging, "set_tqdm_hook", None)
     if set_tqdm_hook is not None:
         set_tqdm_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True}))
+    index = pipeline_index(name)
+    sd3 = "transformer" in index
+    if sd3:
+        return _load_sd3(name, index, read, dtype, device, transformer=unet)
+    if read.family != "vp":
+        raise UsageError(f"--teacher {name}: {type(read.scheduler).__name__} is a {boot_diffusers.FAMILY_WORDS[read.family]} "
+                         "teacher with a UNet; train_sd.py reads flow matching in SD3's layout (a transformer) only "
+                         "(train_toy.py --teacher distils unconditional ones)")
+    unet_config = check_unet_config(name)  # its config only: cheap where the UNet is not loaded
+    xl = unet_config.get("addition_embed_type") == XL
     classes = dict(tokenizer=CLIPTokenizer, text_encoder=CLIPTextModel, vae=AutoencoderKL)
     if xl:
         classes |= dict(tokenizer_2=CLIPTokenizer, text_encoder_2=CLIPTextModelWithProjection)
     if unet:
         classes["unet"] = UNet2DConditionModel
-    sd = SimpleNamespace(teacher=read, scheduler=read.scheduler, xl=xl, force_zeros=False)
+    sd = SimpleNamespace(teacher=read, scheduler=read.scheduler, xl=xl, sd3=False, force_zeros=False)
     for part, cls in classes.items():
         if part == "unet" and xl and xl_pooled_dim(unet_config) != sd.text_encoder_2.config.projection_dim:
             raise UsageError(f"--teacher {name}: its UNet reads {unet_config['projection_class_embeddings_input_dim']} "
@@ -169,12 +176,60 @@ def load_teacher(name: str, dtype, device, *, unet: bool = True):
         if len(tok) <= len(tok.all_special_tokens) or tok.model_max_length > encoder.config.max_position_embeddings:
             raise UsageError(f"--teacher {name}: its tokenizer does not load (no vocabulary, or longer than the encoder)")
     if xl:
-        from diffusers import DiffusionPipeline
-        index = loaded(f"--teacher {name}: its model_index.json", lambda: DiffusionPipeline.load_config(name))
         sd.force_zeros = index.get("force_zeros_for_empty_prompt", True)  # StableDiffusionXLPipeline's default
         if dtype == torch.float16 and sd.vae.config.get("force_upcast"):  # SDXL's VAE overflows in fp16
             sd.vae = sd.vae.float()
     return sd
+
+
+def pipeline_index(name: str) -> dict:
+    """The teacher's model_index.json (which parts, of which classes; the pipeline's own settings), {} for a local
+    folder without one (the SD 1.x/2.x parts load from their subfolders alone)."""
+    from diffusers import DiffusionPipeline
+    if Path(name).is_dir() and not (Path(name) / "model_index.json").exists():
+        return {}
+    return loaded(f"--teacher {name}: its model_index.json", lambda: DiffusionPipeline.load_config(name))
+
+
+def _load_sd3(name: str, index: dict, read, dtype, device, *, transformer: bool):
+    """StableDiffusion3Pipeline's parts (load_teacher's, SD3 layout): the flow-matching scheduler (read), two CLIP
+    encoders with projections, T5 where the folder has one (text_encoder_3 may be None: its tokens are zeros then),
+    the VAE, and the SD3Transformer2DModel as sd.unet (only if asked for). FLUX's and other transformers refused."""
+    import boot_diffusers
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+    kind = index["transformer"][1] if isinstance(index.get("transformer"), list) else None
+    if kind != SD3:
+        raise UsageError(f"--teacher {name}: its transformer is a {kind}; train_sd.py reads SD3's layout "
+                         f"({SD3}) and UNets (FLUX's guidance-distilled transformer is not read yet)")
+    if read.family != "flow" or read.scheduler.config.num_train_timesteps != FLOW_TIMESTEPS:
+        raise UsageError(f"--teacher {name}: an SD3 transformer with a {type(read.scheduler).__name__} of "
+                         f"{read.scheduler.config.num_train_timesteps} timesteps; train_sd.py reads SD3's flow matching "
+                         f"(FlowMatchEulerDiscreteScheduler, {FLOW_TIMESTEPS} timesteps)")
+    sd = SimpleNamespace(teacher=read, scheduler=read.scheduler, xl=False, sd3=True, force_zeros=False)
+    config = loaded(f"--teacher {name}: its transformer", lambda: SD3Transformer2DModel.load_config(name, subfolder="transformer"))
+    sd.joint_dim, sd.pooled_dim = config["joint_attention_dim"], config["pooled_projection_dim"]
+    t5 = bool((index.get("text_encoder_3") or [None])[0])
+    classes = dict(tokenizer=CLIPTokenizer, text_encoder=CLIPTextModelWithProjection, tokenizer_2=CLIPTokenizer,
+                   text_encoder_2=CLIPTextModelWithProjection, vae=AutoencoderKL)
+    if t5:
+        classes |= dict(tokenizer_3=T5TokenizerFast, text_encoder_3=T5EncoderModel)
+    if transformer:
+        classes["unet"] = SD3Transformer2DModel
+    sd.tokenizer_3 = sd.text_encoder_3 = None
+    for part, cls in classes.items():
+        kwargs = {} if part.startswith("tokenizer") else {"torch_dtype": dtype, "use_safetensors": True}
+        sub = "transformer" if part == "unet" else part
+        value = loaded(f"--teacher {name}: its {sub}", lambda: cls.from_pretrained(name, subfolder=sub, **kwargs))
+        if isinstance(value, torch.nn.Module):
+            value = value.to(device).eval().requires_grad_(False)
+        setattr(sd, part, value)
+    return sd
+
+
+def is_sd3(net) -> bool:
+    """Whether a network (or its DDP wrapper) is SD3's transformer, called by keyword at n sigma_t."""
+    return type(getattr(net, "module", net)).__name__ == SD3
 
 
 def xl_pooled_dim(unet_config) -> int:
@@ -190,7 +245,10 @@ def vae_scale(vae) -> int:
 def latent_shape(vae, unet, resolution: int) -> tuple:
     """(channels, size, size) of the latents of a resolution x resolution image."""
     factor = vae_scale(vae)
-    multiple = factor * 2 ** (len(unet.config.block_out_channels) - 1)  # the UNet halves the latents per level
+    if is_sd3(unet):  # the transformer cuts the latents into patches
+        multiple = factor * unet.config.patch_size
+    else:  # the UNet halves the latents per level
+        multiple = factor * 2 ** (len(unet.config.block_out_channels) - 1)
     if resolution % multiple:
         raise UsageError(f"--resolution {resolution} must be a multiple of {multiple} for this teacher")
     return unet.config.in_channels, resolution // factor, resolution // factor
@@ -204,7 +262,7 @@ class PromptEncoder:
 
     def __init__(self, sd, device, *, warn: bool, resolution: int = None):
         self.sd, self.device, self.warn = sd, device, warn
-        self.xl = getattr(sd, "xl", False)
+        self.xl, self.sd3 = getattr(sd, "xl", False), getattr(sd, "sd3", False)
         if self.xl and resolution is None:
             raise ValueError("an SDXL teacher's conditioning holds the image size: pass resolution")
         self.time_ids = None if not self.xl else torch.tensor([resolution, resolution, 0, 0, resolution, resolution],
@@ -224,14 +282,23 @@ class PromptEncoder:
     @torch.no_grad()
     def __call__(self, prompts: list) -> torch.Tensor:
         sd = self.sd
-        if not self.xl:
+        if not (self.xl or self.sd3):
             return sd.text_encoder(self._ids(sd.tokenizer, prompts).to(self.device)).last_hidden_state
-        hidden, pooled = [], None
+        hidden, pooled = [], []
         for tok, encoder in ((sd.tokenizer, sd.text_encoder), (sd.tokenizer_2, sd.text_encoder_2)):
             out = encoder(self._ids(tok, prompts).to(self.device), output_hidden_states=True)
-            hidden.append(out.hidden_states[-2])  # the penultimate layer, as the pipeline reads it (clip_skip None)
-            pooled = out[0] if out[0].ndim == 2 else pooled  # the second encoder's projection
-        return self._pack(torch.cat(hidden, dim=-1), pooled)
+            hidden.append(out.hidden_states[-2])  # the penultimate layer, as the pipelines read it (clip_skip None)
+            pooled.append(out[0])  # SDXL: the second encoder's projection; SD3: both, concatenated
+        if self.xl:
+            return self._pack(torch.cat(hidden, dim=-1), pooled[1])
+        clip = torch.nn.functional.pad(torch.cat(hidden, dim=-1), (0, sd.joint_dim - sum(h.shape[-1] for h in hidden)))
+        if sd.text_encoder_3 is None:  # StableDiffusion3Pipeline without T5: zeros in its place
+            t5 = clip.new_zeros(len(prompts), T5_TOKENS, sd.joint_dim)
+        else:
+            ids = sd.tokenizer_3(prompts, padding="max_length", max_length=T5_TOKENS, truncation=True,
+                                 add_special_tokens=True, return_tensors="pt").input_ids
+            t5 = sd.text_encoder_3(ids.to(self.device))[0].to(clip.dtype)
+        return self._pack(torch.cat([clip, t5], dim=-2), torch.cat(pooled, dim=-1))
 
     def null(self) -> torch.Tensor:
         """The null branch of guidance, (1, L, D): the empty prompt, or zeros where an SDXL pipeline zeroes it."""
@@ -242,19 +309,23 @@ class PromptEncoder:
         return self._pack(torch.zeros_like(like[:, :-1]), torch.zeros_like(pooled))
 
     def _pack(self, hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """hidden, then one more token: the pooled text and (SDXL) the time ids, zero-padded."""
         extra = torch.zeros(len(hidden), 1, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
-        n = pooled.shape[-1]
-        if n + XL_TIME_IDS > hidden.shape[-1]:
-            raise ValueError(f"pooled text ({n}) and time ids do not fit one token of {hidden.shape[-1]}")
+        n, ids = pooled.shape[-1], 0 if self.time_ids is None else len(self.time_ids)
+        if n + ids > hidden.shape[-1]:
+            raise ValueError(f"pooled text ({n}) and time ids ({ids}) do not fit one token of {hidden.shape[-1]}")
         extra[:, 0, :n] = pooled
-        extra[:, 0, n:n + XL_TIME_IDS] = self.time_ids.to(hidden.device, hidden.dtype)
+        if ids:
+            extra[:, 0, n:n + ids] = self.time_ids.to(hidden.device, hidden.dtype)
         return torch.cat([hidden, extra], dim=1)
 
 
 def unet_inputs(unet, cond: torch.Tensor) -> dict:
-    """The UNet's conditioning keywords from a PromptEncoder's cond, in the UNet's dtype: encoder_hidden_states, and
-    for SDXL added_cond_kwargs (text_embeds, time_ids) unpacked from its last token."""
+    """The network's conditioning keywords from a PromptEncoder's cond, in its dtype: encoder_hidden_states, and
+    unpacked from its last token SDXL's added_cond_kwargs (text_embeds, time_ids) or SD3's pooled_projections."""
     cond = cond.to(unet.dtype)
+    if is_sd3(unet):
+        return {"encoder_hidden_states": cond[:, :-1], "pooled_projections": cond[:, -1, :unet.config.pooled_projection_dim]}
     if unet.config.get("addition_embed_type") != XL:
         return {"encoder_hidden_states": cond}
     n = xl_pooled_dim(unet.config)
@@ -272,8 +343,19 @@ def teacher_fn(unet, schedule: boot.Schedule, prediction: str, *, lora_base: boo
     training), so the bootstrap target is computed in fp32. lora_base: unet is a LoRA student, its base the teacher."""
     def unet_call(x, timestep, cond):
         with adapters_off(unet) if lora_base else contextlib.nullcontext():
-            return unet(x.to(unet.dtype), timestep, **unet_inputs(unet, cond)).sample
+            return network_call(unet, x, timestep, cond, schedule=schedule)
     return boot.denoiser(unet_call, schedule, prediction=prediction)
+
+
+def network_call(model, x, time, cond, *, schedule: boot.Schedule, w_emb=None) -> torch.Tensor:
+    """The raw prediction of a UNet, SD3's transformer or a DDP wrapper of one, x in its dtype, at boot's time input:
+    a UNet's timestep (Schedule.network_time or teacher_time), or for SD3 boot's t, read at FLOW_TIMESTEPS sigma_t
+    (FlowMatchEulerDiscreteScheduler's timestep) and called by keyword (its forward's order differs)."""
+    net = getattr(model, "module", model)
+    if is_sd3(net):
+        timestep = FLOW_TIMESTEPS * schedule.coefficients(time.double())[1].float()
+        return model(hidden_states=x.to(net.dtype), timestep=timestep.expand(len(x)), **unet_inputs(net, cond)).sample
+    return model(x.to(net.dtype), time, **unet_inputs(net, cond), timestep_cond=w_emb).sample
 
 
 def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
@@ -288,32 +370,33 @@ def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.sin(emb), torch.cos(emb)], dim=1).to(w.device)  # dim is even (GUIDANCE_DIM)
 
 
-def unet_fn(model, w=None):
-    """net(x, timestep, cond) -> the UNet's raw prediction, x in its dtype, fed the embedding of w (B,) where it has a
-    guidance input (time_cond_proj_dim). model: the UNet or its DistributedDataParallel wrapper."""
+def unet_fn(model, schedule: boot.Schedule, w=None):
+    """net(x, time, cond) -> the network's raw prediction (network_call), fed the embedding of w (B,) where it has a
+    guidance input (time_cond_proj_dim). model: the UNet (SD3's transformer) or its DistributedDataParallel wrapper."""
     unet = getattr(model, "module", model)
-    dim = unet.config.time_cond_proj_dim
+    dim = unet.config.get("time_cond_proj_dim")
     w_emb = guidance_embedding(w, dim).to(unet.dtype) if dim and w is not None else None
-
-    def net(x, timestep, cond):
-        return model(x.to(unet.dtype), timestep, **unet_inputs(unet, cond), timestep_cond=w_emb).sample
-    return net
+    return lambda x, time, cond: network_call(model, x, time, cond, schedule=schedule, w_emb=w_emb)
 
 
 def student_fn(model, schedule: boot.Schedule, prediction: str, w=None) -> boot.TeacherStudent:
     """g(eps, t, c): boot.TeacherStudent over the student UNet, to_x0(unet(eps, t n - 1, c, emb(w - 1)), x_t = eps)
     at the fixed alpha_T, sigma_T. model: the UNet or its DistributedDataParallel wrapper; w (B,) is fed when
     the UNet has a guidance input (time_cond_proj_dim)."""
-    net = unet_fn(model, w)
+    net = unet_fn(model, schedule, w)
     # float32 out: the signal, and the bootstrap target made from it, are fp32
     return boot.TeacherStudent(lambda x, time, cond: net(x, time, cond).float(), schedule, prediction=prediction)
 
 
-def make_student(teacher: str):
+def make_student(teacher: str, *, sd3: bool = False):
     """The teacher's UNet in float32 (the master weights), in train mode, plus a zero-initialised guidance input:
     with it StableDiffusionPipeline feeds the student w and runs no guidance of its own, whether the student
-    learns one w or a range."""
-    from diffusers import UNet2DConditionModel
+    learns one w or a range. SD3's transformer is copied as it is: StableDiffusion3Pipeline feeds no guidance input,
+    so its student bakes one w in."""
+    from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+    if sd3:
+        return SD3Transformer2DModel.from_pretrained(teacher, subfolder="transformer", torch_dtype=torch.float32,
+                                                     use_safetensors=True).train()
     unet = UNet2DConditionModel.from_pretrained(teacher, subfolder="unet", torch_dtype=torch.float32,
                                                 use_safetensors=True)
     if unet.config.time_cond_proj_dim:  # a teacher with a guidance input keeps its own
@@ -396,7 +479,7 @@ class Corrector:
     T_RANGE = (0.02, 0.98)
 
     def __init__(self, args, teacher_name: str, d, *, teacher, parts, encode, null, prompts, shape, w_range):
-        self.net = make_student(teacher_name).to(d.device)
+        self.net = make_student(teacher_name, sd3=parts.sd3).to(d.device)
         self.trained = torch.nn.parallel.DistributedDataParallel(self.net) if d.world > 1 else self.net
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=args.fake_lr)
         self.args, self.d, self.teacher, self.read, self.encode, self.null = args, d, teacher, parts.teacher, encode, null
@@ -404,7 +487,8 @@ class Corrector:
 
     def denoiser(self, w):
         """The fake network's x0 at w, finished as the teacher's."""
-        return self.read.finish(boot.denoiser(unet_fn(self.net, w), self.read.schedule, prediction=self.read.prediction))
+        read = self.read
+        return read.finish(boot.denoiser(unet_fn(self.net, read.schedule, w), read.schedule, prediction=read.prediction))
 
     def loss(self, model, step: int, gen, dtype):
         """(weighted corrector loss, logs) of this step, after the fake network's updates; None before the start."""
@@ -426,16 +510,21 @@ class Corrector:
             for _ in range(a.fake_updates):  # after the term: this step's corrector reads the fake as it was
                 t = boot.random_times(schedule, b, generator=gen, device=device)
                 noise = torch.randn(eps.shape, generator=gen, device=device)
-                fake = boot.fake_loss(unet_fn(self.trained, w), x, noise, schedule=schedule, prediction=prediction, t=t,
-                                      cond=cond)
+                fake = boot.fake_loss(unet_fn(self.trained, schedule, w), x, noise, schedule=schedule,
+                                      prediction=prediction, t=t, cond=cond)
                 fake_losses.append(runtime.extra_step(self.optimizer, fake, self.net, self.d))
         return a.corrector_weight * loss, logs | {"fake_loss": torch.stack(fake_losses).mean()}
+
+
+def latent_shift(vae) -> float:
+    """The VAE's shift_factor (SD3's: latents are (z - shift) scale), 0 where it has none."""
+    return getattr(vae.config, "shift_factor", None) or 0.0
 
 
 @torch.no_grad()
 def decode(vae, latents) -> np.ndarray:
     """uint8 images (B, H, W, 3) from latents, with the teacher's AutoencoderKL or an AutoencoderTiny."""
-    x = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
+    x = vae.decode((latents / vae.config.scaling_factor + latent_shift(vae)).to(vae.dtype)).sample
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
@@ -452,10 +541,11 @@ def load_student(run: Path, flag: str, device):
     """The run's student UNet (RUN/pipeline/unet) in float32 (--dtype is the autocast it runs under), in eval mode,
     reading its t = 0 at boot's timestep again (the folder's is the stock scheduler's: boot_diffusers.retime)."""
     import boot_diffusers
-    from diffusers import UNet2DConditionModel
-    load = UNet2DConditionModel.from_pretrained
-    unet = loaded(f"{flag} {run}: its student", lambda: load(run / PIPELINE / "unet", torch_dtype=torch.float32,
-                                                             use_safetensors=True))
+    from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+    sd3 = (run / PIPELINE / "transformer").is_dir()
+    load, part = (SD3Transformer2DModel, "transformer") if sd3 else (UNet2DConditionModel, "unet")
+    unet = loaded(f"{flag} {run}: its student", lambda: load.from_pretrained(run / PIPELINE / part, torch_dtype=torch.float32,
+                                                                             use_safetensors=True))
     config = loaded(f"{flag} {run}: its scheduler", lambda: json.loads(
         (run / PIPELINE / "scheduler" / "scheduler_config.json").read_text()))
     facts = boot_diffusers.student_facts(config)

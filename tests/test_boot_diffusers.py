@@ -255,7 +255,8 @@ def test_bad_scheduler_config_from_the_command_line_is_one_line_and_exit_2(tmp_p
 
 
 @pytest.mark.parametrize("name, family", [("FlowMatchEulerDiscreteScheduler", "flow-matching"), ("EDMEulerScheduler", "EDM")])
-def test_train_sd_refuses_a_flow_matching_teacher_in_one_line(tmp_path, name, family):
+def test_train_sd_refuses_a_flow_matching_or_edm_unet_in_one_line(tmp_path, name, family):
+    """Flow matching is read in SD3's layout (a transformer); a UNet with a flow or EDM scheduler is refused."""
     import test_train_sd
     root = tmp_path / "sd"
     test_train_sd.make_tiny_sd(root)
@@ -266,6 +267,6 @@ def test_train_sd_refuses_a_flow_matching_teacher_in_one_line(tmp_path, name, fa
                            str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "run"), "--device", "cpu"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
-    assert f"{name} is a {family} teacher; text-to-image with flow-matching and EDM teachers (SD3's layout) is the " \
-           "next step" in done.stderr
+    assert f"{name} is a {family} teacher with a UNet; train_sd.py reads flow matching in SD3's layout (a " \
+           "transformer) only" in done.stderr
     assert not (tmp_path / "run").exists()

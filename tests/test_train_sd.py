@@ -81,6 +81,44 @@ def make_tiny_sdxl(root: Path, force_zeros: bool = True) -> str:
     return str(root / "xl")
 
 
+def make_tiny_sd3(root: Path, t5: bool = True) -> str:
+    """A random SD3-shaped pipeline (two CLIP encoders with projections, a T5 encoder with a hand-written unigram
+    vocabulary, or none: text_encoder_3 None; an SD3Transformer2DModel, a VAE with a shift factor, a shifted
+    flow-matching scheduler), saved as diffusers saves one."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel,
+                              T5TokenizerFast)
+    make_tiny_sd(root / "sd")  # its vocabulary files
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer(vocab=str(root / "sd" / "vocab.json"), merges=str(root / "sd" / "merges.txt"),
+                              model_max_length=16)
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                            pad_token_id=1, projection_dim=32)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8,
+                                        num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32,
+                                        pooled_projection_dim=64, out_channels=4)
+    vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2, latent_channels=4,
+                        up_block_types=("UpDecoderBlock2D",) * 2, sample_size=RES, shift_factor=0.0609,
+                        scaling_factor=1.5305)
+    tokenizer_3 = text_encoder_3 = None
+    if t5:
+        vocab = [(t, 0.0) for t in ("<pad>", "</s>", "<unk>")] + [(c, -1.0) for c in string.ascii_lowercase + "\u2581"]
+        tokenizer_3 = T5TokenizerFast(vocab=vocab, extra_ids=0)
+        text_encoder_3 = T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=64, d_ff=37, d_kv=8, num_layers=1,
+                                                 num_heads=4, relative_attention_num_buckets=8))
+    StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+                             text_encoder=CLIPTextModelWithProjection(config), tokenizer=tokenizer,
+                             text_encoder_2=CLIPTextModelWithProjection(config), tokenizer_2=tokenizer,
+                             text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3).save_pretrained(root / "sd3")
+    return str(root / "sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory) -> str:
+    return make_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3"))
+
+
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory) -> str:
     return make_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
@@ -427,25 +465,26 @@ def student_with_trained_guidance(run: Path):
 STOCK_DRAW = """
 import json, sys
 import numpy as np, torch
-from diffusers import AutoencoderTiny, AutoPipelineForText2Image, DiffusionPipeline, LCMScheduler
+from diffusers import AutoencoderTiny, AutoPipelineForText2Image, DiffusionPipeline
 import diffusers
-folder, tiny_vae, out, family = sys.argv[1:]
+folder, tiny_vae, out, family, scale, scheduler = sys.argv[1:]
 extra = {"vae": AutoencoderTiny.from_pretrained(tiny_vae)} if tiny_vae else {}
 drawn = {}
 for load in (DiffusionPipeline, getattr(diffusers, family), AutoPipelineForText2Image):
     pipe = load.from_pretrained(folder, **extra)
-    assert type(pipe).__name__ == family and isinstance(pipe.scheduler, LCMScheduler), load
-    drawn[load.__name__] = pipe(["a red cat", "blue sky", "a dog on a hill"], num_inference_steps=1, guidance_scale=3.0,
+    assert type(pipe).__name__ == family and type(pipe.scheduler).__name__ == scheduler, load
+    drawn[load.__name__] = pipe(["a red cat", "blue sky", "a dog on a hill"], num_inference_steps=1, guidance_scale=float(scale),
                                 generator=torch.Generator().manual_seed(5), output_type="np").images
 assert not [m for m in sys.modules if m.startswith(("boot", "bootkit"))], "nothing of boot imported"
 np.savez(out, **drawn)
 """
 
 
-def stock_draw(folder: Path, tiny_vae: str, family: str) -> dict:
+def stock_draw(folder: Path, tiny_vae: str, family: str, scale: float = 3.0, scheduler: str = "LCMScheduler") -> dict:
     """STOCK_DRAW in a fresh process: {loader: images (3, H, W, 3) in [0, 1]}."""
     out = folder.parent / "stock.npz"
-    done = subprocess.run([sys.executable, "-c", STOCK_DRAW, str(folder), tiny_vae, str(out), family], cwd=folder.parent,
+    done = subprocess.run([sys.executable, "-c", STOCK_DRAW, str(folder), tiny_vae, str(out), family, str(scale), scheduler],
+                          cwd=folder.parent,
                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
     assert done.returncode == 0, done.stderr[-2000:]
     return dict(np.load(out))
@@ -801,6 +840,78 @@ def test_an_sdxl_run_writes_a_stock_sdxl_folder_that_draws_what_sample_draws(tin
             pipe(["a red cat"], output_type="latent", **kwargs)
     half = sd.load_teacher(tiny_sdxl, torch.float16, torch.device("cpu"), unet=False)
     assert half.vae.dtype == torch.float32 and half.text_encoder_2.dtype == torch.float16
+
+
+@pytest.mark.parametrize("t5", [True, False])
+def test_sd3_guided_teacher_euler_is_stable_diffusion_3s_pipeline(t5, tiny_sd3, tmp_path):
+    """The SD3 oracle: train_sd's guided flow teacher, stepped by boot on the scheduler's own Euler grid
+    (boot_diffusers.sampler_grid), is StableDiffusion3Pipeline from the same latents, prompts and w: it pins both CLIP
+    encoders' penultimate states and pooled outputs, T5's zeros when it is absent, the empty prompt's null branch,
+    the timestep n sigma_t and the shift."""
+    import boot_diffusers
+    from diffusers import StableDiffusion3Pipeline
+    teacher = tiny_sd3 if t5 else make_tiny_sd3(tmp_path, t5=False)
+    parts = sd.load_teacher(teacher, torch.float32, torch.device("cpu"))
+    assert parts.sd3 and (parts.text_encoder_3 is not None) == t5 and parts.teacher.family == "flow"
+    texts, steps, w = ["a red cat", "a very long prompt about many things"], 4, 5.0
+    schedule = parts.teacher.schedule
+    encode = sd.PromptEncoder(parts, torch.device("cpu"), warn=False)
+    guided = boot.guided(sd.teacher_fn(parts.unet, schedule, "flow_prediction"), scale=w, null_cond=encode.null())
+    eps = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    # without T5 diffusers loads the folder with both named None, as its docs drop T5
+    pipe = StableDiffusion3Pipeline.from_pretrained(teacher, **({} if t5 else dict(text_encoder_3=None, tokenizer_3=None)))
+    pipe.scheduler.set_timesteps(steps)
+    grid = boot_diffusers.sampler_grid(parts.teacher, pipe.scheduler)
+    ours = boot.ddim_sample(guided, eps, schedule=schedule, grid=grid, cond=encode(texts))
+    theirs = pipe(texts, guidance_scale=w, num_inference_steps=steps, latents=eps, height=RES, width=RES,
+                  output_type="latent").images
+    assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
+def test_an_sd3_run_writes_a_stock_sd3_folder_that_draws_what_sample_draws(tiny_sd3, tmp_path):
+    """An SD3 teacher distils from the same command, its w baked in (StableDiffusion3Pipeline feeds no guidance
+    input): the run writes a StableDiffusion3Pipeline folder (its own flow-matching scheduler, one Euler step at
+    timestep 1000, the transformer retimed there) that stock diffusers loads in a fresh process and draws --sample's
+    images with at guidance_scale 1; BootSD3Pipeline draws them at the run's w; a range is refused in one line."""
+    from boot_diffusers import BootSD3Pipeline
+    texts = ["a red cat", "blue sky", "a dog on a hill"]
+    (tmp_path / "p.txt").write_text("\n".join(texts) + "\n")
+    run = tmp_path / "run"
+    train_sd.main(train_args(tiny_sd3, tmp_path / "p.txt", run, "--guidance-scale", "3", "--validate-every", "1000",
+                             "--dtype", "fp32", "--lr", "1e-2"))
+    train_sd.main(["--sample", str(run), "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "images"),
+                   "--device", "cpu", "--batch-size", "3", "--dtype", "fp32", "--seed", "5"])
+    sampled = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "images").glob("*.png"))])
+    for load, images in stock_draw(run / "pipeline", "", "StableDiffusion3Pipeline", scale=1.0,
+                                   scheduler="FlowMatchEulerDiscreteScheduler").items():
+        assert np.abs(images * 255 - sampled).max() <= 0.5 + 1e-3, load
+    images = BootSD3Pipeline.from_pretrained(run / "pipeline")(texts, generator=torch.Generator().manual_seed(5),
+                                                                  output_type="np").images
+    assert np.abs(images * 255 - sampled).max() <= 0.5 + 1e-3
+    assert "guidance_scale=1.0,  # w = 3.0 is baked in" in (run / "pipeline" / "README.md").read_text()
+    code, err = run_cli(*train_args(tiny_sd3, tmp_path / "p.txt", tmp_path / "range", "--guidance-range", "1,5"))
+    assert code == 2 and err.strip().endswith("--guidance-range with an SD3 teacher: StableDiffusion3Pipeline feeds its "
+                                              "transformer no guidance input, so its student bakes one w (--guidance-scale)")
+
+
+def test_sd3_refusals_and_the_corrector_on_an_sd3_teacher(tiny_sd3, prompts, tmp_path, capsys):
+    """One line, nothing written: a LoRA of SD3's transformer (not written yet), FLUX's layout. The corrector runs on
+    SD3 (its fake network a copy of the transformer at the baked w): both terms logged, finite."""
+    teacher = tmp_path / "flux"
+    shutil.copytree(tiny_sd3, teacher)
+    index = json.loads((teacher / "model_index.json").read_text())
+    (teacher / "model_index.json").write_text(json.dumps({**index, "transformer": ["diffusers", "FluxTransformer2DModel"]}))
+    for flags, folder, message in [(["--lora-rank", "4"], tiny_sd3, "--lora-rank with an SD3 teacher: a LoRA student of "
+                                                                    "SD3's transformer is not written yet"),
+                                   ([], str(teacher), "its transformer is a FluxTransformer2DModel; train_sd.py reads "
+                                                      "SD3's layout")]:
+        with pytest.raises(SystemExit) as stop:
+            train_sd.main(train_args(folder, prompts, tmp_path / "run", "--guidance-scale", "3", *flags))
+        check_failure(stop.value.code, capsys.readouterr().err, message, tmp_path / "run")
+    train_sd.main(train_args(tiny_sd3, prompts, tmp_path / "corrected", "--guidance-scale", "3", "--steps", "1",
+                             "--corrector-weight", "1", "--corrector-batch", "2", "--validate-every", "1000"))
+    last = json.loads((tmp_path / "corrected" / "log.jsonl").read_text().splitlines()[-1])
+    assert all(math.isfinite(last[k]) for k in ("corrector", "fake_loss", "grad_norm_corrector"))
 
 
 def test_scheduler_is_boots_conversion_at_t_T():
