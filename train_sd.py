@@ -24,6 +24,7 @@ import time
 LAUNCHED = time.perf_counter()  # before the imports: run as a script, --time-limit counts them (bench/race.py's budgets do)
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -249,7 +250,10 @@ def train(args, prompts, started: float):
     d.say(f"student in {out / sd.PIPELINE}; draw images with: python train_sd.py --sample {out} --prompts FILE, "
           f"or with diffusers' DiffusionPipeline at num_inference_steps=1 ({out / sd.PIPELINE / 'README.md'})")
     if judged_by is not None:
-        with sd.evaluating(exported()) as model_now:
+        # a LoRA student shares its module with the teacher: judged as its fused copy, the teacher's adapters off
+        lora = bool(args.lora_rank)
+        with sd.evaluating(card.fused(exported()) if lora else exported()) as model_now, \
+                sd.adapters_off(parts.unet) if lora else contextlib.nullcontext():
             meta["judged"] = {"step": trainer.step, **judging.judge_student(
                 parts, model_now, judged_by, prompts, ws=judging.judged_ws(w_val, args.guidance_range), shape=shape,
                 samples=args.eval_samples or EVAL_SAMPLES.get(d.device.type, 100), dtype=args.dtype,

@@ -1162,6 +1162,21 @@ def test_judged_figures_are_the_students_and_teachers_own_from_the_same_noise(di
             np.testing.assert_array_equal(picture[y0:y1:zoom, x0:x1:zoom, 0], pixels[digit])
 
 
+def test_a_lora_runs_judged_teacher_is_the_teacher(digit_teacher, tmp_path):
+    """A LoRA student shares its module with the teacher: the judged teacher rows are the teacher's own (a full run's,
+    same noise), the student's row its fused copy's, as --evaluate redoes it from pipeline/."""
+    runs = {}
+    for name, flags in (("full", []), ("lora", ["--lora-rank", "2", "--lr", "1e-2"])):
+        train_sd.main(digit_args(digit_teacher, tmp_path / name, "--guidance-scale", "3", "--steps", "1", *flags, *JUDGED))
+        runs[name] = json.loads((tmp_path / name / "boot_sd.json").read_text())["judged"]["guidance"]["3"]
+    assert runs["lora"]["teacher_ddim"] == runs["full"]["teacher_ddim"]
+    train_sd.main(["--evaluate", str(tmp_path / "lora"), "--prompts", str(digit_teacher / "prompts.txt"), "--device",
+                   "cpu", *JUDGED])
+    redone = json.loads((tmp_path / "lora" / "boot_sd.json").read_text())["judged"]["guidance"]["3"]
+    assert redone["teacher_ddim"] == runs["full"]["teacher_ddim"]
+    assert redone["student"] == pytest.approx(runs["lora"]["student"], rel=1e-6)
+
+
 def test_evaluate_redoes_a_finished_runs_judged_figures_at_its_one_w(digit_teacher, tmp_path):
     run = tmp_path / "run"
     train_sd.main(digit_args(digit_teacher, run, "--guidance-scale", "3", "--steps", "1", *JUDGED))
