@@ -224,13 +224,18 @@ def report(r) -> str:
 
 
 def picture(r, path: Path):
+    """FD and RMSE against seconds and teacher calls; at one budget (a table of levers), a bar per method."""
     ref = r["ref"]
     level = lambda k, metric: r["teacher_ddim"].get(k, {}).get(metric) or None  # the reference is RMSE 0: no level
-    pictures.plot_budget_curves(
-        path, r["runs"], calls="per sample", title=f"BOOT against KD at equal budgets, {r['teacher']} ({r['machine']})",
-        metrics=[("FD to held-out digits", lambda row: row["fd"], True),
-                 (f"RMSE per pixel to the teacher's DDIM-{ref}", lambda row: row["rmse"], True)],
-        levels={f"teacher DDIM-{k}": [level(k, "fd"), level(k, "rmse")] for k in ("8", "16") if int(k) < ref})
+    what = "BOOT against KD" if any("pairs" in row for row in r["runs"]) else "BOOT's levers"
+    metrics = [("FD to held-out digits", lambda row: row["fd"], True),
+               (f"RMSE per pixel to the teacher's DDIM-{ref}", lambda row: row["rmse"], True)]
+    levels = {f"teacher DDIM-{k}": [level(k, "fd"), level(k, "rmse")] for k in ("8", "16") if int(k) < ref}
+    title = f"{what} at equal budgets, {r['teacher']} ({r['machine']})"
+    if len(r["budgets_min"]) == 1:
+        return pictures.plot_variants(path, r["runs"], metrics=metrics, levels=levels,
+                                      title=f"{title}, {r['budgets_min'][0]:g} minutes each")
+    pictures.plot_budget_curves(path, r["runs"], calls="per sample", title=title, metrics=metrics, levels=levels)
 
 
 def render(path: Path) -> str:

@@ -172,6 +172,32 @@ def plot_budget_curves(path, runs: list, *, metrics: list, levels: dict, calls: 
     plt.close(fig)
 
 
+def plot_variants(path, runs: list, *, metrics: list, levels: dict, title: str):
+    """A race at one budget: each metric (a panel) as a bar per method, in the order the runs came, the teacher's
+    samplers as gray levels to reach. runs, metrics and levels as plot_budget_curves' (bars on a linear axis: their
+    lengths compare)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 0.45 * len(runs) + 2), squeeze=False)
+    names = [row["method"] for row in runs]
+    for i, (label, value, _) in enumerate(metrics):
+        ax = axes[0][i]
+        ax.barh(range(len(runs)), [value(row) for row in runs], color="tab:blue")
+        ax.set_yticks(range(len(runs)), names, fontsize=8)
+        ax.invert_yaxis()  # the first run on top
+        for level_label, values in levels.items():
+            if values[i] is not None:
+                ax.axvline(values[i], ls="--", lw=0.8, color="gray")
+                ax.text(values[i], 1.0, level_label, transform=ax.get_xaxis_transform(), fontsize=8, color="gray",
+                        ha="right", va="bottom", rotation=90)
+        ax.set_xlabel(label)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def digit_columns(images, digits) -> list:
     """For each digit 0 ... 9, the first of images (B, ...) whose prompt names it (digits (B,)), None where none does."""
     firsts = [(digits == d).nonzero() for d in range(10)]
