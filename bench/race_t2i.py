@@ -237,11 +237,15 @@ def report(r) -> str:
 
 
 def picture(r, path: Path):
-    pictures.plot_budget_curves(
-        path, r["runs"], calls="rows evaluated", title=f"BOOT against KD at equal budgets, {r['teacher']} ({r['machine']})",
-        metrics=[(f"FD to held-out digits, w = {W}", lambda row: row["judged"][W]["fd"], True),
-                 (f"prompted-digit accuracy, w = {W}", lambda row: row["judged"][W]["accuracy"], False)],
-        levels={f"teacher DDIM-{k}": [row[W]["fd"], row[W]["accuracy"]] for k, row in r["teacher_ddim"].items()})
+    """FD and accuracy at w = W against seconds and teacher calls; at one budget, a bar per method."""
+    metrics = [(f"FD to held-out digits, w = {W}", lambda row: row["judged"][W]["fd"], True),
+               (f"prompted-digit accuracy, w = {W}", lambda row: row["judged"][W]["accuracy"], False)]
+    levels = {f"teacher DDIM-{k}": [row[W]["fd"], row[W]["accuracy"]] for k, row in r["teacher_ddim"].items()}
+    title = f"BOOT against KD at equal budgets, {r['teacher']} ({r['machine']})"
+    if len(r["budgets_min"]) == 1:
+        return pictures.plot_variants(path, r["runs"], metrics=metrics, levels=levels,
+                                      title=f"{title}, {r['budgets_min'][0]:g} minutes each")
+    pictures.plot_budget_curves(path, r["runs"], calls="rows evaluated", title=title, metrics=metrics, levels=levels)
 
 
 def render(r, path: Path) -> str:
