@@ -195,7 +195,6 @@ def _load_sd3(name: str, index: dict, read, dtype, device, *, transformer: bool)
     """StableDiffusion3Pipeline's parts (load_teacher's, SD3 layout): the flow-matching scheduler (read), two CLIP
     encoders with projections, T5 where the folder has one (text_encoder_3 may be None: its tokens are zeros then),
     the VAE, and the SD3Transformer2DModel as sd.unet (only if asked for). FLUX's and other transformers refused."""
-    import boot_diffusers
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
     kind = index["transformer"][1] if isinstance(index.get("transformer"), list) else None
@@ -208,7 +207,7 @@ def _load_sd3(name: str, index: dict, read, dtype, device, *, transformer: bool)
                          f"(FlowMatchEulerDiscreteScheduler, {FLOW_TIMESTEPS} timesteps)")
     sd = SimpleNamespace(teacher=read, scheduler=read.scheduler, xl=False, sd3=True, force_zeros=False)
     config = loaded(f"--teacher {name}: its transformer", lambda: SD3Transformer2DModel.load_config(name, subfolder="transformer"))
-    sd.joint_dim, sd.pooled_dim = config["joint_attention_dim"], config["pooled_projection_dim"]
+    sd.joint_dim = config["joint_attention_dim"]  # T5's width, which the CLIP states are padded to
     t5 = bool((index.get("text_encoder_3") or [None])[0])
     classes = dict(tokenizer=CLIPTokenizer, text_encoder=CLIPTextModelWithProjection, tokenizer_2=CLIPTokenizer,
                    text_encoder_2=CLIPTextModelWithProjection, vae=AutoencoderKL)

@@ -607,7 +607,6 @@ def test_the_corrector_logs_both_terms_shows_the_fake_network_and_is_zero_where_
     """At w = 1 the fake network (the teacher plus a zero-initialised guidance input) is the real denoiser: the term
     is 0 to rounding at the first step; at w = 5 it is not. The log carries both losses and each term's gradient
     norm; the validation picture a third row, the fake network's DDIM-N; the checkpoint the fake network."""
-    from safetensors.torch import load_file
     at_1 = corrector_run(tiny_sd, prompts, tmp_path / "w1", "--guidance-scale", "1", "--steps", "1")[-1]
     at_5 = corrector_run(tiny_sd, prompts, tmp_path / "w5", "--guidance-scale", "5", "--steps", "1")[-1]
     assert at_1["corrector"] < 1e-12 < 1e-6 < at_5["corrector"]
