@@ -55,18 +55,25 @@ def make_tiny_sd(root: Path) -> str:
     return str(root)
 
 
+def tiny_clip(root: Path):
+    """(a CLIP tokenizer of make_tiny_sd's vocabulary, written under root/sd; a tiny CLIP text config with a
+    projection), seeded: the text side of the SDXL and SD3 test teachers."""
+    from transformers import CLIPTextConfig, CLIPTokenizer
+    make_tiny_sd(root / "sd")  # its vocabulary files
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer(vocab=str(root / "sd" / "vocab.json"), merges=str(root / "sd" / "merges.txt"),
+                              model_max_length=16)
+    return tokenizer, CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37,
+                                     num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
+                                     bos_token_id=0, eos_token_id=1, pad_token_id=1, projection_dim=32)
+
+
 def make_tiny_sdxl(root: Path, force_zeros: bool = True) -> str:
     """A random SDXL-shaped pipeline (two text encoders, the second with a projection; a UNet with text_time
     added conditions; a VAE that asks for fp32 decoding; SDXL's Euler scheduler), saved as diffusers saves one."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-    make_tiny_sd(root / "sd")  # its vocabulary files and tokenizer
-    torch.manual_seed(0)
-    tokenizer = CLIPTokenizer(vocab=str(root / "sd" / "vocab.json"), merges=str(root / "sd" / "merges.txt"),
-                              model_max_length=16)
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-                            pad_token_id=1, projection_dim=32)
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    tokenizer, config = tiny_clip(root)
     unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=64,
                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), attention_head_dim=8,
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), addition_embed_type="text_time",
@@ -86,15 +93,8 @@ def make_tiny_sd3(root: Path, t5: bool = True) -> str:
     vocabulary, or none: text_encoder_3 None; an SD3Transformer2DModel, a VAE with a shift factor, a shifted
     flow-matching scheduler), saved as diffusers saves one."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel,
-                              T5TokenizerFast)
-    make_tiny_sd(root / "sd")  # its vocabulary files
-    torch.manual_seed(0)
-    tokenizer = CLIPTokenizer(vocab=str(root / "sd" / "vocab.json"), merges=str(root / "sd" / "merges.txt"),
-                              model_max_length=16)
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-                            pad_token_id=1, projection_dim=32)
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel, T5TokenizerFast
+    tokenizer, config = tiny_clip(root)
     transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8,
                                         num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32,
                                         pooled_projection_dim=64, out_channels=4)
