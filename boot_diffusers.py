@@ -133,7 +133,7 @@ class BootOneStepScheduler(SchedulerMixin, ConfigMixin):
         raise NotImplementedError(ONE_STEP_ONLY)
 
 
-BOOT_KEY = "_boot"  # a student's facts in its LCMScheduler config: private, so stock diffusers ignores them, keeps them
+BOOT_KEY = "_boot"  # a student's facts in its one-step scheduler's config: private, so stock diffusers ignores, keeps them
 
 
 def one_step_scheduler(teacher_config: dict, *, prediction_type: str, alpha_T: float, sigma_T: float,
@@ -207,8 +207,9 @@ def retime(unet, *, old: float, new: float):
 
 
 def student_facts(scheduler_config) -> dict:
-    """What a run recorded in its pipeline folder's scheduler: guidance_range, guidance_scale and, in LCMScheduler
-    folders, the timestep the exported UNet reads its t = 0 at (unet_timestep) and the trained one; {} for a
+    """What a run recorded in its pipeline folder's scheduler: guidance_range, guidance_scale and, in LCMScheduler or
+    flow-matching folders, the timestep the exported network reads its t = 0 at (unet_timestep), the trained one, and
+    whether it reads w (guidance_input); {} for a
     scheduler no run wrote. BootOneStepScheduler folders (before 2026-12-06) keep the trained timestep, -1."""
     config = dict(scheduler_config)
     if BOOT_KEY in config:
