@@ -117,6 +117,11 @@ def judge_guided(teacher, judge, reference, texts: list, eps, *, ws, student=Non
     return scores, images, named
 
 
+def step_name(teacher) -> str:
+    """What boot's DDIM step is called on this teacher: Euler's step on a flow (diffusers' name for SD3's sampler)."""
+    return "Euler" if teacher.teacher.family == "flow" else "DDIM"
+
+
 def judge_student(teacher, student, judging, prompts, *, ws, shape, samples: int, dtype: str, device,
                   out: Path) -> dict:
     """A student's judged figures (judge_guided) on samples noises of seed JUDGE_SEED and --prompts in turn; with
@@ -128,11 +133,11 @@ def judge_student(teacher, student, judging, prompts, *, ws, shape, samples: int
                                          student=student, dtype=dtype)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     result = {"judge": str(judging.folder), "samples": samples, "seed": JUDGE_SEED, "dtype": dtype,
-              "prompts": f"{prompts.path}, in turn", "guidance": {}}
+              "prompts": f"{prompts.path}, in turn", "teacher_step": step_name(teacher), "guidance": {}}
     for name, row in scores.items():
         row = result["guidance"][name] = {"student": row["student"], "teacher_ddim": row["teacher_ddim"],
                                           "picture": f"figures/judged-w{name}.png"}
-        labels = [f"teacher DDIM-{k}" for k in PICTURE_KS] + ["student, 1 call"]
+        labels = [f"teacher {result['teacher_step']}-{k}" for k in PICTURE_KS] + ["student, 1 call"]
         cells = [pictures.digit_columns(images[name][key], named) for key in [f"DDIM-{k}" for k in PICTURE_KS] + ["student"]]
         pictures.save_labelled(out / row["picture"], cells, row_labels=labels, col_labels=pictures.DIGIT_LABELS,
                                title=f"w = {name}: the first sample prompted with each digit, same noise in a column")
@@ -142,7 +147,7 @@ def judge_student(teacher, student, judging, prompts, *, ws, shape, samples: int
 def judged_table(judged: dict) -> str:
     """The judged figures as a short table: accuracy and FD per w, the student and the teacher's DDIM-k."""
     some = next(iter(judged["guidance"].values()))
-    columns = ["student"] + [f"DDIM-{k}" for k in some["teacher_ddim"]]
+    columns = ["student"] + [f"{judged.get('teacher_step', 'DDIM')}-{k}" for k in some["teacher_ddim"]]
     lines = [f"judged: prompted-digit accuracy, FD to the held-out digits ({judged['samples']} samples, "
              f"{judged['dtype']})", "w    " + "".join(f"{c:>15}" for c in columns)]
     for w, row in judged["guidance"].items():

@@ -3,6 +3,7 @@
     python teachers/train_teacher.py --out teachers/mnist16                # judge, teacher, figures: about 35 minutes on 2 CPU cores
     python teachers/train_teacher.py --kind text --out teachers/mnist-t2i  # judge, vae, teacher, figures: about 28 minutes (estimate)
     python teachers/train_teacher.py --kind flow --out teachers/mnist16-flow   # a rectified flow on the same digits
+    python teachers/train_teacher.py --kind text-flow   # text-to-image in SD3's layout: teachers/mnist-t2i-flow
     python teachers/train_teacher.py --out /tmp/t --steps 3 --judge-steps 3 --figure-samples 8    # seconds: a smoke run
     python teachers/train_teacher.py --kind text --out /tmp/t2i --steps 3 --vae-steps 3 --judge-steps 3 --figure-samples 8
 
@@ -35,6 +36,15 @@ loop): figures.json, euler50.png.
 - figures.json, ddim50-w3.png: the judge's held-out accuracy, the FD floors (training digits; their VAE
   reconstructions), the VAE's held-out RMSE, and for guidance w in 1, 2, 3, 5 and DDIM-k the prompted-digit
   accuracy (the share of samples the judge reads as the digit their prompt names) and the FD.
+--kind text-flow makes the same teacher in StableDiffusion3Pipeline's layout, which train_sd.py reads as SD3:
+- transformer/: an SD3Transformer2DModel (0.6 M parameters, 2 x 2 patches of the 8x8x4 latents, 4 joint-attention
+  blocks) trained by flow matching (x_t = (1 - sigma) z + sigma eps, the velocity eps - z at timestep 1000 sigma,
+  sigma drawn as the scheduler's shifted grid spaces it); scheduler/: FlowMatchEulerDiscreteScheduler, shift 3 (SD3's);
+- text_encoder/, text_encoder_2/ (two small random CLIPTextModelWithProjection, frozen), tokenizer/, tokenizer_2/
+  (the vocabulary above); no T5: the pipeline's 256 T5 tokens are zeros, as StableDiffusion3Pipeline makes them
+  (load it with text_encoder_3=None, tokenizer_3=None);
+- vae/: as --kind text's, with SD3's shift_factor (the latents' mean) beside scaling_factor;
+- figures.json, euler50-w3.png: as --kind text's, at Euler-k (boot's DDIM step on a flow) on the shifted grid.
 Time of --kind text with the defaults: an ESTIMATE, not a measurement of the full run, from 40 to 150 timed steps of
 each stage on one thread of a shared 2-core AMD EPYC (2026-11-27): judge 2,000 steps at 0.08 s = 3 min, VAE 800
 at 0.31 s = 4 min, UNet 3,500 at 0.24 s = 14 min, figures (500 samples: 4 w x 81 guided calls on 2 x 500 latents
@@ -63,8 +73,11 @@ from bootkit.digits import HELD_OUT, PHRASINGS, SIZE
 # Defaults that depend on --kind; the text figures cost 8x as many network calls a sample.
 KIND_DEFAULTS = {"pixel": {"out": "teachers/mnist16", "figure_samples": 1000},
                  "flow": {"out": "teachers/mnist16-flow", "figure_samples": 1000},
-                 "text": {"out": "teachers/mnist-t2i", "figure_samples": 500}}
-STAGES = ("judge", "vae", "teacher", "figures")  # vae: --kind text only
+                 "text": {"out": "teachers/mnist-t2i", "figure_samples": 500},
+                 "text-flow": {"out": "teachers/mnist-t2i-flow", "figure_samples": 500}}
+TEXT_KINDS = ("text", "text-flow")
+SD3_SHIFT = 3.0  # the text-flow teacher's FlowMatchEulerDiscreteScheduler shift, SD3's
+STAGES = ("judge", "vae", "teacher", "figures")  # vae: the text kinds only
 # What a resumed run may change; everything else must match its checkpoint.
 RESUMABLE = {"steps", "vae_steps", "out", "resume", "device", "only", "ckpt_every", "judge_steps", "figure_samples"}
 EMPTY_PROMPTS = 0.1  # the share of training examples with the empty prompt: classifier-free guidance's null branch
@@ -84,20 +97,21 @@ def parse_args(argv=None):
     pos = runtime.positive(int)
     p.add_argument("--kind", choices=tuple(KIND_DEFAULTS), default="pixel",
                    help="pixel: a DDPM on the 16x16 digits; flow: a rectified flow on them (velocity prediction, "
-                        "FlowMatchEulerDiscreteScheduler); text: text-to-image latents in Stable Diffusion's layout")
+                        "FlowMatchEulerDiscreteScheduler); text: text-to-image latents in Stable Diffusion's layout; "
+                        "text-flow: the same in SD3's layout (a flow-matching transformer)")
     p.add_argument("--out", help="folder to write (default teachers/mnist16; teachers/mnist16-flow with --kind flow, "
-                                 "teachers/mnist-t2i with --kind text)")
-    p.add_argument("--only", choices=STAGES, help="run one stage (each needs the ones before it done; vae: --kind text "
-                                                  "only); default: all")
+                                 "teachers/mnist-t2i with --kind text, teachers/mnist-t2i-flow with --kind text-flow)")
+    p.add_argument("--only", choices=STAGES, help="run one stage (each needs the ones before it done; vae: the text "
+                                                  "kinds only); default: all")
     p.add_argument("--steps", type=pos, default=3500, help="teacher (UNet) training steps")
     p.add_argument("--batch-size", type=pos, default=64, help="teacher (and VAE) batch size")
     p.add_argument("--lr", type=runtime.positive(float), default=1e-3, help="teacher AdamW learning rate (constant)")
     p.add_argument("--ema", type=float, default=0.998, help="EMA decay of the teacher's weights; the EMA is saved")
-    p.add_argument("--vae-steps", type=pos, default=800, help="--kind text: VAE training steps")
+    p.add_argument("--vae-steps", type=pos, default=800, help="the text kinds: VAE training steps")
     p.add_argument("--kl-weight", type=runtime.positive(float), default=1e-4,
-                   help="--kind text: weight of the VAE's KL term (per latent element) against its MSE (per pixel)")
+                   help="the text kinds: weight of the VAE's KL term (per latent element) against its MSE (per pixel)")
     p.add_argument("--judge-steps", type=pos, default=2000, help="judge training steps (batch 128, augmented)")
-    p.add_argument("--figure-samples", type=pos, help="teacher samples per figure (default 1000; 500 with --kind text)")
+    p.add_argument("--figure-samples", type=pos, help="teacher samples per figure (default 1000; 500 with the text kinds)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and the noise")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
     p.add_argument("--ckpt-every", type=pos, default=250, help="checkpoint the teacher (and VAE) every this many steps")
@@ -105,8 +119,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not 0 <= args.ema < 1:
         p.error(f"argument --ema: must be in [0, 1), got {args.ema}")
-    if args.only == "vae" and args.kind != "text":
-        p.error("argument --only: vae is a stage of --kind text only")
+    if args.only == "vae" and args.kind not in TEXT_KINDS:
+        p.error("argument --only: vae is a stage of the text kinds only")
     for key, value in KIND_DEFAULTS[args.kind].items():
         setattr(args, key, getattr(args, key) or value)
     return args
@@ -181,11 +195,14 @@ def ddpm_noising(alphas_cumprod, device):
     return noised
 
 
-def flow_noising(train_steps: int, device):
-    """Rectified flow: t ~ U(0, 1), x_t = (1 - t) x0 + t eps; the target is the velocity eps - x0, and the UNet
-    reads t train_steps, as FlowMatchEulerDiscreteScheduler's timesteps are its sigmas times num_train_timesteps."""
+def flow_noising(train_steps: int, device, shift: float = 1.0):
+    """Rectified flow: u ~ U(0, 1), sigma = shift u / (1 + (shift - 1) u) (FlowMatchEulerDiscreteScheduler's shift,
+    so that training sees sigma as densely as its sampler's grid does), x_t = (1 - sigma) x0 + sigma eps; the target
+    is the velocity eps - x0, and the network reads sigma train_steps, as the scheduler's timesteps are its sigmas
+    times num_train_timesteps."""
     def noised(x0, gen):
-        t = torch.rand(len(x0), generator=gen, device=device)
+        u = torch.rand(len(x0), generator=gen, device=device)
+        t = shift * u / (1 + (shift - 1) * u)
         eps = torch.randn(x0.shape, generator=gen, device=device)
         s = t.view(-1, 1, 1, 1)
         return (1 - s) * x0 + s * eps, t * train_steps, eps - x0
@@ -206,7 +223,7 @@ def fit_diffusion(args, d, unet, noised, batch):
         gen = runtime.step_generator(args.seed, 0, step, d.device)
         x0, kwargs = batch(gen)
         x_t, timesteps, target = noised(x0, gen)
-        loss = F.mse_loss(unet(x_t, timesteps, **kwargs).sample, target)
+        loss = F.mse_loss(unet(x_t, timestep=timesteps, **kwargs).sample, target)  # keyword: SD3's order differs
         return loss, {"loss": loss.detach()}
 
     trainer.fit(args.steps, loss_fn, desc="teacher")
@@ -238,11 +255,12 @@ def train_teacher(args, d, images):
 
 
 
-def make_text_encoder(seed: int):
+def make_text_encoder(seed: int, *, projection: bool = False, hidden: int = 64):
     """(CLIPTokenizer, CLIPTextModel): a vocabulary written here, offline, as test_train_sd.py writes one, with
     merges that make each word of the prompts one token (other lowercase text falls back to letters); and a
-    small random text encoder (hidden size 64), frozen: the UNet learns to read it."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    small random text encoder (hidden size 64), frozen: the UNet learns to read it. projection: a
+    CLIPTextModelWithProjection (SD3's two encoders), its projection as wide as its hidden states."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
     letters = list(string.ascii_lowercase)
     vocab = ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters + list(string.digits))]
     merges = []
@@ -258,10 +276,11 @@ def make_text_encoder(seed: int):
         (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
         tokenizer = CLIPTokenizer(vocab=f"{tmp}/vocab.json", merges=f"{tmp}/merges.txt", model_max_length=TOKENS)
     torch.manual_seed(seed)
-    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=2,
                             num_attention_heads=4, max_position_embeddings=TOKENS, bos_token_id=0, eos_token_id=1,
-                            pad_token_id=1)
-    return tokenizer, CLIPTextModel(config).eval().requires_grad_(False)
+                            pad_token_id=1, projection_dim=hidden)
+    model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+    return tokenizer, model.eval().requires_grad_(False)
 
 
 def make_vae():
@@ -279,6 +298,16 @@ def make_text_unet():
                                 layers_per_block=1, cross_attention_dim=64, attention_head_dim=4,
                                 down_block_types=("CrossAttnDownBlock2D",) * 2,
                                 up_block_types=("CrossAttnUpBlock2D",) * 2)
+
+
+def make_sd3_transformer():
+    """0.6 M parameters on 4 x 8 x 8 latents cut in 2 x 2 patches (16 tokens): 4 joint-attention blocks (width 64)
+    over them and the text, whose tokens are SD3's: both CLIP encoders' (2 x 32 wide, concatenated) and T5's 256,
+    zeros here as StableDiffusion3Pipeline makes them without T5 (sd.T5_TOKENS)."""
+    from diffusers import SD3Transformer2DModel
+    return SD3Transformer2DModel(sample_size=SIZE // 2, patch_size=2, in_channels=4, out_channels=4, num_layers=4,
+                                 attention_head_dim=16, num_attention_heads=4, joint_attention_dim=64,
+                                 caption_projection_dim=64, pooled_projection_dim=64, pos_embed_max_size=SIZE // 4)
 
 
 def make_scheduler():
@@ -301,12 +330,13 @@ def posterior(vae, images):
 
 def reconstruct(vae, images):
     """Images through the VAE: decoded from their latent means."""
-    return digits.decode(vae, posterior(vae, images)[0] * vae.config.scaling_factor)
+    return digits.decode(vae, (posterior(vae, images)[0] - sd.latent_shift(vae)) * vae.config.scaling_factor)
 
 
 def train_vae(args, d, images):
     """Reconstruction MSE + kl_weight KL(posterior | N(0, I)), both per element, AdamW at a constant VAE_LR; then
-    scaling_factor = 1 / the std of one posterior sample of every training digit (SD's convention)."""
+    scaling_factor = 1 / the std of one posterior sample of every training digit (SD's convention); for --kind
+    text-flow also shift_factor = their mean, latents (z - shift) scale (SD3's convention)."""
     torch.manual_seed(args.seed)
     vae = make_vae().to(d.device).train()
     trainer = runtime.Trainer(out=Path(args.out) / "vae_training", model=vae, dist_info=d, config=vars(args),
@@ -325,26 +355,41 @@ def train_vae(args, d, images):
     vae.eval().requires_grad_(False)
     mean, std = posterior(vae, images)
     z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(args.seed)).to(d.device)
-    vae.register_to_config(scaling_factor=1 / z.std().item())
+    shift = z.mean().item() if args.kind == "text-flow" else 0.0
+    vae.register_to_config(scaling_factor=1 / (z - shift).std().item(), **({"shift_factor": shift} if shift else {}))
     vae.save_pretrained(Path(args.out) / "vae", safe_serialization=True)
     return vae
 
 
 def train_text_teacher(args, d, images, labels):
-    """The UNet on latents of the training digits (a fresh posterior sample each time), each with a prompt naming
-    its digit (a phrasing drawn uniformly) or, for EMPTY_PROMPTS of them, the empty prompt. The text encoder is
-    frozen, and there are 61 prompts: their embeddings are computed once, by train_sd.py's own PromptEncoder."""
+    """The UNet (--kind text-flow: SD3's transformer, flow matching) on latents of the training digits (a fresh
+    posterior sample each time), each with a prompt naming its digit (a phrasing drawn uniformly) or, for
+    EMPTY_PROMPTS of them, the empty prompt. The text encoders are frozen, and there are 61 prompts: their
+    embeddings are computed once, by train_sd.py's own PromptEncoder, as the pipeline computes them."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline
     out = Path(args.out)
     vae = AutoencoderKL.from_pretrained(out / "vae", use_safetensors=True).to(d.device).eval().requires_grad_(False)
     mean, std = posterior(vae, images)
-    tokenizer, text_encoder = make_text_encoder(args.seed)
-    encode = sd.PromptEncoder(SimpleNamespace(tokenizer=tokenizer, text_encoder=text_encoder.to(d.device)),
-                                    d.device, warn=False)
+    flow = args.kind == "text-flow"
+    if flow:  # SD3's layout: two CLIP encoders with projections (seeded apart), no T5
+        tokenizer, text_encoder = make_text_encoder(args.seed, projection=True, hidden=32)
+        text_encoder_2 = make_text_encoder(args.seed + 1, projection=True, hidden=32)[1]
+        parts = SimpleNamespace(tokenizer=tokenizer, text_encoder=text_encoder.to(d.device), tokenizer_2=tokenizer,
+                                text_encoder_2=text_encoder_2.to(d.device), text_encoder_3=None, sd3=True, joint_dim=64)
+    else:
+        tokenizer, text_encoder = make_text_encoder(args.seed)
+        parts = SimpleNamespace(tokenizer=tokenizer, text_encoder=text_encoder.to(d.device))
+    encode = sd.PromptEncoder(parts, d.device, warn=False)
     table = encode(["", *digits.prompts()])  # row 0 the empty prompt, row 1 + i prompt i
-    scheduler = make_scheduler()
     torch.manual_seed(args.seed)
-    unet = make_text_unet().to(d.device).train()
+    unet = (make_sd3_transformer() if flow else make_text_unet()).to(d.device).train()
+    if flow:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=sd.FLOW_TIMESTEPS, shift=SD3_SHIFT)
+        noised = flow_noising(sd.FLOW_TIMESTEPS, d.device, shift=SD3_SHIFT)
+    else:
+        scheduler = make_scheduler()
+        noised = ddpm_noising(scheduler.alphas_cumprod, d.device)
 
     def pick(gen):
         b, dev = args.batch_size, d.device
@@ -352,13 +397,20 @@ def train_text_teacher(args, d, images, labels):
         phrasing = torch.randint(len(PHRASINGS), (b,), generator=gen, device=dev)
         empty = torch.rand(b, generator=gen, device=dev) < EMPTY_PROMPTS
         which = torch.where(empty, 0, 1 + 10 * phrasing + labels[i])
-        z0 = (mean[i] + std[i] * torch.randn(mean[i].shape, generator=gen, device=dev)) * vae.config.scaling_factor
-        return z0, {"encoder_hidden_states": table[which]}
+        z = mean[i] + std[i] * torch.randn(mean[i].shape, generator=gen, device=dev)
+        return (z - sd.latent_shift(vae)) * vae.config.scaling_factor, sd.unet_inputs(unet, table[which])
 
-    unet = fit_diffusion(args, d, unet, ddpm_noising(scheduler.alphas_cumprod, d.device), pick)
-    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                            safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(out, safe_serialization=True)
+    unet = fit_diffusion(args, d, unet, noised, pick)
+    if flow:
+        from diffusers import StableDiffusion3Pipeline
+        pipe = StableDiffusion3Pipeline(transformer=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                                        tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer,
+                                        text_encoder_3=None, tokenizer_3=None)
+    else:
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
     (out / "prompts.txt").write_text(PROMPTS_HEADER + "".join(p + "\n" for p in digits.prompts()))
 
 
@@ -421,6 +473,12 @@ def figures(args, out: Path, training_digits, device) -> dict:
     return result
 
 
+def text_sampler(kind: str) -> str:
+    """What boot's DDIM step is on a text teacher: DDIM, or on the flow (--kind text-flow) Euler's step, on the
+    trailing grid of its shifted sigmas (FlowMatchEulerDiscreteScheduler's own)."""
+    return "Euler" if kind == "text-flow" else "DDIM"
+
+
 @torch.no_grad()
 def text_figures(args, out: Path, training_digits, held_out, device) -> dict:
     """The text teacher through train_sd.py's loader, judged as train_sd.py judges a student
@@ -441,12 +499,14 @@ def text_figures(args, out: Path, training_digits, held_out, device) -> dict:
     result["fd_vae_floor_train_vs_held_out"] = metrics.judge_fd(judge, reconstruct(parts.vae, floor_digits), *reference)
     result["prompts"] = "prompts.txt, in turn"
     scores, images, _ = judging.judge_guided(parts, judge, reference, texts, eps.to(device), ws=digits.FIGURE_WS)
-    result["guidance"] = {w: {"accuracy_ddim": {k: c["accuracy"] for k, c in row["teacher_ddim"].items()},
-                              "fd_ddim": {k: c["fd"] for k, c in row["teacher_ddim"].items()}}
+    key = text_sampler(args.kind).lower()
+    result["guidance"] = {w: {f"accuracy_{key}": {k: c["accuracy"] for k, c in row["teacher_ddim"].items()},
+                              f"fd_{key}": {k: c["fd"] for k, c in row["teacher_ddim"].items()}}
                           for w, row in scores.items()}
-    last = f"DDIM-{digits.FIGURE_KS[-1]}"
-    grid_picture(out / "ddim50-w3.png", images["3"][last], title=f"w = 3, the teacher's {last}, the first 100 samples "
-                 "(prompts in turn: a column per digit)", col_labels=pictures.DIGIT_LABELS)
+    last = digits.FIGURE_KS[-1]
+    grid_picture(out / f"{key}{last}-w3.png", images["3"][f"DDIM-{last}"], col_labels=pictures.DIGIT_LABELS,
+                 title=f"w = 3, the teacher's {text_sampler(args.kind)}-{last}, the first 100 samples "
+                       "(prompts in turn: a column per digit)")
     (out / "figures.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -457,9 +517,10 @@ def text_figures(args, out: Path, training_digits, held_out, device) -> dict:
 @runtime.cli
 def main(argv=None):
     args = parse_args(argv)
-    out, text = Path(args.out), args.kind == "text"
+    out, text = Path(args.out), args.kind in TEXT_KINDS
     runtime.check_out(out, allowed=args.resume or args.only is not None, hint="add --resume to continue it")
-    before = {"teacher": ["vae"] if text else [], "figures": ["judge", "unet"] + (["vae"] if text else [])}
+    network = "transformer" if args.kind == "text-flow" else "unet"
+    before = {"teacher": ["vae"] if text else [], "figures": ["judge", network] + (["vae"] if text else [])}
     if not all((out / part / "config.json").exists() for part in before.get(args.only, [])):
         parts = " and ".join(p + "/" for p in before[args.only])
         raise runtime.UsageError(f"--only {args.only}: {out} holds no {parts} yet; run the other stages first")
@@ -489,9 +550,10 @@ def main(argv=None):
         f = text_figures(args, out, images[train], images[held_out], d.device)
         print(f"FD to the held-out digits ({f['samples']} samples): floor (training digits) "
               f"{f['fd_floor_train_vs_held_out']:.2f}, through the VAE {f['fd_vae_floor_train_vs_held_out']:.2f}")
+        sampler = text_sampler(args.kind)
         for w, row in f["guidance"].items():
-            print(f"w = {w}: " + ", ".join(f"DDIM-{k} FD {fd:.1f} accuracy {row['accuracy_ddim'][k]:.3f}"
-                                          for k, fd in row["fd_ddim"].items()))
+            print(f"w = {w}: " + ", ".join(f"{sampler}-{k} FD {fd:.1f} accuracy {row[f'accuracy_{sampler.lower()}'][k]:.3f}"
+                                          for k, fd in row[f"fd_{sampler.lower()}"].items()))
     elif args.only in (None, "figures"):
         f = figures(args, out, images[train], d.device)
         sampler = "Euler" if args.kind == "flow" else "DDIM"

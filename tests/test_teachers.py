@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 from safetensors.torch import load_file
 
 import boot
-from bootkit import digits, metrics, pixel, sd
+from bootkit import digits, judging, metrics, pixel, sd
 import train_teacher
 
 torch.set_num_threads(1)
@@ -95,8 +95,9 @@ def test_a_stopped_teacher_resumes_to_the_same_weights(tiny, tmp_path):
     (["--steps", "0"], "--steps: must be positive"),
     (["--only", "student"], "invalid choice: 'student'"),
     (["--only", "figures"], "holds no judge/ and unet/ yet"),
-    (["--only", "vae"], "vae is a stage of --kind text only"),
+    (["--only", "vae"], "vae is a stage of the text kinds only"),
     (["--kind", "text", "--only", "teacher"], "holds no vae/ yet"),
+    (["--kind", "text-flow", "--only", "figures"], "holds no judge/ and transformer/ and vae/ yet"),
     (["--kind", "image"], "invalid choice: 'image'"),
 ])
 def test_bad_flags_get_one_line(tmp_path, args, message):
@@ -184,6 +185,7 @@ def test_train_sd_reads_the_text_teacher_and_its_prompts_file(tiny_text, tmp_pat
     assert (run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").exists()
     meta = json.loads((run / "boot_sd.json").read_text())
     assert (meta["guidance_range"], meta["ema"], meta["order"], meta["spacing"]) == ([1, 5], 0.9, 2, "quadratic")
+    assert meta["judged"]["teacher_step"] == "DDIM" and "DDIM-50" in judging.judged_table(meta["judged"])
 
 
 def test_each_word_of_the_prompts_is_one_token_of_the_written_vocabulary():
@@ -272,6 +274,20 @@ def test_flow_noising_targets_the_velocity_that_carries_x0_to_eps(seed):
     torch.testing.assert_close((1 - t) * x0 + t * eps, x_t, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_noising_draws_sigma_as_boots_uniform_time_through_the_shift(shift):
+    """The teacher trains at sigma = shift u / (1 + (shift - 1) u), u ~ U(0, 1): boot.Schedule.flow(shift)'s sigma
+    at a uniform time, the density its samplers' grids query it at; shift 1 is sigma = u itself."""
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.zeros(4000, 1, 1, 1)
+    _, timesteps, _ = train_teacher.flow_noising(1000, "cpu", shift=shift)(x0, gen)
+    u = torch.rand(4000, generator=torch.Generator().manual_seed(0))  # the generator's first draw is u
+    sigma = boot.Schedule.flow(shift).coefficients(u.double())[1].float()
+    torch.testing.assert_close(timesteps / 1000, sigma, atol=1e-6, rtol=0)
+    if shift == 1.0:
+        assert torch.equal(timesteps, u * 1000)  # bit for bit: the committed flow teacher trained so
+
+
 def test_a_flow_teacher_is_a_flow_match_pipeline_with_euler_figures(tmp_path):
     from diffusers import DDPMPipeline, FlowMatchEulerDiscreteScheduler
     out = tmp_path / "flow"
@@ -305,3 +321,83 @@ def test_the_committed_flow_teacher_shares_the_judge_and_boot_samples_it_as_diff
             x = scheduler.step(pipe.unet(x, t.expand(len(x))).sample, t, x).prev_sample
     mine = boot.ddim_sample(teacher, eps, schedule=schedule, grid=boot_diffusers.sampler_grid(read, scheduler))
     torch.testing.assert_close(mine, x, atol=1e-4, rtol=0)
+
+
+# --- the text-to-image flow teacher in SD3's layout (--kind text-flow) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_text_flow(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teachers") / "mnist-t2i-flow"
+    train_teacher.main(["--out", str(out), *TINY_TEXT, "--kind", "text-flow"])
+    return out
+
+
+def test_the_text_flow_teacher_is_an_sd3_pipeline_that_diffusers_loads_and_train_sd_distils(tiny_text_flow, tmp_path):
+    """SD3's layout without T5 (loaded as diffusers loads such folders), SD3's shifted flow scheduler, a VAE whose
+    shift and scale give the training latents mean 0 and variance 1, the same prompts and split as teachers/mnist-t2i;
+    train_sd.py reads it as a flow teacher and two steps of BOOT write a StableDiffusion3Pipeline folder."""
+    import train_sd
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    folder = tiny_text_flow
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None, use_safetensors=True)
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    assert pipe.scheduler.config.shift == train_teacher.SD3_SHIFT == 3.0
+    assert (pipe.transformer.config.sample_size, pipe.transformer.config.in_channels) == (8, 4)
+    images = pipe(["a handwritten 7", "the digit three"], num_inference_steps=2, guidance_scale=3, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 16, 16, 3)
+    images, _ = digits.load_digits()
+    mean, std = train_teacher.posterior(pipe.vae, images[digits.split(0)[0]])
+    z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(1))  # not the script's noise
+    scaled = (z - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+    assert pipe.vae.config.shift_factor != 0 and scaled.mean().item() == pytest.approx(0, abs=0.02)
+    assert scaled.std().item() == pytest.approx(1, abs=0.02)
+    assert (folder / "prompts.txt").read_text() == (ROOT / "teachers" / "mnist-t2i" / "prompts.txt").read_text()
+    parts = sd.load_teacher(str(folder), torch.float32, torch.device("cpu"))
+    assert parts.sd3 and parts.text_encoder_3 is None and parts.teacher.prediction == "flow_prediction"
+    f = json.loads((folder / "figures.json").read_text())
+    for row in f["guidance"].values():
+        assert set(row["accuracy_euler"]) == set(row["fd_euler"]) == {str(k) for k in digits.FIGURE_KS}
+    assert (folder / "euler50-w3.png").is_file() and not (folder / "ddim50-w3.png").exists()
+    run = tmp_path / "run"
+    train_sd.main(["--teacher", str(folder), "--prompts", str(folder / "prompts.txt"), "--out", str(run),
+                   "--device", "cpu", "--dtype", "fp32", "--batch-size", "2", "--bootstrap-steps", "4", "--steps", "2",
+                   "--guidance-scale", "3", "--eval-samples", "10"])
+    assert (run / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors").exists()
+    judged = json.loads((run / "boot_sd.json").read_text())["judged"]  # its judge/ and prompts: judged at the end
+    assert list(judged["guidance"]) == ["3"] and 0 <= judged["guidance"]["3"]["student"]["accuracy"] <= 1
+    assert judged["teacher_step"] == "Euler" and "Euler-50" in judging.judged_table(judged)  # boot's step on a flow
+
+
+def test_a_stopped_text_flow_teacher_resumes_to_the_same_weights(tiny_text_flow, tmp_path):
+    shutil.copytree(tiny_text_flow / "vae", tmp_path / "vae")  # the VAE stage done
+    args = ["--out", str(tmp_path), *TINY_TEXT, "--kind", "text-flow", "--only", "teacher"]
+    train_teacher.main([*args, "--steps", "2"])
+    train_teacher.main([*args, "--resume"])
+    for weights in ("transformer/diffusion_pytorch_model.safetensors", "text_encoder_2/model.safetensors"):
+        resumed, straight = load_file(tmp_path / weights), load_file(tiny_text_flow / weights)
+        assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_the_committed_text_flow_teacher_shares_the_judge_and_draws_the_prompted_digit_at_w_3():
+    """teachers/mnist-t2i-flow: SD3's layout, the UNet teacher's split, prompts and judge byte for byte, and its
+    Euler-50 at w = 3 draws the digit its prompt names (figures.json: 99.2% of 500; here 40 samples, prompts in turn)."""
+    from diffusers import StableDiffusion3Pipeline
+    folder, unet_teacher = ROOT / "teachers" / "mnist-t2i-flow", ROOT / "teachers" / "mnist-t2i"
+    for name in ("split.json", "prompts.txt", "judge/model.safetensors", "judge/reference.safetensors"):
+        assert (folder / name).read_bytes() == (unet_teacher / name).read_bytes(), name
+    StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None, use_safetensors=True)
+    assert json.loads((folder / "figures.json").read_text())["guidance"]["3"]["accuracy_euler"]["50"] >= 0.9
+    parts = sd.load_teacher(str(folder), torch.float32, torch.device("cpu"))
+    assert parts.sd3 and parts.teacher.family == "flow"
+    listed = sd.read_prompts(folder / "prompts.txt")
+    texts = listed.read([i % len(listed) for i in range(40)])
+    encode = sd.PromptEncoder(parts, torch.device("cpu"), warn=False)
+    guided = parts.teacher.finish(boot.guided(sd.teacher_fn(parts.unet, parts.teacher.schedule, parts.teacher.prediction),
+                                              scale=3.0, null_cond=encode.null()))
+    eps = torch.randn(40, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    z = boot.ddim_sample(guided, eps, schedule=parts.teacher.schedule, steps=50, cond=encode(texts))
+    judge, _, _ = metrics.load_judge(folder / "judge")
+    drawn = metrics.judge_classes(judge, digits.decode(parts.vae, z))
+    assert drawn.eq(torch.tensor([digits.prompt_digit(t) for t in texts])).double().mean() >= 0.9
