@@ -67,6 +67,9 @@ def parse_args(argv):
                    help="also race KD with these train_toy flags, e.g. 'KD + corrector=--corrector-weight 1'")
     p.add_argument("--kd", action=argparse.BooleanOptionalAction, default=True,
                    help="race KD too (--no-kd: BOOT and its variants only, levers at equal seconds)")
+    p.add_argument("--boot", action=argparse.BooleanOptionalAction, default=True,
+                   help="race plain BOOT (--no-boot: its variants and KD's only, e.g. one side of a race split "
+                        "between two processes)")
     p.add_argument("--seed", type=int, default=0, help="seed of both methods' runs (weights, noises, pairs)")
     p.add_argument("--quick", action="store_true", help="budgets of seconds, 32 noises: checks the pieces, not the figures")
     p.add_argument("--json", help="where the figures go (default bench/results/race.json, race-t2i.json for a "
@@ -89,6 +92,8 @@ def parse_args(argv):
             except SystemExit:
                 why = said.getvalue().strip().split(": error: ", 1)[-1].removesuffix(" (see --help)")
                 p.error(f"argument {flag} {name!r}: {why}")
+    if not (opts.boot or opts.variants or opts.kd or opts.kd_variants):
+        p.error("--no-boot and --no-kd without a --variant or --kd-variant: nothing to race")
     return opts
 
 
@@ -163,7 +168,7 @@ def winner(rows: list, budget: float) -> str:
     """Who has the lowest FD at this budget, and by how much over the next."""
     at = sorted((r for r in rows if r["budget_min"] == budget), key=lambda r: r["fd"])
     if len(at) < 2:
-        return ""
+        return "one method in this race, no winner"
     gap = (at[1]["fd"] - at[0]["fd"]) / at[0]["fd"]
     return (f"{at[0]['method']} by {gap:.0%} in FD over {at[1]['method']}"
             + (" (under 10%: one seed does not settle it)" if gap < 0.1 else ""))
@@ -173,8 +178,9 @@ def report(r) -> str:
     kd_ran = any("pairs" in row for row in r["runs"])  # --no-kd: BOOT and its variants only
     variants = {row["method"]: ("KD" if "pairs" in row else "BOOT", row["flags"]) for row in r["runs"]
                 if row["method"] not in ("BOOT", "KD")}
+    boot_ran = any("pairs" not in row for row in r["runs"])  # --no-boot with KD alone: nothing of BOOT's recipe
     recipes = ("BOOT: train_toy's recipe, its learning rate's warm-up and cosine decay over the budget's seconds "
-               f"(warm-up {WARMUP_SHARE:.0%} of them), no step after it.")
+               f"(warm-up {WARMUP_SHARE:.0%} of them), no step after it." if boot_ran else "")
     if variants:
         recipes += (" Variants, BOOT's or KD's recipe with these flags: " if kd_ran else " Its variants, the same with "
                     "these flags: ") + ", ".join(f"{name} ({kind + ' with ' if kd_ran else ''}`{shlex.join(flags)}`)"
@@ -188,7 +194,7 @@ def report(r) -> str:
            f"- command: `{r['command']}`",
            f"- teacher: {r['teacher']}; the student: train_toy's pixel default (the teacher's copy), seed {r['seed']}",
            f"- {busy_line(r)}",
-           f"- {recipes}",
+           f"- {recipes.strip()}",
            f"- judged alike: {r['eval']} noises (seed + 1), RMSE per pixel to the teacher's DDIM-{r['ref']} from them, "
            "effective NFE on its DDIM-k curve, FD of the teacher's judge to held-out digits, class shares (uniform 0.100)."
            " Teacher calls: rows the teacher evaluated.\n",
@@ -264,8 +270,8 @@ def main(argv=None):
     if path.is_dir() or path.suffix != ".json":
         raise runtime.UsageError(f"--json {path}: name a file ending .json (the markdown and picture go beside it)")
     if text:
-        if opts.kd_variants or not opts.kd:
-            raise runtime.UsageError("--kd-variant and --no-kd: for the pixel race; a text-to-image race takes "
+        if opts.kd_variants or not opts.kd or not opts.boot:
+            raise runtime.UsageError("--kd-variant, --no-kd and --no-boot: for the pixel race; a text-to-image race takes "
                                      "--variant (train_sd flags) only")
         path.parent.mkdir(parents=True, exist_ok=True)
         opts.teacher = str(Path(opts.teacher).resolve())
@@ -281,7 +287,7 @@ def main(argv=None):
              command=shlex.join(["python", "bench/race.py", *argv]), eval=opts.eval, ref=opts.ref,
              picture=str(path.with_suffix(".png").name), runs=[])
     eps, reference, curve, judge, r["teacher_ddim"] = teacher_figures(opts, d)
-    methods = [("BOOT", "boot", [])] + [(name, "boot", flags) for name, flags in opts.variants.items()]
+    methods = [("BOOT", "boot", [])] * opts.boot + [(name, "boot", flags) for name, flags in opts.variants.items()]
     methods += [("KD", "kd", [])] * opts.kd + [(name, "kd", flags) for name, flags in opts.kd_variants.items()]
     with tempfile.TemporaryDirectory(prefix="race-") as tmp:
         for budget in budgets:

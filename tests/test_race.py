@@ -120,3 +120,16 @@ def test_a_race_without_kd_describes_no_kd():
     text = race.report(r)
     assert "KD" not in text and "knowledge distillation" not in text
     assert "constant weight (`--weighting constant`)" in text and "DDIM step (`--order 1`)" in text
+
+
+def test_a_race_split_between_two_processes_runs_no_plain_boot_on_a_side():
+    """--no-boot: one side of a race run as two processes (e.g. BOOT + corrector beside KD); nothing left is refused."""
+    assert not race.parse_args(["--no-boot"]).boot
+    with pytest.raises(SystemExit) as stopped:
+        race.parse_args(["--no-boot", "--no-kd"])
+    assert stopped.value.code == 2
+    r = json.loads((race.ROOT / "bench" / "results" / "race-corrector-seed1-kd.json").read_text())
+    r["runs"] = [row for row in r["runs"] if row["method"] == "KD"]
+    text = race.report(r)
+    assert "BOOT: train_toy's recipe" not in text and "\n- KD: 15% of the budget" in text
+    assert "Who wins each budget: 15 min: one method in this race, no winner." in text
