@@ -75,6 +75,11 @@ def judged_ws(w: float, guidance_range) -> list:
 
 
 @torch.no_grad()
+def step_name(teacher) -> str:
+    """What boot's DDIM step is called on this teacher: Euler's step on a flow (diffusers' name for SD3's sampler)."""
+    return "Euler" if teacher.teacher.family == "flow" else "DDIM"
+
+
 def judge_guided(teacher, judge, reference, texts: list, eps, *, ws, student=None, dtype: str = "fp32",
                  teacher_ks=digits.FIGURE_KS) -> tuple:
     """For each w in ws: the teacher's guided DDIM-k (k in teacher_ks; none, to judge a student alone, as
@@ -104,7 +109,7 @@ def judge_guided(teacher, judge, reference, texts: list, eps, *, ws, student=Non
             row, seen = scores.setdefault(name, {"teacher_ddim": {}}), images.setdefault(name, {})
             guided = teacher.teacher.finish(boot.guided(net, scale=float(w), null_cond=null))
             for k in teacher_ks:
-                bar.set_postfix_str(f"w {name}, teacher DDIM-{k}")
+                bar.set_postfix_str(f"w {name}, teacher {step_name(teacher)}-{k}")
                 seen[f"DDIM-{k}"], row["teacher_ddim"][str(k)] = score(
                     lambda e, c: boot.ddim_sample(guided, e, schedule=schedule, steps=k, cond=c))
                 bar.update(k)
@@ -115,11 +120,6 @@ def judge_guided(teacher, judge, reference, texts: list, eps, *, ws, student=Non
                 seen["student"], row["student"] = score(g)
                 bar.update(1)
     return scores, images, named
-
-
-def step_name(teacher) -> str:
-    """What boot's DDIM step is called on this teacher: Euler's step on a flow (diffusers' name for SD3's sampler)."""
-    return "Euler" if teacher.teacher.family == "flow" else "DDIM"
 
 
 def judge_student(teacher, student, judging, prompts, *, ws, shape, samples: int, dtype: str, device,
