@@ -473,12 +473,6 @@ def figures(args, out: Path, training_digits, device) -> dict:
     return result
 
 
-def text_sampler(kind: str) -> str:
-    """What boot's DDIM step is on a text teacher: DDIM, or on the flow (--kind text-flow) Euler's step, on the
-    trailing grid of its shifted sigmas (FlowMatchEulerDiscreteScheduler's own)."""
-    return "Euler" if kind == "text-flow" else "DDIM"
-
-
 @torch.no_grad()
 def text_figures(args, out: Path, training_digits, held_out, device) -> dict:
     """The text teacher through train_sd.py's loader, judged as train_sd.py judges a student
@@ -499,15 +493,21 @@ def text_figures(args, out: Path, training_digits, held_out, device) -> dict:
     result["fd_vae_floor_train_vs_held_out"] = metrics.judge_fd(judge, reconstruct(parts.vae, floor_digits), *reference)
     result["prompts"] = "prompts.txt, in turn"
     scores, images, _ = judging.judge_guided(parts, judge, reference, texts, eps.to(device), ws=digits.FIGURE_WS)
-    key = text_sampler(args.kind).lower()
+    step = judging.step_name(parts)  # DDIM, or Euler's step on the flow (--kind text-flow)
+    key = step.lower()
     result["guidance"] = {w: {f"accuracy_{key}": {k: c["accuracy"] for k, c in row["teacher_ddim"].items()},
                               f"fd_{key}": {k: c["fd"] for k, c in row["teacher_ddim"].items()}}
                           for w, row in scores.items()}
     last = digits.FIGURE_KS[-1]
     grid_picture(out / f"{key}{last}-w3.png", images["3"][f"DDIM-{last}"], col_labels=pictures.DIGIT_LABELS,
-                 title=f"w = 3, the teacher's {text_sampler(args.kind)}-{last}, the first 100 samples "
+                 title=f"w = 3, the teacher's {step}-{last}, the first 100 samples "
                        "(prompts in turn: a column per digit)")
     (out / "figures.json").write_text(json.dumps(result, indent=2))
+    print(f"FD to the held-out digits ({result['samples']} samples): floor (training digits) "
+          f"{result['fd_floor_train_vs_held_out']:.2f}, through the VAE {result['fd_vae_floor_train_vs_held_out']:.2f}")
+    for w, row in result["guidance"].items():
+        print(f"w = {w}: " + ", ".join(f"{step}-{k} FD {fd:.1f} accuracy {row[f'accuracy_{key}'][k]:.3f}"
+                                      for k, fd in row[f"fd_{key}"].items()))
     return result
 
 
@@ -547,13 +547,7 @@ def main(argv=None):
         else:
             train_teacher(args, d, images[train])
     if args.only in (None, "figures") and text:
-        f = text_figures(args, out, images[train], images[held_out], d.device)
-        print(f"FD to the held-out digits ({f['samples']} samples): floor (training digits) "
-              f"{f['fd_floor_train_vs_held_out']:.2f}, through the VAE {f['fd_vae_floor_train_vs_held_out']:.2f}")
-        sampler = text_sampler(args.kind)
-        for w, row in f["guidance"].items():
-            print(f"w = {w}: " + ", ".join(f"{sampler}-{k} FD {fd:.1f} accuracy {row[f'accuracy_{sampler.lower()}'][k]:.3f}"
-                                          for k, fd in row[f"fd_{sampler.lower()}"].items()))
+        text_figures(args, out, images[train], images[held_out], d.device)  # prints its figures
     elif args.only in (None, "figures"):
         f = figures(args, out, images[train], d.device)
         sampler = "Euler" if args.kind == "flow" else "DDIM"
