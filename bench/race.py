@@ -39,7 +39,7 @@ import torch
 
 import boot
 import race_t2i
-from bootkit import evaluation, kd, metrics, pictures, runtime, toy
+from bootkit import evaluation, judging, kd, metrics, pictures, runtime, toy
 from bootkit.racing import KD_KS, KD_MIN_PAIRS, PAIR_SHARE, STEP_CAP, Counting, busy_line, kd_k, last_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,6 +175,7 @@ def winner(rows: list, budget: float) -> str:
 
 
 def report(r) -> str:
+    step = r.get("step", "DDIM")  # races measured before the step was named ran on DDIM teachers, or say so in their JSON
     kd_ran = any("pairs" in row for row in r["runs"])  # --no-kd: BOOT and its variants only
     variants = {row["method"]: ("KD" if "pairs" in row else "BOOT", row["flags"]) for row in r["runs"]
                 if row["method"] not in ("BOOT", "KD")}
@@ -186,7 +187,7 @@ def report(r) -> str:
                     "these flags: ") + ", ".join(f"{name} ({kind + ' with ' if kd_ran else ''}`{shlex.join(flags)}`)"
                                                  for name, (kind, flags) in variants.items()) + "."
     if kd_ran:
-        recipes += (f" KD: {PAIR_SHARE:.0%} of the budget on pairs of the teacher's DDIM-k (k the largest of "
+        recipes += (f" KD: {PAIR_SHARE:.0%} of the budget on pairs of the teacher's {step}-k (k the largest of "
                     f"{', '.join(map(str, KD_KS))} that gives {KD_MIN_PAIRS:,} pairs), then the same student, optimizer "
                     "and loop regressed at t = 0, its schedule over the rest of the budget.")
     out = ["# BOOT against knowledge distillation at equal seconds\n" if kd_ran else "# BOOT's levers at equal seconds\n",
@@ -195,15 +196,15 @@ def report(r) -> str:
            f"- teacher: {r['teacher']}; the student: train_toy's pixel default (the teacher's copy), seed {r['seed']}",
            f"- {busy_line(r)}",
            f"- {recipes.strip()}",
-           f"- judged alike: {r['eval']} noises (seed + 1), RMSE per pixel to the teacher's DDIM-{r['ref']} from them, "
-           "effective NFE on its DDIM-k curve, FD of the teacher's judge to held-out digits, class shares (uniform 0.100)."
+           f"- judged alike: {r['eval']} noises (seed + 1), RMSE per pixel to the teacher's {step}-{r['ref']} from them, "
+           f"effective NFE on its {step}-k curve, FD of the teacher's judge to held-out digits, class shares (uniform 0.100)."
            " Teacher calls: rows the teacher evaluated.\n",
            "| budget | method | recipe | teacher calls | seconds | RMSE | effective NFE | FD | class shares, min - max |",
            "|---|---|---|---|---|---|---|---|---|"]
     for row in r["runs"]:
         what = f"{row['steps_done']:,} steps"
         if "pairs" in row:
-            what = f"{row['pairs']:,} pairs of DDIM-{row['k']} ({row['pair_seconds']:.0f} s), " + what
+            what = f"{row['pairs']:,} pairs of {step}-{row['k']} ({row['pair_seconds']:.0f} s), " + what
         out.append(f"| {row['budget_min']:g} min | {row['method']} | {what} | {row['teacher_calls']:,} | "
                    f"{row['seconds']:.0f} | {row['rmse']:.4f} | {row['effective_nfe']:.1f} | {row['fd']:.1f} | "
                    f"{min(row['class_share']):.3f} - {max(row['class_share']):.3f} |")
@@ -212,7 +213,7 @@ def report(r) -> str:
         m = maps[0]["error_map"]
         out += [f"\nWhere a BOOT student's error enters ({m['noises']} of the noises; evaluation.error_map): its RMSE "
                 f"per pixel to its own fixed point (the teacher's {len(m['t']) - 1}-step sampler of the training's "
-                "order: Heun, or DDIM with --order 1) at each grid time, t_0 = 0 (the sample) first, and the largest "
+                f"order: Heun, or {step} with --order 1) at each grid time, t_0 = 0 (the sample) first, and the largest "
                 "one-hop residual (hop k -> k - 1).\n",
                 "| budget | method | to the fixed point, t_0 ... t_N | largest hop |", "|---|---|---|---|"]
         for row in maps:
@@ -222,7 +223,7 @@ def report(r) -> str:
                        f"| {e['one_hop'][hop]:.3f} (k = {hop}) |")
     out += ["\nThe teacher on the same noises:\n", "| sampler | RMSE | FD | class shares, min - max |", "|---|---|---|---|"]
     for k, t in r["teacher_ddim"].items():
-        out.append(f"| DDIM-{k}{' (the reference)' if int(k) == r['ref'] else ''} | {t['rmse']:.4f} | {t['fd']:.1f} | "
+        out.append(f"| {step}-{k}{' (the reference)' if int(k) == r['ref'] else ''} | {t['rmse']:.4f} | {t['fd']:.1f} | "
                    f"{min(t['class_share']):.3f} - {max(t['class_share']):.3f} |")
     out.append("\nWho wins each budget: " + "; ".join(f"{b:g} min: {winner(r['runs'], b)}" for b in r["budgets_min"]) + ".")
     out.append(f"\n![FD and RMSE against seconds and teacher calls]({Path(r['picture']).name})")
@@ -231,12 +232,12 @@ def report(r) -> str:
 
 def picture(r, path: Path):
     """FD and RMSE against seconds and teacher calls; at one budget (a table of levers), a bar per method."""
-    ref = r["ref"]
+    ref, step = r["ref"], r.get("step", "DDIM")
     level = lambda k, metric: r["teacher_ddim"].get(k, {}).get(metric) or None  # the reference is RMSE 0: no level
     what = "BOOT against KD" if any("pairs" in row for row in r["runs"]) else "BOOT's levers"
     metrics = [("FD to held-out digits", lambda row: row["fd"], True),
-               (f"RMSE per pixel to the teacher's DDIM-{ref}", lambda row: row["rmse"], True)]
-    levels = {f"teacher DDIM-{k}": [level(k, "fd"), level(k, "rmse")] for k in ("8", "16") if int(k) < ref}
+               (f"RMSE per pixel to the teacher's {step}-{ref}", lambda row: row["rmse"], True)]
+    levels = {f"teacher {step}-{k}": [level(k, "fd"), level(k, "rmse")] for k in ("8", "16") if int(k) < ref}
     title = f"{what} at equal budgets, {r['teacher']} ({r['machine']})"
     if len(r["budgets_min"]) == 1:
         return pictures.plot_variants(path, r["runs"], metrics=metrics, levels=levels,
@@ -287,6 +288,7 @@ def main(argv=None):
              command=shlex.join(["python", "bench/race.py", *argv]), eval=opts.eval, ref=opts.ref,
              picture=str(path.with_suffix(".png").name), runs=[])
     eps, reference, curve, judge, r["teacher_ddim"] = teacher_figures(opts, d)
+    r["step"] = judging.step_name(toy.build(recipe(opts, [], "unused", d.device), d.device)[1])  # Euler on a flow
     methods = [("BOOT", "boot", [])] * opts.boot + [(name, "boot", flags) for name, flags in opts.variants.items()]
     methods += [("KD", "kd", [])] * opts.kd + [(name, "kd", flags) for name, flags in opts.kd_variants.items()]
     with tempfile.TemporaryDirectory(prefix="race-") as tmp:

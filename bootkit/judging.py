@@ -75,9 +75,10 @@ def judged_ws(w: float, guidance_range) -> list:
 
 
 @torch.no_grad()
-def step_name(teacher) -> str:
-    """What boot's DDIM step is called on this teacher: Euler's step on a flow (diffusers' name for SD3's sampler)."""
-    return "Euler" if teacher.teacher.family == "flow" else "DDIM"
+def step_name(schedule) -> str:
+    """What boot's DDIM step is called on a teacher of this schedule: Euler's step on a flow (diffusers' name for
+    SD3's sampler; boot.Schedule.flow names its schedules flow{shift})."""
+    return "Euler" if schedule.name.startswith("flow") else "DDIM"
 
 
 def judge_guided(teacher, judge, reference, texts: list, eps, *, ws, student=None, dtype: str = "fp32",
@@ -109,7 +110,7 @@ def judge_guided(teacher, judge, reference, texts: list, eps, *, ws, student=Non
             row, seen = scores.setdefault(name, {"teacher_ddim": {}}), images.setdefault(name, {})
             guided = teacher.teacher.finish(boot.guided(net, scale=float(w), null_cond=null))
             for k in teacher_ks:
-                bar.set_postfix_str(f"w {name}, teacher {step_name(teacher)}-{k}")
+                bar.set_postfix_str(f"w {name}, teacher {step_name(schedule)}-{k}")
                 seen[f"DDIM-{k}"], row["teacher_ddim"][str(k)] = score(
                     lambda e, c: boot.ddim_sample(guided, e, schedule=schedule, steps=k, cond=c))
                 bar.update(k)
@@ -133,7 +134,7 @@ def judge_student(teacher, student, judging, prompts, *, ws, shape, samples: int
                                          student=student, dtype=dtype)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     result = {"judge": str(judging.folder), "samples": samples, "seed": JUDGE_SEED, "dtype": dtype,
-              "prompts": f"{prompts.path}, in turn", "teacher_step": step_name(teacher), "guidance": {}}
+              "prompts": f"{prompts.path}, in turn", "teacher_step": step_name(teacher.teacher.schedule), "guidance": {}}
     for name, row in scores.items():
         row = result["guidance"][name] = {"student": row["student"], "teacher_ddim": row["teacher_ddim"],
                                           "picture": f"figures/judged-w{name}.png"}

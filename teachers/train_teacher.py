@@ -493,7 +493,7 @@ def text_figures(args, out: Path, training_digits, held_out, device) -> dict:
     result["fd_vae_floor_train_vs_held_out"] = metrics.judge_fd(judge, reconstruct(parts.vae, floor_digits), *reference)
     result["prompts"] = "prompts.txt, in turn"
     scores, images, _ = judging.judge_guided(parts, judge, reference, texts, eps.to(device), ws=digits.FIGURE_WS)
-    step = judging.step_name(parts)  # DDIM, or Euler's step on the flow (--kind text-flow)
+    step = judging.step_name(parts.teacher.schedule)  # DDIM, or Euler's step on the flow (--kind text-flow)
     key = step.lower()
     result["guidance"] = {w: {f"accuracy_{key}": {k: c["accuracy"] for k, c in row["teacher_ddim"].items()},
                               f"fd_{key}": {k: c["fd"] for k, c in row["teacher_ddim"].items()}}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import race
-from bootkit import runtime
+from bootkit import judging, runtime, toy
 
 torch.set_num_threads(1)
 
@@ -28,7 +28,7 @@ def test_every_budget_runs_both_methods_and_each_variant_on_the_same_judged_nois
         (b, m) for b in race.QUICK["budgets"] for m in ("BOOT", "constant weight", "KD", "KD + corrector")]
     assert r["runs"][1]["flags"] == ["--weighting", "constant"]
     assert r["runs"][3]["flags"] == ["--corrector-weight", "1", "--corrector-batch", "4"] and r["runs"][3]["pairs"] > 0
-    assert r["eval"] == race.QUICK["eval"] and r["ref"] == race.QUICK["ref"]
+    assert r["eval"] == race.QUICK["eval"] and r["ref"] == race.QUICK["ref"] and r["step"] == "DDIM"
     assert r["teacher_ddim"][str(r["ref"])]["rmse"] == 0  # the reference itself
     curve = [r["teacher_ddim"][str(k)]["rmse"] for k in race.CURVE_KS if k < r["ref"]]
     assert curve == sorted(curve, reverse=True), "the teacher's DDIM-k nears its reference as k grows"
@@ -111,6 +111,18 @@ def test_each_committed_race_renders_into_its_committed_markdown(name, tmp_path)
     race.main(["--render", str(copy)])
     assert copy.with_suffix(".md").read_text() == (results / f"{name}.md").read_text()
     assert (results / f"{name}.png").exists()
+
+
+def test_a_flow_teacher_s_race_names_euler_s_step():
+    """On teachers/mnist16-flow boot's DDIM step is Euler's: the race records it and its page says Euler, never DDIM."""
+    args = toy.parse_args(["--teacher", str(race.ROOT / "teachers" / "mnist16-flow"), "--out", "unused"])
+    assert judging.step_name(toy.build(args, "cpu")[1]) == "Euler"
+    r = json.loads((race.ROOT / "bench" / "results" / "race-corrector-flow.json").read_text())
+    assert r["step"] == "Euler"
+    text = race.report(r)
+    assert "| Euler-64 (the reference) |" in text and "pairs of Euler-32" in text and "DDIM" not in text
+    del r["step"]  # a race measured before the step was named: a DDIM teacher's
+    assert "| DDIM-64 (the reference) |" in race.report(r)
 
 
 def test_a_race_without_kd_describes_no_kd():
