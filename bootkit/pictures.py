@@ -1,6 +1,7 @@
 """bootkit/pictures.py: the PNGs runs and the benchmark write, made to be looked at: small images enlarged
 (nearest-neighbour, 4x or more for digits), at least MIN_WIDTH pixels wide, every row and column labelled."""
 import math
+import os
 
 import numpy as np
 import torch
@@ -172,6 +173,23 @@ def plot_budget_curves(path, runs: list, *, metrics: list, levels: dict, calls: 
     plt.close(fig)
 
 
+def level_labels(levels: dict, *, near: float) -> list:
+    """[(value, text)] for levels {label: value}, in order of value: levels closer than `near` to the one before
+    share one text, which says what their labels share once ("teacher DDIM-50, 8"), where two would overprint."""
+    placed = []
+    for value, label in sorted((value, label) for label, value in levels.items()):
+        if placed and value - placed[-1][0] < near:
+            placed[-1][1].append(label)
+        else:
+            placed.append((value, [label]))
+    out = []
+    for value, (first, *others) in placed:
+        shared = os.path.commonprefix([first, *others])
+        shared = shared[:max(shared.rfind("-"), shared.rfind(" ")) + 1]  # whole words: DDIM-16 and DDIM-1 share "DDIM-"
+        out.append((value, ", ".join([first, *(other[len(shared):] for other in others)])))
+    return out
+
+
 def plot_variants(path, runs: list, *, metrics: list, levels: dict, title: str):
     """A race at one budget: each metric (a panel) as a bar per method, in the order the runs came, the teacher's
     samplers as gray levels to reach. runs, metrics and levels as plot_budget_curves' (bars on a linear axis: their
@@ -186,11 +204,12 @@ def plot_variants(path, runs: list, *, metrics: list, levels: dict, title: str):
         ax.barh(range(len(runs)), [value(row) for row in runs], color="tab:blue")
         ax.set_yticks(range(len(runs)), names, fontsize=8)
         ax.invert_yaxis()  # the first run on top
-        for level_label, values in levels.items():
-            if values[i] is not None:
-                ax.axvline(values[i], ls="--", lw=0.8, color="gray")
-                ax.text(values[i], 1.0, level_label, transform=ax.get_xaxis_transform(), fontsize=8, color="gray",
-                        ha="right", va="bottom", rotation=90)
+        at = {name: values[i] for name, values in levels.items() if values[i] is not None}
+        for level in at.values():
+            ax.axvline(level, ls="--", lw=0.8, color="gray")
+        for level, text in level_labels(at, near=0.03 * (ax.get_xlim()[1] - ax.get_xlim()[0])):
+            ax.text(level, 1.0, text, transform=ax.get_xaxis_transform(), fontsize=8, color="gray",
+                    ha="right", va="bottom", rotation=90)
         ax.set_xlabel(label)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -46,16 +46,27 @@ class RunError(Exception):
 
 def cli(main):
     """Run main(); turn UsageError and RunError into one line on stderr and a non-zero exit. Under torchrun
-    rank 0 alone prints it: both errors are raised alike on every rank, and N copies would bury it."""
+    rank 0 alone prints it: both errors are raised alike on every rank, and N copies would bury it. Either way
+    the process group is left before the interpreter exits: Gloo's threads, still alive at finalization, abort the
+    process (SIGABRT, "terminate called without an active exception"), and torchrun then kills the other ranks, rank
+    0's evaluation with them. Not after any other exception, where other ranks may still wait in a collective."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            result = main(*args, **kwargs)
         except (UsageError, RunError) as e:
             if os.environ.get("RANK", "0") == "0":
                 print(f"error: {e}", file=sys.stderr)
+            leave_process_group()
             sys.exit(2 if isinstance(e, UsageError) else 1)
+        leave_process_group()
+        return result
     return wrapped
+
+
+def leave_process_group():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):

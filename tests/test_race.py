@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import race
-from bootkit import judging, runtime, toy
+from bootkit import judging, pictures, runtime, toy
 
 torch.set_num_threads(1)
 
@@ -123,6 +123,13 @@ def test_a_flow_teacher_s_race_names_euler_s_step():
     assert "| Euler-64 (the reference) |" in text and "pairs of Euler-32" in text and "DDIM" not in text
     del r["step"]  # a race measured before the step was named: a DDIM teacher's
     assert "| DDIM-64 (the reference) |" in race.report(r)
+
+
+def test_teacher_levels_that_would_overprint_share_one_label_that_says_what_they_share_once():
+    """race-t2i-corrector-15's accuracy panel: DDIM-50 at 0.992 and DDIM-8 at 0.994 drew as one garbled "DDIM-80"."""
+    levels = {"teacher DDIM-8": 0.994, "teacher DDIM-50": 0.992, "teacher DDIM-1": 0.5, "teacher DDIM-16": 0.51}
+    assert pictures.level_labels(levels, near=0.03) == [(0.5, "teacher DDIM-1, 16"), (0.992, "teacher DDIM-50, 8")]
+    assert pictures.level_labels(levels, near=0.001) == sorted((v, k) for k, v in levels.items())
 
 
 def test_a_race_without_kd_describes_no_kd():

@@ -348,6 +348,27 @@ def test_cli_errors_are_one_line_and_a_status(rank, monkeypatch, capsys):
         assert err == ("" if rank == "1" else f"error: {error}\n")  # torchrun: rank 0 alone prints it
 
 
+@pytest.mark.parametrize("ends", ["returns", "UsageError", "RunError"])
+def test_cli_leaves_the_process_group_before_the_interpreter_exits(ends, tmp_path):
+    """Gloo's threads alive at interpreter exit abort the process (SIGABRT): one rank of a torchrun test did so
+    after training, and torchrun killed rank 0 in its evaluation. A one-process gloo group stands in for torchrun's."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        def main():
+            torch.distributed.all_reduce(torch.ones(1))  # the group worked
+            if ends != "returns":
+                raise getattr(runtime, ends)("stop")
+            return "done"
+        if ends == "returns":
+            assert runtime.cli(main)() == "done"
+        else:
+            with pytest.raises(SystemExit):
+                runtime.cli(main)()
+        assert not torch.distributed.is_initialized()
+    finally:
+        runtime.leave_process_group()
+
+
 @pytest.mark.parametrize("text", ["0", "-1", "nan", "inf", "-inf", "1e400", "abc"])
 def test_positive_flags_must_be_positive_and_finite(text, capsys):
     p = runtime.ArgumentParser(prog="train")
