@@ -74,13 +74,13 @@ def judged_ws(w: float, guidance_range) -> list:
 
 
 
-@torch.no_grad()
 def step_name(schedule) -> str:
     """What boot's DDIM step is called on a teacher of this schedule: Euler's step on a flow (diffusers' name for
     SD3's sampler; boot.Schedule.flow names its schedules flow{shift})."""
     return "Euler" if schedule.name.startswith("flow") else "DDIM"
 
 
+@torch.no_grad()
 def judge_guided(teacher, judge, reference, texts: list, eps, *, ws, student=None, dtype: str = "fp32",
                  teacher_ks=digits.FIGURE_KS) -> tuple:
     """For each w in ws: the teacher's guided DDIM-k (k in teacher_ks; none, to judge a student alone, as

@@ -1104,6 +1104,20 @@ def digit_run(digit_teacher, tmp_path_factory) -> Path:
     return run
 
 
+def test_the_judge_runs_without_autograd():
+    """judge_guided draws through the student: its no_grad once slid onto a function written between the two."""
+    seen = []
+
+    class Probe:  # judge_guided's first read of its teacher says what mode it runs in, then stops it
+        @property
+        def teacher(self):
+            seen.append(torch.is_grad_enabled())
+            raise LookupError("probe")
+    with pytest.raises(LookupError):
+        judging.judge_guided(Probe(), None, None, [], torch.zeros(1), ws=[1])
+    assert torch.is_grad_enabled() and seen == [False]
+
+
 def test_judged_figures_of_the_student_and_every_ddim_k_per_w(digit_run, digit_teacher):
     judged = json.loads((digit_run / "boot_sd.json").read_text())["judged"]
     assert (judged["samples"], judged["seed"], judged["step"], judged["dtype"]) == (10, judging.JUDGE_SEED, 2, "fp32")
