@@ -369,6 +369,34 @@ def test_cli_leaves_the_process_group_before_the_interpreter_exits(ends, tmp_pat
         runtime.leave_process_group()
 
 
+WORKER_END = """
+import atexit, os, sys, torch
+sys.path.insert(0, sys.argv[1])
+from bootkit import runtime
+torch.distributed.init_process_group("gloo", init_method=f"file://{sys.argv[2]}", rank=0, world_size=1)
+os.environ["WORLD_SIZE"] = "2"  # as torchrun sets it for each of two workers
+atexit.register(lambda: print("finalized"))
+def main():
+    torch.distributed.all_reduce(torch.ones(1))
+    print("trained", end="")  # still in the pipe's buffer when main ends
+    if sys.argv[3] != "returns":
+        raise getattr(runtime, sys.argv[3])("stop")
+runtime.cli(main)()
+"""
+
+
+@pytest.mark.parametrize("ends, status", [("returns", 0), ("UsageError", 2), ("RunError", 1)])
+def test_a_torchrun_worker_ends_without_the_interpreter_s_finalization(ends, status, tmp_path):
+    """torch's C++ teardown at finalization aborted one rank of train_toy in about six torchrun runs here, even
+    after destroy_process_group, and torchrun then killed rank 0 mid-evaluation: a worker exits at once (atexit
+    handlers do not run), with its status and everything it printed."""
+    (tmp_path / "worker.py").write_text(WORKER_END)
+    status_seen, out, err = run(tmp_path / "worker.py", ROOT, tmp_path / "rendezvous", ends)
+    assert status_seen == status, err
+    assert out == "trained"
+    assert err == ("" if ends == "returns" else "error: stop\n")
+
+
 @pytest.mark.parametrize("text", ["0", "-1", "nan", "inf", "-inf", "1e400", "abc"])
 def test_positive_flags_must_be_positive_and_finite(text, capsys):
     p = runtime.ArgumentParser(prog="train")
