@@ -73,10 +73,7 @@ def training_flags(args, prompts):
     if args.lora_rank and args.guidance_range:
         raise UsageError("--lora-rank with --guidance-range: a LoRA cannot carry the student's guidance input; bake one "
                          "w with --guidance-scale (as LCM-LoRA and DMD2 do), or train the full student for a range")
-    if not (args.corrector_weight >= 0 and math.isfinite(args.corrector_weight)):
-        raise UsageError(f"--corrector-weight {args.corrector_weight}: must be 0 or more")
-    if args.corrector_start < 0:
-        raise UsageError(f"--corrector-start {args.corrector_start}: must be 0 or more")
+    sd.check_corrector_flags(args)
     if args.dtype == "fp16":  # runtime.Trainer has no loss scaling: fp16 gradients would underflow unseen
         raise UsageError("--dtype fp16 trains without loss scaling here; train in bf16 or fp32 "
                          "(fp16 is fine for --sample)")
@@ -410,16 +407,7 @@ def parser():
                         "frozen and, adapters off, the teacher: one copy of the weights. One w baked in (--guidance-scale; "
                         "no --guidance-range). Writes RUN/lora/pytorch_lora_weights.safetensors for the stock teacher "
                         "pipeline's load_lora_weights, beside the fused student in RUN/pipeline")
-    p.add_argument("--corrector-weight", type=float, default=0.0,
-                   help="weight of the data-free distribution corrector (boot.corrector_loss, DMD's score difference on "
-                        "the student's one-call samples; the real score the guided teacher at each sample's w, the fake a "
-                        "copy of the teacher trained online on those samples) added to BOOT's loss; 0 = BOOT alone")
-    p.add_argument("--corrector-batch", type=positive(), help="one-call samples per step for the corrector (default "
-                                                               "--batch-size)")
-    p.add_argument("--corrector-start", type=int, default=0, help="the step the corrector starts at (BOOT alone before)")
-    p.add_argument("--fake-lr", type=positive(float), help="AdamW learning rate of the fake network (default: the "
-                                                          "student's)")
-    p.add_argument("--fake-updates", type=positive(), default=1, help="fake-network steps per student step")
+    sd.add_corrector_flags(p)
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute the student's activations in backward: less memory, slower")
     p.add_argument("--clip", type=positive(float), default=1.0, help="gradient norm clipping")

@@ -64,7 +64,8 @@ def parse_args(argv):
                    help="also race BOOT with these train_toy flags (train_sd flags for a text-to-image --teacher), "
                         "e.g. 'constant weight=--weighting constant'")
     p.add_argument("--kd-variant", action="append", default=[], metavar="NAME=FLAGS",
-                   help="also race KD with these train_toy flags, e.g. 'KD + corrector=--corrector-weight 1'")
+                   help="also race KD with these train_toy flags, e.g. 'KD + corrector=--corrector-weight 1' (for a "
+                        "text-to-image --teacher, the corrector's train_sd flags)")
     p.add_argument("--kd", action=argparse.BooleanOptionalAction, default=True,
                    help="race KD too (--no-kd: BOOT and its variants only, levers at equal seconds)")
     p.add_argument("--boot", action=argparse.BooleanOptionalAction, default=True,
@@ -84,11 +85,17 @@ def parse_args(argv):
             if not sep or not name or name in ("BOOT", "KD", *opts.variants, *opts.kd_variants):
                 p.error(f"argument {flag}: NAME=FLAGS with a name other than BOOT, KD and the other variants', got {v!r}")
             variants[name] = shlex.split(flags)
-            if race_t2i.is_text_teacher(opts.teacher):
+            text = race_t2i.is_text_teacher(opts.teacher)
+            if text and flag == "--variant":
                 continue  # train_sd flags: race_t2i checks them with train_sd.py itself before the first run
             try:  # now, not when the variant's turn comes after minutes of other runs
                 with contextlib.redirect_stderr(io.StringIO()) as said:
-                    toy.parse_args(["--teacher", opts.teacher, *variants[name]])
+                    if text:
+                        race_t2i.kd_variant_args(variants[name])
+                    else:
+                        toy.parse_args(["--teacher", opts.teacher, *variants[name]])
+            except runtime.UsageError as e:
+                p.error(f"argument {flag} {name!r}: {e}")
             except SystemExit:
                 why = said.getvalue().strip().split(": error: ", 1)[-1].removesuffix(" (see --help)")
                 p.error(f"argument {flag} {name!r}: {why}")
@@ -271,9 +278,6 @@ def main(argv=None):
     if path.is_dir() or path.suffix != ".json":
         raise runtime.UsageError(f"--json {path}: name a file ending .json (the markdown and picture go beside it)")
     if text:
-        if opts.kd_variants or not opts.kd or not opts.boot:
-            raise runtime.UsageError("--kd-variant, --no-kd and --no-boot: for the pixel race; a text-to-image race takes "
-                                     "--variant (train_sd flags) only")
         path.parent.mkdir(parents=True, exist_ok=True)
         opts.teacher = str(Path(opts.teacher).resolve())
         return race_t2i.main(opts, argv, path)

@@ -14,10 +14,14 @@ with train_sd's lr, batch and loss of one w range, [W_LO, W_HI]:
 - KD: in this process, the first PAIR_SHARE of B makes pairs (noise, a prompt of the file, w ~ U[W_LO, W_HI], the
   teacher's guided DDIM-k from them), k by race.py's rule (racing.kd_k); then AdamW regressing the student's one call
   at t = 0 and that w on them (constant learning rate), no step after B.
+- --variant: BOOT with more train_sd flags; --kd-variant: KD with the corrector's flags as train_sd takes them
+  (sd.add_corrector_flags), its term added to the regression (DMD's own form), the real score the guided teacher at
+  each corrector sample's w.
 Both are judged alike (judging.judge_guided): the same EVAL noises (judging.JUDGE_SEED) and prompts in turn, at
 w = 1, 2, 3, 5, by prompted-digit accuracy and FD to the held-out digits; the teacher's guided DDIM-8 and DDIM-50 on
 them are drawn once. Teacher calls are rows the teacher evaluates (a guided call: 2, conditional and null), counted
 as made (racing.Counting): KD's here, BOOT's by train_sd.py (boot_sd.json's teacher_rows)."""
+import argparse
 import datetime
 import json
 import shlex
@@ -79,6 +83,22 @@ def check_variants(opts, device):
             raise runtime.UsageError(f"--variant {name!r}: {why}")
 
 
+def kd_variant_args(flags) -> argparse.Namespace:
+    """A KD variant's flags, the corrector's as train_sd.py takes them, parsed and checked: a UsageError names the
+    problem."""
+    p = argparse.ArgumentParser(prog="--kd-variant", add_help=False, exit_on_error=False)
+    sd.add_corrector_flags(p)
+    try:
+        args, unknown = p.parse_known_args(flags)
+    except argparse.ArgumentError as e:
+        raise runtime.UsageError(str(e)) from None
+    if unknown:
+        raise runtime.UsageError(f"{shlex.join(unknown)}: a text-to-image KD variant takes the corrector's flags only "
+                                 "(--corrector-weight, --corrector-batch, --corrector-start, --fake-lr, --fake-updates)")
+    sd.check_corrector_flags(args)
+    return args
+
+
 def boot_run(opts, budget, d, tmp, variant=()):
     """train_sd.py as a user runs it, stopped by --time-limit at the budget; variant: more train_sd flags."""
     start, busy = time.perf_counter(), runtime.cpu_seconds()
@@ -122,29 +142,36 @@ class Pairs:
         return [torch.cat(parts) for parts in zip(*made)]
 
 
-def kd_train(student, pairs, data, *, steps, batch, seed, dtype, d, out, until=None):
+def kd_train(student, pairs, data, *, steps, batch, seed, dtype, d, out, until=None, corrector=None):
     """AdamW at train_sd's lr, constant, clipped as train_sd: the student's one call at t = 0 and the pair's w,
-    regressed on the teacher's sample (mean squared error) in runtime.Trainer's loop."""
+    regressed on the teacher's sample (mean squared error) in runtime.Trainer's loop; corrector: an sd.Corrector whose
+    term is added."""
     eps, which, w, x0 = data
     schedule, prediction = pairs.parts.teacher.schedule, pairs.parts.teacher.prediction
     trainer = runtime.Trainer(out=out, model=student, optimizer=torch.optim.AdamW(student.parameters(), lr=LR),
-                              dist_info=d, config={}, ckpt_every=10 ** 9)
+                              dist_info=d, config={}, ckpt_every=10 ** 9,
+                              extras={"fake": (corrector.net, corrector.optimizer)} if corrector else None)
 
     def loss_fn(step):
-        i = torch.randint(len(eps), (batch,), generator=runtime.step_generator(seed, d.rank, step, d.device),
-                          device=d.device)
+        gen = runtime.step_generator(seed, d.rank, step, d.device)
+        i = torch.randint(len(eps), (batch,), generator=gen, device=d.device)
         cond = pairs.encode(pairs.prompts.read(which[i].tolist()))
         with sd.autocast(d.device, dtype):
             y = sd.student_fn(student, schedule, prediction, w[i])(eps[i], torch.zeros(batch, device=d.device), cond)
         loss = (y.float() - x0[i]).pow(2).mean()
-        return loss, {"loss": loss.detach()}
+        corrected = corrector and corrector.loss(student, step, gen, dtype)
+        if not corrected:
+            return loss, {"loss": loss.detach()}
+        return loss + corrected[0], {"loss": loss.detach()} | corrected[1] | {"terms": {"kd": loss, "corrector": corrected[0]}}
 
     trainer.fit(steps, loss_fn, desc=f"kd {Path(out).name}", until=until)
     return student.eval()
 
 
-def kd_run(opts, budget, d, tmp):
+def kd_run(opts, budget, d, tmp, variant=()):
+    """KD in this process; variant: a KD variant's flags (kd_variant_args), the corrector's."""
     start, busy = time.perf_counter(), runtime.cpu_seconds()
+    fix = kd_variant_args(variant)
     dtype = sd.DTYPES[opts.dtype]
     parts = sd.load_teacher(opts.teacher, dtype, d.device)
     prompts = sd.read_prompts(Path(opts.teacher) / "prompts.txt")
@@ -158,8 +185,13 @@ def kd_run(opts, budget, d, tmp):
     k = kd_k(PAIR_SHARE * budget - (time.perf_counter() - start), time.perf_counter() - clock, opts.pair_batch)
     data = pairs.until(start + PAIR_SHARE * budget, opts.pair_batch, k)
     pair_seconds = time.perf_counter() - start
+    corrector = None
+    if fix.corrector_weight:  # train_sd's defaults: the student's batch and learning rate
+        fix.corrector_batch, fix.fake_lr = fix.corrector_batch or opts.batch, fix.fake_lr or LR
+        corrector = sd.Corrector(fix, opts.teacher, d, teacher=counting, parts=parts, encode=encode, null=pairs.null,
+                                 prompts=prompts, shape=opts.shape, w_range=(W_LO, W_HI))
     student = kd_train(student, pairs, data, steps=STEP_CAP, out=tmp / "run", until=start + budget, batch=opts.batch,
-                       seed=opts.seed, dtype=dtype, d=d)
+                       seed=opts.seed, dtype=dtype, d=d, corrector=corrector)
     return student, dict(seconds=time.perf_counter() - start, busy=busy, steps_done=last_step(tmp / "run"),
                          batch=opts.batch, lr=LR, k=k, pairs=len(data[0]), pair_seconds=pair_seconds,
                          probe_rows=probe_rows, teacher_calls=counting.rows)
@@ -196,9 +228,15 @@ def winner(rows: list, budget: float, n: int) -> str:
     return f"{fd}, {acc}"
 
 
-def variants(r) -> dict:
-    """BOOT's variants in a race's figures: {name: train_sd flags} (none in races run before they existed)."""
-    return {row["method"]: row["flags"] for row in r["runs"] if row.get("flags") and row["method"] not in ("BOOT", "KD")}
+def kind(row) -> str:
+    """"kd" or "boot": what a row of the figures trained (races before KD variants existed name no kind)."""
+    return row.get("kind", "kd" if "pairs" in row else "boot")
+
+
+def variants(r, of="boot") -> dict:
+    """BOOT's (or KD's) variants in a race's figures: {name: flags} (none in races run before they existed)."""
+    return {row["method"]: row["flags"] for row in r["runs"]
+            if row.get("flags") and row["method"] not in ("BOOT", "KD") and kind(row) == of}
 
 
 def report(r) -> str:
@@ -215,7 +253,9 @@ def report(r) -> str:
                f"{name}: the same with `{shlex.join(flags)}`. " for name, flags in variants(r).items()) +
            f"KD: {PAIR_SHARE:.0%} of the budget on pairs (noise, a prompt of the file, w ~ U[{W_LO:g}, {W_HI:g}], the "
            "teacher's guided DDIM-k), then the student's one call at t = 0 and that w regressed on them: every "
-           "(prompt, w) it learns costs a pair; BOOT draws fresh ones every step.",
+           "(prompt, w) it learns costs a pair; BOOT draws fresh ones every step." + "".join(
+               f" {name}: KD with train_sd's `{shlex.join(flags)}`, the corrector's term added to the regression."
+               for name, flags in variants(r, "kd").items()),
            f"- judged alike: {r['eval']} samples per w from the same noise, prompts in turn; each cell the judge's "
            "prompted-digit accuracy / FD to the held-out digits. Teacher calls: rows the teacher evaluated (a guided "
            "call is 2); BOOT's end-of-run validation picture is left out.\n",
@@ -224,7 +264,7 @@ def report(r) -> str:
     cells = lambda row: " | ".join(f"{row[w]['accuracy']:.3f} / {row[w]['fd']:.1f}" for w in ws)
     for row in r["runs"]:
         what = f"{row['steps_done']:,} steps"
-        if row["method"] == "KD":
+        if kind(row) == "kd":
             what = f"{row['pairs']:,} pairs of DDIM-{row['k']} ({row['pair_seconds']:.0f} s), " + what
         out.append(f"| {row['budget_min']:g} min | {row['method']} | {what} | {row['teacher_calls']:,} | "
                    f"{row['seconds']:.0f} | {cells(row['judged'])} |")
@@ -278,19 +318,18 @@ def main(opts, argv, path: Path) -> dict:
              batch=opts.batch, lr=LR, picture=str(path.with_suffix(".png").name), runs=[])
     say(f"the teacher's guided DDIM-{', '.join(map(str, TEACHER_KS))} on {opts.eval} noises per w (not timed)")
     r["teacher_ddim"] = judged(opts, parts, judge, ks=TEACHER_KS)
+    methods = [("BOOT", "boot", [])] * opts.boot + [(name, "boot", flags) for name, flags in opts.variants.items()]
+    methods += [("KD", "kd", [])] * opts.kd + [(name, "kd", flags) for name, flags in opts.kd_variants.items()]
     with tempfile.TemporaryDirectory(prefix="race-t2i-") as tmp:
         for budget in budgets:
-            for method, flags in [("BOOT", [])] + list(opts.variants.items()) + [("KD", None)]:
+            for method, trained, flags in methods:
                 say(f"{budget:g} min: {method}")
                 where = Path(tmp) / f"{method}-{budget:g}".replace(" ", "_").replace("+", "plus")
-                if flags is None:
-                    student, row = kd_run(opts, 60 * budget, d, where)
-                else:
-                    student, row = boot_run(opts, 60 * budget, d, where, flags)
+                student, row = (kd_run if trained == "kd" else boot_run)(opts, 60 * budget, d, where, flags)
                 busy, now = row.pop("busy"), runtime.cpu_seconds()
                 row["other_cpu_s"] = None if busy is None else now[1] - busy[1]
                 row["judged"] = judged(opts, parts, judge, student=student)
-                r["runs"].append(dict(budget_min=budget, method=method, flags=flags or [], **row))
+                r["runs"].append(dict(budget_min=budget, method=method, kind=trained, flags=flags, **row))
                 at = row["judged"][W]
                 say(f"{budget:g} min: {method}: w = {W} accuracy {at['accuracy']:.3f}, FD {at['fd']:.1f}, "
                     f"{row['seconds']:.0f} s")

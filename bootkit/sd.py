@@ -22,6 +22,7 @@ diffusers and transformers are imported where they are used: they take seconds, 
 import codecs
 import contextlib
 import json
+import math
 import sys
 from array import array
 from pathlib import Path
@@ -467,6 +468,29 @@ def boot_sd_loss(model, teacher, *, eps, cond, w, k, schedule, grid, prediction,
         target_student = None if target is None else student_fn(target, schedule, prediction, w)
         return boot.boot_loss(student, guided, eps, schedule=schedule, grid=grid, cond=cond, k=k,
                               config=boot.BootConfig(order=order), target_student=target_student)
+
+
+def add_corrector_flags(p):
+    """The corrector's flags, train_sd.py's and those of the text-to-image race's KD + corrector (check them with
+    check_corrector_flags)."""
+    positive = runtime.positive
+    p.add_argument("--corrector-weight", type=float, default=0.0,
+                   help="weight of the data-free distribution corrector (boot.corrector_loss, DMD's score difference on "
+                        "the student's one-call samples; the real score the guided teacher at each sample's w, the fake a "
+                        "copy of the teacher trained online on those samples) added to BOOT's loss; 0 = BOOT alone")
+    p.add_argument("--corrector-batch", type=positive(), help="one-call samples per step for the corrector (default "
+                                                               "--batch-size)")
+    p.add_argument("--corrector-start", type=int, default=0, help="the step the corrector starts at (BOOT alone before)")
+    p.add_argument("--fake-lr", type=positive(float), help="AdamW learning rate of the fake network (default: the "
+                                                          "student's)")
+    p.add_argument("--fake-updates", type=positive(), default=1, help="fake-network steps per student step")
+
+
+def check_corrector_flags(args):
+    if not (args.corrector_weight >= 0 and math.isfinite(args.corrector_weight)):
+        raise UsageError(f"--corrector-weight {args.corrector_weight}: must be 0 or more")
+    if args.corrector_start < 0:
+        raise UsageError(f"--corrector-start {args.corrector_start}: must be 0 or more")
 
 
 class Corrector:
