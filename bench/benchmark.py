@@ -118,8 +118,10 @@ def recipe_flags(name, opts, device) -> list:
 
 
 def boot_teacher_calls(args) -> int:
-    """bootstrap_target steps the whole batch `jump` times (masking samples already at s), `order` calls a step."""
-    return args.steps * args.batch_size * (args.jump * args.order + (args.boundary == "loss"))
+    """bootstrap_target steps the whole batch `jump` times (masking samples already at s), `order` calls a step;
+    the corrector (a pixel teacher's default) calls the teacher once per sample of its batch, from its start."""
+    corrector = args.corrector_batch * max(0, args.steps - args.corrector_start) if args.corrector_weight else 0
+    return args.steps * args.batch_size * (args.jump * args.order + (args.boundary == "loss")) + corrector
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -243,7 +245,9 @@ def in_fresh_process(fn, *args):
 
 
 def step_cost(flags, opts, d, tmp) -> dict:
-    """One BOOT step as toy.train runs it (timed from its own log) against its parts, timed apart."""
+    """One BOOT step as toy.train runs it (timed from its own log) against its parts, timed apart: the bootstrap's
+    step, the corrector off (a pixel teacher's default: it costs about 0.7 of a step more, docs/recipes.md)."""
+    flags = flags + ["--corrector-weight", "0"]
     args = toy.parse_args(flags + ["--out", "unused"])
     teacher, schedule, student, shape, _ = toy.build(args, d.device)
     grid = boot.time_grid(schedule, args.bootstrap_steps, spacing=args.spacing).to(d.device)

@@ -7,7 +7,8 @@
 
 Each budget B is wall-clock seconds of this one process, both methods in turn, on the same student (train_toy's
 pixel default: the teacher's copy, the same seed) with train_toy's optimizer and loop:
-- BOOT: train_toy's recipe, its learning rate's warm-up and cosine decay run over B's seconds in place of steps
+- BOOT: train_toy's recipe without the corrector (plain BOOT; the corrector is a variant: --variant 'BOOT +
+  corrector=--corrector-weight 1'), its learning rate's warm-up and cosine decay run over B's seconds in place of steps
   (warm-up WARMUP_SHARE of them, as the default's 200 of 2,500 steps), so that each run anneals to 0 at its
   deadline whatever its speed (runtime.timed_warmup_cosine); no step starts after B.
 - KD (Luhman & Luhman 2021): the first PAIR_SHARE of B makes pairs (noise, the teacher's DDIM-k from it), k the
@@ -106,7 +107,8 @@ def parse_args(argv):
 
 def recipe(opts, extra, out, device):
     """train_toy's flags for a budgeted run: the steps a cap the budget ends first (the schedule follows seconds)."""
-    flags = ["--teacher", opts.teacher, "--seed", str(opts.seed), "--device", str(device)] + opts.flags + extra
+    flags = ["--teacher", opts.teacher, "--seed", str(opts.seed), "--device", str(device), "--corrector-weight", "0"]
+    flags += opts.flags + extra  # BOOT and KD alone unless a variant asks for the corrector
     return toy.parse_args(flags + ["--steps", str(STEP_CAP), "--out", str(out)])
 
 
@@ -187,7 +189,7 @@ def report(r) -> str:
     variants = {row["method"]: ("KD" if "pairs" in row else "BOOT", row["flags"]) for row in r["runs"]
                 if row["method"] not in ("BOOT", "KD")}
     boot_ran = any("pairs" not in row for row in r["runs"])  # --no-boot with KD alone: nothing of BOOT's recipe
-    recipes = ("BOOT: train_toy's recipe, its learning rate's warm-up and cosine decay over the budget's seconds "
+    recipes = ("BOOT: train_toy's recipe without the corrector, its learning rate's warm-up and cosine decay over the budget's seconds "
                f"(warm-up {WARMUP_SHARE:.0%} of them), no step after it." if boot_ran else "")
     if variants:
         recipes += (" Variants, BOOT's or KD's recipe with these flags: " if kd_ran else " Its variants, the same with "

@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 import benchmark as bench
 import boot
-from bootkit import exact, metrics, runtime, toy
+from bootkit import exact, metrics, racing, runtime, toy
 
 torch.set_num_threads(1)
 TEACHERS = ("mixture", "digits")
@@ -96,6 +96,19 @@ def test_speed_figures_are_positive_and_a_many_step_sampler_is_slower(quick):
         assert all(_sane(c[key]) for key in ("teacher_ms", "student_call_ms", "student_train_ms", "step_ms"))
         assert c["teacher_calls_per_step"] == r["fidelity"][name]["recipe"]["jump"] * r["fidelity"][name]["recipe"]["order"]
 
+
+
+def test_the_pixel_default_s_teacher_calls_count_the_corrector_s(tmp_path):
+    """A pixel teacher's default runs the corrector (one real-score call per sample of its batch, from its start):
+    the benchmark's count, against the rows the teacher evaluated in toy.train."""
+    args = toy.parse_args(["--teacher", str(bench.ROOT / "teachers/mnist16"), "--out", str(tmp_path / "run"), "--steps",
+                           "3", "--batch-size", "4", "--corrector-batch", "3", "--corrector-start", "1", "--device", "cpu"])
+    assert args.corrector_weight == 1
+    d = runtime.setup("cpu")
+    teacher, schedule, student, shape, _ = toy.build(args, d.device)
+    counting = racing.Counting(teacher)
+    toy.train(args, d, counting, schedule, student, shape)
+    assert counting.rows == bench.boot_teacher_calls(args) == 3 * 4 * 2 + 2 * 3
 
 def test_speedups_are_the_samplers_time_over_the_students():
     sp = bench.speedups({"student": 2.0, 1: 3.0, 8: 16.0}, batch=100)

@@ -184,7 +184,8 @@ def test_pixel_teacher_from_a_diffusers_folder(tmp_path, prediction, flat, init)
     assert m["rmse"] == "per-pixel" and m["reference"] == "teacher DDIM-64 from the same noise"
     from PIL import Image
     grid = np.asarray(Image.open(out / "samples.png").convert("RGB"))
-    size, boxes = pictures.layout(8, 8, 5, 8, title=True, col_labels=True)  # student, DDIM-1, 4, 16, reference
+    # student, DDIM-1, 4, 16, reference and the corrector's fake network (on in the pixel default)
+    size, boxes = pictures.layout(8, 8, 6, 8, title=True, col_labels=True)
     assert grid.shape[1::-1] == size and size[0] >= pictures.MIN_WIDTH, "8 noises a row, labelled, at least 400 px"
     arrays = np.load(out / "samples.npz")
     for row, key in ((0, "student"), (4, "teacher")):  # each cell the image of its noise, enlarged nearest-neighbour
@@ -394,6 +395,15 @@ def _corrector_flags(tmp_path):
     return ["--teacher", str(tmp_path / "ddpm"), *PIXEL_TINY, "--steps", "4", "--batch-size", "4", "--eval-samples", "16",
             "--reference-steps", "8", "--bootstrap-steps", "8", "--corrector-weight", "1", "--corrector-batch", "4",
             "--ckpt-every", "2"]
+
+
+def test_the_corrector_is_on_by_default_for_pixel_teachers_alone():
+    """Weight 1 beat BOOT alone at every budget raced on both learned MNIST teachers; exact teachers have no network
+    to copy for the fake."""
+    mnist = ["--teacher", str(ROOT / "teachers" / "mnist16")]
+    assert toy.parse_args(mnist).corrector_weight == 1.0
+    assert toy.parse_args(mnist + ["--corrector-weight", "0"]).corrector_weight == 0.0
+    assert toy.parse_args([]).corrector_weight == toy.parse_args(["--data", "digits"]).corrector_weight == 0.0
 
 
 def test_the_corrector_trains_a_fake_copy_logs_both_terms_shows_it_and_resumes_bit_exact(tmp_path):
