@@ -111,6 +111,6 @@ def test_a_bad_kd_variant_is_refused_in_one_line_before_the_race_starts(capsys, 
     assert stop.value.code == 2 and err.count("\n") == 1 and f"argument --kd-variant 'bad': {why}" in err, err
 
 
-def test_a_kd_variants_page_from_before_kinds_existed_still_renders():
+def test_rows_of_races_before_kinds_existed_are_told_apart_by_their_pairs():
     """Races run before KD variants name no kind: a row with pairs is KD's."""
     assert race_t2i.kind({"pairs": 64}) == "kd" and race_t2i.kind({"steps_done": 3}) == "boot"
