@@ -187,7 +187,7 @@ def train(args, prompts, started: float):
 
     student, model, ema, lr = make_student(args, teacher_name, d, parts)
     if args.corrector_weight:  # the corrector's defaults resolved, as the recipe records them
-        args.corrector_batch, args.fake_lr = args.corrector_batch or args.batch_size, args.fake_lr or lr
+        sd.corrector_defaults(args, batch=args.batch_size, lr=lr)
     # The recipe as it runs (the defaults resolved): what a resume must repeat, and what boot_sd.json records.
     config = {**{k: v for k, v in vars(args).items() if k not in RESUMABLE}, "teacher": teacher_name,
               "prompts": str(Path(args.prompts).resolve()), "resolution": resolution, "lr": lr,

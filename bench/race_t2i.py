@@ -186,8 +186,8 @@ def kd_run(opts, budget, d, tmp, variant=()):
     data = pairs.until(start + PAIR_SHARE * budget, opts.pair_batch, k)
     pair_seconds = time.perf_counter() - start
     corrector = None
-    if fix.corrector_weight:  # train_sd's defaults: the student's batch and learning rate
-        fix.corrector_batch, fix.fake_lr = fix.corrector_batch or opts.batch, fix.fake_lr or LR
+    if fix.corrector_weight:
+        sd.corrector_defaults(fix, batch=opts.batch, lr=LR)
         corrector = sd.Corrector(fix, opts.teacher, d, teacher=counting, parts=parts, encode=encode, null=pairs.null,
                                  prompts=prompts, shape=opts.shape, w_range=(W_LO, W_HI))
     student = kd_train(student, pairs, data, steps=STEP_CAP, out=tmp / "run", until=start + budget, batch=opts.batch,
@@ -229,8 +229,8 @@ def winner(rows: list, budget: float, n: int) -> str:
 
 
 def kind(row) -> str:
-    """"kd" or "boot": what a row of the figures trained (races before KD variants existed name no kind)."""
-    return row.get("kind", "kd" if "pairs" in row else "boot")
+    """"kd" or "boot": what a row of the figures trained (KD's rows, variants too, count their pairs)."""
+    return "kd" if "pairs" in row else "boot"
 
 
 def variants(r, of="boot") -> dict:
@@ -329,7 +329,7 @@ def main(opts, argv, path: Path) -> dict:
                 busy, now = row.pop("busy"), runtime.cpu_seconds()
                 row["other_cpu_s"] = None if busy is None else now[1] - busy[1]
                 row["judged"] = judged(opts, parts, judge, student=student)
-                r["runs"].append(dict(budget_min=budget, method=method, kind=trained, flags=flags, **row))
+                r["runs"].append(dict(budget_min=budget, method=method, flags=flags, **row))
                 at = row["judged"][W]
                 say(f"{budget:g} min: {method}: w = {W} accuracy {at['accuracy']:.3f}, FD {at['fd']:.1f}, "
                     f"{row['seconds']:.0f} s")

@@ -486,6 +486,11 @@ def add_corrector_flags(p):
     p.add_argument("--fake-updates", type=positive(), default=1, help="fake-network steps per student step")
 
 
+def corrector_defaults(args, *, batch: int, lr: float):
+    """The corrector's flags left unset take the student's: its batch and its learning rate."""
+    args.corrector_batch, args.fake_lr = args.corrector_batch or batch, args.fake_lr or lr
+
+
 def check_corrector_flags(args):
     if not (args.corrector_weight >= 0 and math.isfinite(args.corrector_weight)):
         raise UsageError(f"--corrector-weight {args.corrector_weight}: must be 0 or more")

@@ -43,7 +43,7 @@ def test_the_quick_race_runs_every_method_per_budget_judged_alike(quick):
     assert r["race"] == "text-to-image" and r["budgets_min"] == race_t2i.QUICK["budgets"]
     assert [(row["budget_min"], row["method"]) for row in r["runs"]] == [
         (b, m) for b in race_t2i.QUICK["budgets"] for m in ("BOOT", CORRECTED, "KD", KD_CORRECTED)]
-    assert [row["kind"] for row in r["runs"][:4]] == ["boot", "boot", "kd", "kd"]
+    assert [race_t2i.kind(row) for row in r["runs"][:4]] == ["boot", "boot", "kd", "kd"]
     assert list(r["teacher_ddim"]) == ["8", "50"]
     for row in r["teacher_ddim"].values():
         _judged(row)
@@ -61,7 +61,7 @@ def test_teacher_calls_are_what_each_method_made(quick):
     r, _ = quick
     for row in r["runs"]:
         corrector = 2 * row["steps_done"] * 2 if row["method"] in (CORRECTED, KD_CORRECTED) else 0  # --corrector-batch 2
-        if row["kind"] == "kd":
+        if race_t2i.kind(row) == "kd":
             assert row["probe_rows"] == 2 * race_t2i.QUICK["pair_batch"] and row["k"] in racing.KD_KS
             assert row["teacher_calls"] == row["pairs"] * row["k"] * 2 + row["probe_rows"] + corrector
             assert row["pairs"] % race_t2i.QUICK["pair_batch"] == 0
@@ -111,6 +111,6 @@ def test_a_bad_kd_variant_is_refused_in_one_line_before_the_race_starts(capsys, 
     assert stop.value.code == 2 and err.count("\n") == 1 and f"argument --kd-variant 'bad': {why}" in err, err
 
 
-def test_rows_of_races_before_kinds_existed_are_told_apart_by_their_pairs():
-    """Races run before KD variants name no kind: a row with pairs is KD's."""
+def test_rows_are_told_apart_by_their_pairs():
+    """KD's rows, its variants' too, count the pairs they trained on; BOOT's have none."""
     assert race_t2i.kind({"pairs": 64}) == "kd" and race_t2i.kind({"steps_done": 3}) == "boot"
